@@ -1,0 +1,151 @@
+"""Reading and writing checkpoints safely (SPEC §13).
+
+Files are read with `torch.load(..., weights_only=True)`: nothing but tensors, numbers, strings and plain
+containers is ever unpickled. The one exception the reference's own training checkpoints need — numpy arrays
+such as `best_fitness` — is allow-listed by name; no other class is.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint, or one that does not fit the model; one-line message."""
+
+
+def _numpy_safe_globals() -> list:
+    """numpy's array/scalar reconstruction under both its 1.x (numpy.core) and 2.x (numpy._core) names."""
+    core = np._core.multiarray if hasattr(np, '_core') else np.core.multiarray
+    allowed: list = [np.ndarray, np.dtype]
+    for fn in (core._reconstruct, core.scalar):
+        allowed += [fn, (fn, f'numpy.core.multiarray.{fn.__name__}'), (fn, f'numpy._core.multiarray.{fn.__name__}')]
+    allowed += [t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
+    return allowed
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip()
+    m = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+    if m:
+        return f'it contains the Python object {m.group(1)}, which is never unpickled'
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _torch_load(path: Path, map_location: Any) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'numpy' not in str(e):
+            raise CheckpointError(f'{path}: refused to load: {_short(e)}') from None
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f'{path}: refused to load: {_short(e)}') from None
+
+
+def read_checkpoint(path: str | Path, map_location: Any = 'cpu') -> dict:
+    """Load a checkpoint dict safely. A bare state_dict is returned as {'model': state_dict}."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'{path}: weights file not found; check the --weight path')
+    try:
+        ckpt = _torch_load(path, map_location)
+    except CheckpointError:
+        raise
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint ({_short(e)})') from None
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {'model': ckpt}
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
+        raise CheckpointError(f"{path}: not a checkpoint (expected a dict whose 'model' entry is a state_dict)")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt['model'].values()):
+        raise CheckpointError(f"{path}: the 'model' entry is not a state_dict of tensors")
+    return ckpt
+
+
+def _examples(keys: list[str], n: int = 3) -> str:
+    shown = ', '.join(keys[:n])
+    return f'{len(keys)} ({shown}{", ..." if len(keys) > n else ""})'
+
+
+def _mismatch_message(name: str, model: nn.Module, missing: list[str], unexpected: list[str],
+                      reshaped: list[str]) -> str:
+    cfg = getattr(model, 'yaml_file', type(model).__name__)
+    parts = []
+    if missing:
+        parts.append(f'missing {_examples(missing)}')
+    if unexpected:
+        parts.append(f'unexpected {_examples(unexpected)}')
+    if reshaped:
+        parts.append(f'different shape {_examples(reshaped)}')
+    hint = ''
+    if missing and all(k.startswith('router.') for k in missing):
+        hint = '; it looks like a step-1 checkpoint: train the router with train_step2.py first'
+    elif unexpected and all(k.startswith('router.') for k in unexpected):
+        hint = '; it looks like a step-2 checkpoint: use the step-2 config'
+    return f'{name} does not fit {cfg}: ' + '; '.join(parts) + hint
+
+
+def load_weights(model: nn.Module, weights: str | Path | dict, strict: bool = True, entry: str = 'model',
+                 exclude: tuple[str, ...] = ()) -> list[str]:
+    """Copy a checkpoint's `entry` state_dict into `model` (cast to the model's dtypes); returns loaded keys.
+
+    strict: every key and shape must match, else CheckpointError naming both files and the first mismatches.
+    Not strict: the name/shape intersection is loaded (keys containing any `exclude` substring are skipped).
+    """
+    ckpt = weights if isinstance(weights, dict) else read_checkpoint(weights)
+    name = str(weights) if not isinstance(weights, dict) else '<checkpoint>'
+    state = ckpt.get(entry) if isinstance(ckpt.get(entry), dict) else None
+    if state is None:
+        raise CheckpointError(f'{name}: no {entry!r} state_dict in this checkpoint')
+    own = model.state_dict()
+    if strict:
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        reshaped = [k for k in own if k in state and own[k].shape != state[k].shape]
+        if missing or unexpected or reshaped:
+            raise CheckpointError(_mismatch_message(name, model, missing, unexpected, reshaped))
+        keys = list(own)
+    else:
+        keys = [k for k in own if k in state and own[k].shape == state[k].shape
+                and not any(x in k for x in exclude)]
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in keys}, strict=strict)
+    return keys
+
+
+def half_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict with floating tensors in fp16 (the released checkpoint format)."""
+    return {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().clone()
+            for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    """torch.save atomically: write a temporary file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

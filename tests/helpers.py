@@ -1,0 +1,114 @@
+"""Test helpers: where ../shared lives, and the name-keyed deterministic weight fill of SPEC §14.3."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get('DYNAMICDET_SHARED', ROOT.parent / 'shared'))
+REFERENCE = SHARED / 'reference'
+CONFIG_NAMES = ['dy-yolov7-step1', 'dy-yolov7-step2', 'dy-yolov7x-step1', 'dy-yolov7x-step2',
+                'dy-yolov7-w6-step1', 'dy-yolov7-w6-step2']
+
+requires_reference = pytest.mark.skipif(
+    not REFERENCE.is_dir(),
+    reason=f'reference fixtures not found at {REFERENCE} (they live in ../shared; set DYNAMICDET_SHARED)')
+
+
+def cfg_path(name: str) -> Path:
+    """Our config file for a reference config name."""
+    return ROOT / 'cfg' / f'{name}.yaml'
+
+
+@lru_cache(maxsize=None)
+def models_json() -> dict:
+    """The reference's state_dict schemas and counts."""
+    return json.loads((REFERENCE / 'models.json').read_text())
+
+
+def reference_npz(name: str) -> dict[str, np.ndarray]:
+    """Arrays of ../shared/reference/{name}.npz."""
+    with np.load(REFERENCE / f'{name}.npz') as data:
+        return {k: data[k] for k in data.files}
+
+
+def fill_value(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """The SPEC §14.3 value of one state_dict entry, in float64."""
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    z = torch.randn(tensor.shape, generator=g, dtype=torch.float64)
+    if key.endswith('running_var'):
+        return 1 + 0.5 * z.abs()
+    if tensor.dim() >= 2:
+        return z / math.sqrt(math.prod(tensor.shape[1:]))
+    if key.endswith('.weight'):
+        return 1 + 0.1 * z
+    return 0.1 * z
+
+
+@torch.no_grad()
+def fill_by_name(model: torch.nn.Module) -> None:
+    """Overwrite every float entry except anchor buffers with its name-keyed value."""
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not key.endswith(('anchors', 'anchor_grid')):
+            tensor.copy_(fill_value(key, tensor).to(tensor.dtype))
+
+
+@torch.no_grad()
+def calibrate(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Set every BN's running stats to the batch statistics of one train-mode pass on x; leave eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    model(x)
+    for bn in bns:
+        bn.momentum = 0.03
+    model.eval()
+
+
+def _tiny_head(deep: int, shallow: int) -> list:
+    """A two-level head reading a stride-16 map `deep` and a stride-8 map `shallow` of its input section."""
+    return [[deep, 1, 'SPPCSPC', [16]],                   # 0  /16
+            [-1, 1, 'nn.Upsample', ['None', 2, 'nearest']],  # 1  /8
+            [[-1, shallow], 1, 'Concat', [1]],            # 2  /8, 32 ch
+            [-1, 1, 'Conv', [16, 1, 1]],                  # 3
+            [-1, 1, 'MP', []],                            # 4  /16
+            [[-1, -5], 1, 'Concat', [1]],                 # 5  /16, 32 ch
+            [-4, 1, 'RepConv', [16, 3, 1]],               # 6  /8
+            [-2, 1, 'Conv', [32, 3, 1]],                  # 7  /16
+            [[-2, -1], 1, 'IDetect', ['nc', 'anchors']]]  # 8
+
+
+def tiny_config(dynamic: bool = True, nc: int = 3) -> dict:
+    """A small two-level DynamicDet config using every module kind but ReOrg (fast tests)."""
+    cfg = {
+        'nc': nc, 'depth_multiple': 1.0, 'width_multiple': 1.0,
+        'anchors': [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119]],
+        'backbone': [[-1, 1, 'Conv', [8, 3, 2]],    # 0 /2
+                     [-1, 1, 'Conv', [16, 3, 2]],   # 1 /4
+                     [-1, 1, 'Conv', [16, 3, 2]],   # 2 /8
+                     [-1, 1, 'Conv', [32, 3, 2]]],  # 3 /16
+        'n_first_layers': 4, 'keep_input': True,
+        'dual_backbone': [[2, 1, 'CBLinear', [[16]]],                 # 0
+                          [3, 1, 'CBLinear', [[16, 32]]],             # 1
+                          ['input', 1, 'Conv', [8, 3, 2]],            # 2 /2
+                          [-1, 1, 'Conv', [16, 3, 2]],                # 3 /4
+                          [-1, 1, 'Conv', [16, 3, 2]],                # 4 /8
+                          [[-5, -4, -1], 1, 'CBFuse', [[0, 0]]],      # 5 /8
+                          [-1, 1, 'Conv', [32, 3, 2]],                # 6 /16
+                          [[-6, -1], 1, 'CBFuse', [[1]]]],            # 7 /16
+        'head': _tiny_head(3, 2),
+        'head2': _tiny_head(7, 5),
+    }
+    if dynamic:
+        cfg.update(dynamic=True, router_ins=[1, 3], router_channels=[16, 32])
+    return cfg
