@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 
 import torch
 from torch import nn
@@ -33,15 +34,12 @@ def meta_copy(model: nn.Module) -> nn.Module:
 
 def count_gflops(model: nn.Module, path: str, height: int, width: int) -> float:
     """thop multiply-accumulates × 2 / 1e9 of one path on a zero 1×ch×height×width input."""
-    import thop  # imported lazily: only profiling needs it
+    with warnings.catch_warnings():  # thop imports distutils-era version helpers
+        warnings.simplefilter('ignore', DeprecationWarning)
+        import thop  # imported lazily: only profiling needs it
     probe = _PathProbe(meta_copy(model), path)
     ch = model.yaml['ch']
-    thop_logger = logging.getLogger()
-    level = thop_logger.level
-    try:
-        macs, _ = thop.profile(probe, inputs=(torch.zeros(1, ch, height, width, device='meta'),), verbose=False)
-    finally:
-        thop_logger.setLevel(level)
+    macs, _ = thop.profile(probe, inputs=(torch.zeros(1, ch, height, width, device='meta'),), verbose=False)
     return float(macs) * 2 / 1e9
 
 

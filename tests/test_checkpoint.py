@@ -1,0 +1,149 @@
+"""Safe checkpoint loading (SPEC §13): released fp16 format, strict fit, clear one-line errors."""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import CheckpointError, half_state_dict, load_weights, read_checkpoint, save_checkpoint
+from models.yolo import Model
+from tests.helpers import cfg_path, fill_by_name, requires_reference, tiny_config
+
+
+def _filled(cfg) -> Model:
+    model = Model(cfg)
+    fill_by_name(model)
+    return model.eval()
+
+
+def _round_trip_outputs(model: Model, path: Path, x: torch.Tensor) -> None:
+    save_checkpoint({'model': half_state_dict(model)}, path)
+    loaded = Model(model.yaml)
+    load_weights(loaded, path)  # strict by default
+    assert all(v.dtype != torch.float16 for v in loaded.state_dict().values())
+    loaded.eval()
+    rounded = Model(model.yaml)
+    rounded.load_state_dict({k: v.half().to(v.dtype) if v.is_floating_point() else v
+                             for k, v in model.state_dict().items()})
+    rounded.eval()
+    with torch.no_grad():
+        for thres in (0.0, 1.01):
+            model.dy_thres = loaded.dy_thres = rounded.dy_thres = thres
+            got, exact, ref = loaded(x)[0], rounded(x)[0], model(x)[0]
+            torch.testing.assert_close(got, exact, rtol=0, atol=0)  # the file holds exactly the fp16 values
+            torch.testing.assert_close(got, ref, rtol=2e-2, atol=0.5)  # fp16 rounding of the weights
+
+
+def test_fp16_round_trip_tiny(tmp_path: Path) -> None:
+    _round_trip_outputs(_filled(tiny_config()), tmp_path / 'tiny.pt', torch.rand(2, 3, 64, 64))
+
+
+@requires_reference
+def test_fp16_round_trip_released_format(tmp_path: Path) -> None:
+    model = _filled(cfg_path('dy-yolov7-step2'))
+    path = tmp_path / 'dy-yolov7.pt'
+    _round_trip_outputs(model, path, torch.rand(2, 3, 64, 64))
+    assert read_checkpoint(path)['model']['model_b.0.conv.weight'].dtype == torch.float16
+
+
+def test_other_config_names_both_and_first_keys(tmp_path: Path) -> None:
+    path = tmp_path / 'step1.pt'
+    save_checkpoint({'model': half_state_dict(Model(tiny_config(dynamic=False)))}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(Model(tiny_config()), path)
+    message = str(info.value)
+    assert message.startswith(f'{path} does not fit <dict config>: missing 4 (router.layer1.weight')
+    assert 'step-1 checkpoint' in message and '\n' not in message
+    other = Model(tiny_config(nc=5))
+    with pytest.raises(CheckpointError, match=r'different shape \d+ \(model_h\.8\.anchors|different shape'):
+        load_weights(other, path, strict=True)
+
+
+def test_non_strict_loads_intersection(tmp_path: Path) -> None:
+    path = tmp_path / 'step1.pt'
+    src = _filled(tiny_config(dynamic=False))
+    save_checkpoint({'model': src.state_dict(), 'epoch': 3}, path)
+    dst = Model(tiny_config())
+    keys = load_weights(dst, path, strict=False, exclude=('anchor',))
+    assert not any('router' in k or 'anchor' in k for k in keys)
+    assert len(keys) == len(src.state_dict()) - 4
+    torch.testing.assert_close(dst.model_b2[0].conv.weight, src.model_b2[0].conv.weight)
+
+
+def test_bare_state_dict_and_numpy_fitness_are_accepted(tmp_path: Path) -> None:
+    model = Model(tiny_config())
+    bare = tmp_path / 'bare.pt'
+    torch.save(model.state_dict(), bare)
+    load_weights(Model(tiny_config()), bare)
+    legacy = tmp_path / 'legacy.pt'
+    torch.save({'model': half_state_dict(model), 'best_fitness': np.array([0.25]), 'epoch': -1}, legacy)
+    assert float(read_checkpoint(legacy)['best_fitness'][0]) == 0.25
+
+
+def test_numpy1_pickled_fitness_is_accepted(tmp_path: Path) -> None:
+    """Files written under numpy 1.x name numpy.core.multiarray; allow exactly that reconstruction."""
+    modern = tmp_path / 'modern.pt'
+    torch.save({'model': {'w': torch.ones(2)}, 'best_fitness': np.array([0.5])}, modern)
+    legacy = tmp_path / 'numpy1.pt'
+    with zipfile.ZipFile(modern) as src, zipfile.ZipFile(legacy, 'w', zipfile.ZIP_STORED) as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith('data.pkl'):
+                assert b'numpy._core.multiarray' in data
+                data = data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+            dst.writestr(item, data)
+    assert float(read_checkpoint(legacy)['best_fitness'][0]) == 0.5
+
+
+class _Exploit:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_pickled_code_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pt'
+    torch.save({'model': {'w': torch.ones(1)}, 'payload': _Exploit(str(marker))}, path)
+    with pytest.raises(CheckpointError, match='refused to load'):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('content,expected', [
+    (None, 'weights file not found'),
+    (b'', 'not a PyTorch checkpoint'),
+    (b'this is not a checkpoint', 'not a PyTorch checkpoint'),
+    ('list', "expected a dict whose 'model' entry is a state_dict"),
+])
+def test_not_a_checkpoint(tmp_path: Path, content, expected: str) -> None:
+    path = tmp_path / 'w.pt'
+    if content == 'list':
+        torch.save([1, 2, 3], path)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    assert str(info.value).startswith(f'{path}: ') and expected in str(info.value)
+    assert '\n' not in str(info.value)
+
+
+def test_atomic_save_keeps_previous_file_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / 'last.pt'
+    save_checkpoint({'model': {'w': torch.zeros(1)}, 'epoch': 1}, path)
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError('disk full')
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint({'model': {'w': torch.ones(1)}, 'bad': Unsaveable()}, path)
+    assert read_checkpoint(path)['epoch'] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ['last.pt']
