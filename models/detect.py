@@ -8,25 +8,30 @@ import torch
 from torch import nn
 
 
-class ImplicitA(nn.Module):
-    """Learned additive per-channel offset, shape (1, C, 1, 1)."""
+class _Implicit(nn.Module):
+    """A learned per-channel tensor of shape (1, C, 1, 1), initialised from N(mean, std²)."""
+
+    def __init__(self, channel: int, mean: float, std: float):
+        super().__init__()
+        self.implicit = nn.Parameter(torch.empty(1, channel, 1, 1))
+        nn.init.normal_(self.implicit, mean=mean, std=std)
+
+
+class ImplicitA(_Implicit):
+    """Learned additive per-channel offset."""
 
     def __init__(self, channel: int, mean: float = 0.0, std: float = 0.02):
-        super().__init__()
-        self.implicit = nn.Parameter(torch.zeros(1, channel, 1, 1))
-        nn.init.normal_(self.implicit, mean=mean, std=std)
+        super().__init__(channel, mean, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.implicit + x
 
 
-class ImplicitM(nn.Module):
-    """Learned multiplicative per-channel scale, shape (1, C, 1, 1)."""
+class ImplicitM(_Implicit):
+    """Learned multiplicative per-channel scale."""
 
     def __init__(self, channel: int, mean: float = 1.0, std: float = 0.02):
-        super().__init__()
-        self.implicit = nn.Parameter(torch.ones(1, channel, 1, 1))
-        nn.init.normal_(self.implicit, mean=mean, std=std)
+        super().__init__(channel, mean, std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.implicit * x

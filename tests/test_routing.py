@@ -20,6 +20,18 @@ def _images(n: int = 6) -> torch.Tensor:
     return base * torch.linspace(0.1, 1.0, n, dtype=torch.float64).view(n, 1, 1, 1)
 
 
+def _route_at_median(model: Model, x: torch.Tensor) -> torch.Tensor:
+    """Set dy_thres to the median score of x; returns the per-image easy mask (some easy, some hard)."""
+    model.get_score = True
+    with torch.no_grad():
+        scores = model(x)[:, 0]
+    model.get_score = False
+    model.dy_thres = float(scores.median())
+    easy = scores >= model.dy_thres
+    assert 0 < int(easy.sum()) < len(x)
+    return easy
+
+
 class CallCounter:
     """Counts forward calls of a module and the batch sizes it saw."""
 
@@ -42,13 +54,7 @@ def test_scores_differ_between_images() -> None:
 
 def test_mixed_batch_equals_per_image_runs() -> None:
     model, x = _model(), _images()
-    model.get_score = True
-    with torch.no_grad():
-        scores = model(x)[:, 0]
-    model.get_score = False
-    model.dy_thres = float(scores.median())
-    easy = scores >= model.dy_thres
-    assert 0 < int(easy.sum()) < len(x)
+    easy = _route_at_median(model, x)
     with torch.no_grad():
         decoded, raw = model(x)
         for i in range(len(x)):
@@ -76,12 +82,7 @@ def test_all_easy_batch_never_runs_backbone2_or_head2() -> None:
 
 def test_mixed_batch_runs_backbone2_on_hard_images_only() -> None:
     model, x = _model(), _images()
-    model.get_score = True
-    with torch.no_grad():
-        scores = model(x)[:, 0]
-    model.get_score = False
-    model.dy_thres = float(scores.median())
-    n_hard = int((scores < model.dy_thres).sum())
+    n_hard = int((~_route_at_median(model, x)).sum())
     b2_conv, h1_conv = CallCounter(model.model_b2[2]), CallCounter(model.model_h[3])
     with torch.no_grad():
         model(x)
@@ -103,3 +104,14 @@ def test_train_forward_returns_both_heads_and_score() -> None:
     maps, score = model(torch.rand(2, 3, 64, 64))
     assert [tuple(m.shape) for m in maps] == [(2, 3, 8, 8, 8), (2, 3, 4, 4, 8)] * 2
     assert score.shape == (2, 1) and bool(((score > 0) & (score < 1)).all())
+
+
+def test_augmented_forward_concatenates_three_scales() -> None:
+    model, x = _model(), _images(2)
+    model.dy_thres = 0.0
+    with torch.no_grad():
+        augmented, second = model(x, augment=True)
+        plain = model(x)[0]
+    n = plain.shape[1]
+    assert second is None and augmented.shape[1] > n
+    torch.testing.assert_close(augmented[:, :n], plain)  # scale 1 comes first, unflipped
