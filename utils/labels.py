@@ -1,0 +1,96 @@
+"""YOLO label files: the image→label path rule, parsing (boxes or polygons) and repair of dirty rows (SPEC §7.1).
+
+Faithful: the path rule, the polygon rule (a line with more than 8 fields makes the whole file polygons), and
+the checks. Extension: instead of discarding a whole image for one bad row, rows are repaired or dropped one by
+one with a warning naming the file and the reason (slightly-out coordinates clipped, wild ones and bad class ids
+dropped, duplicates removed); a file whose rows cannot be parsed at all is still corrupt.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMG_FORMATS = ('bmp', 'jpg', 'jpeg', 'png', 'tif', 'tiff', 'dng', 'webp', 'mpo')
+VID_FORMATS = ('mov', 'avi', 'mp4', 'mpg', 'mpeg', 'm4v', 'wmv', 'mkv')
+CLIP_TOLERANCE = 0.01  # coordinates within [-0.01, 1.01] are rounding noise and get clipped; beyond is wild
+
+
+def img2label_paths(img_paths: list[str]) -> list[str]:
+    """Label path per image: the first '/images/' becomes '/labels/' and the extension '.txt'."""
+    sa, sb = f'{os.sep}images{os.sep}', f'{os.sep}labels{os.sep}'
+    return [sb.join(p.split(sa, 1)).rsplit('.', 1)[0] + '.txt' for p in img_paths]
+
+
+def segments2boxes(segments: list[np.ndarray]) -> np.ndarray:
+    """Polygons (k, 2) normalised → (n, 4) boxes [cx, cy, w, h] (their bounding boxes)."""
+    boxes = []
+    for s in segments:
+        x, y = s.T
+        boxes.append([x.min(), y.min(), x.max(), y.max()])
+    b = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    return np.concatenate(((b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]), 1)
+
+
+@dataclass
+class LabelFile:
+    """Parsed labels of one image: (n, 5) `class cx cy w h`, polygons, and what was repaired."""
+    labels: np.ndarray
+    segments: list[np.ndarray] = field(default_factory=list)
+    status: str = 'found'  # found | missing | empty | corrupt
+    messages: list[str] = field(default_factory=list)
+
+
+def _parse_rows(text: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    rows = [line.split() for line in text.strip().splitlines() if line.strip()]
+    if any(len(r) > 8 for r in rows):
+        classes = np.array([r[0] for r in rows], dtype=np.float32)
+        segments = [np.array(r[1:], dtype=np.float32).reshape(-1, 2) for r in rows]
+        return np.concatenate((classes.reshape(-1, 1), segments2boxes(segments)), 1), segments
+    if any(len(r) != 5 for r in rows):
+        bad = next(i for i, r in enumerate(rows) if len(r) != 5)
+        raise ValueError(f'line {bad + 1} has {len(rows[bad])} columns, expected 5 (class cx cy w h)')
+    return np.array(rows, dtype=np.float32).reshape(-1, 5), []
+
+
+def _repair(labels: np.ndarray, segments: list[np.ndarray], nc: int | None,
+            messages: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    cls, xywh = labels[:, 0], labels[:, 1:]
+    bad_cls = ~np.isfinite(cls) | (cls < 0) | (cls != np.round(cls)) | ((cls >= nc) if nc else False)
+    wild = ((xywh < -CLIP_TOLERANCE) | (xywh > 1 + CLIP_TOLERANCE) | ~np.isfinite(xywh)).any(1)
+    if bad_cls.any():
+        messages.append(f'dropped {int(bad_cls.sum())} rows with class ids outside 0..{(nc or 0) - 1}: '
+                        f'{sorted(set(cls[bad_cls].tolist()))}')
+    if (wild & ~bad_cls).any():
+        messages.append(f'dropped {int((wild & ~bad_cls).sum())} rows with coordinates far outside [0, 1]')
+    keep = ~(bad_cls | wild)
+    out_of_range = ((xywh < 0) | (xywh > 1)).any(1) & keep
+    if out_of_range.any():
+        messages.append(f'clipped {int(out_of_range.sum())} rows slightly outside [0, 1]')
+    labels = labels[keep].copy()
+    labels[:, 1:] = labels[:, 1:].clip(0, 1)
+    segments = [s.clip(0, 1) for s, k in zip(segments, keep) if k]
+    _, first = np.unique(labels, axis=0, return_index=True)
+    if len(first) < len(labels):
+        messages.append(f'removed {len(labels) - len(first)} duplicate rows')
+        first = np.sort(first)
+        labels = labels[first]
+        segments = [segments[i] for i in first] if segments else segments
+    return labels, segments
+
+
+def read_label_file(path: str | Path, nc: int | None = None) -> LabelFile:
+    """Read and repair one label file; never raises for bad content (status 'corrupt' and a message)."""
+    path = Path(path)
+    if not path.is_file():
+        return LabelFile(np.zeros((0, 5), np.float32), status='missing')
+    try:
+        labels, segments = _parse_rows(path.read_text(encoding='utf-8', errors='strict'))
+    except (ValueError, UnicodeDecodeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return LabelFile(np.zeros((0, 5), np.float32), status='corrupt', messages=[f'unreadable labels: {reason}'])
+    messages: list[str] = []
+    labels, segments = _repair(labels, segments, nc, messages)
+    return LabelFile(labels, segments, 'found' if len(labels) else 'empty', messages)
