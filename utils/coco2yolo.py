@@ -20,6 +20,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from utils.labels import topleft_box_to_yolo
+
 logger = logging.getLogger(__name__)
 
 # Ids of the 80 COCO categories among the 91 of the paper, in class order 0..79.
@@ -81,12 +83,6 @@ def image_table(images: list[dict]) -> dict[int, tuple[str, float, float]]:
     return table
 
 
-def box_values(bbox: list[float], width: float, height: float) -> list[float]:
-    """COCO [x, y, w, h] top-left pixel box -> normalised [cx, cy, w, h] rounded to 6 decimals."""
-    x, y, w, h = bbox
-    return [round(v, 6) for v in ((x + w / 2) / width, (y + h / 2) / height, w / width, h / height)]
-
-
 def polygon_values(annotation: dict, width: float, height: float) -> list[float]:
     """Normalised polygon of an annotation: its parts joined in order, or its box corners for RLE."""
     segmentation = annotation.get('segmentation')
@@ -102,7 +98,7 @@ def label_line(annotation: dict, cls: int, width: float, height: float, segments
     """One label file line for an annotation already known to be usable."""
     if segments:
         return ' '.join([str(cls)] + [f'{v:.6f}' for v in polygon_values(annotation, width, height)])
-    values = box_values(annotation['bbox'], width, height)
+    values = topleft_box_to_yolo(annotation['bbox'], width, height)
     # Trailing zeros dropped, like the released labels ('0.5955', not '0.595500').
     return ' '.join([str(cls)] + [f'{v:.6f}'.rstrip('0').rstrip('.') for v in values])
 

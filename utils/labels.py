@@ -24,6 +24,12 @@ def img2label_paths(img_paths: list[str]) -> list[str]:
     return [sb.join(p.split(sa, 1)).rsplit('.', 1)[0] + '.txt' for p in img_paths]
 
 
+def topleft_box_to_yolo(box: list[float], width: float, height: float) -> list[float]:
+    """Pixel box [x, y, w, h] (top-left corner) → normalised [cx, cy, w, h], rounded to 6 decimals."""
+    x, y, w, h = box
+    return [round(v, 6) for v in ((x + w / 2) / width, (y + h / 2) / height, w / width, h / height)]
+
+
 def segments2boxes(segments: list[np.ndarray]) -> np.ndarray:
     """Polygons (k, 2) normalised → (n, 4) boxes [cx, cy, w, h] (their bounding boxes)."""
     boxes = []
@@ -61,7 +67,8 @@ def _repair(labels: np.ndarray, segments: list[np.ndarray], nc: int | None,
     bad_cls = ~np.isfinite(cls) | (cls < 0) | (cls != np.round(cls)) | ((cls >= nc) if nc else False)
     wild = ((xywh < -CLIP_TOLERANCE) | (xywh > 1 + CLIP_TOLERANCE) | ~np.isfinite(xywh)).any(1)
     if bad_cls.any():
-        messages.append(f'dropped {int(bad_cls.sum())} rows with class ids outside 0..{(nc or 0) - 1}: '
+        allowed = f'outside 0..{nc - 1}' if nc else 'that are not non-negative integers'
+        messages.append(f'dropped {int(bad_cls.sum())} rows with class ids {allowed}: '
                         f'{sorted(set(cls[bad_cls].tolist()))}')
     if (wild & ~bad_cls).any():
         messages.append(f'dropped {int((wild & ~bad_cls).sum())} rows with coordinates far outside [0, 1]')
