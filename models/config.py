@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from utils.yaml_io import read_yaml
+
 from .graph import ConfigError, SECTIONS
 
 
@@ -51,11 +53,7 @@ def load_config(cfg: str | Path | dict) -> tuple[dict, str]:
         source = str(cfg)
         if not path.is_file():
             raise ConfigError(f'{source}: model config not found; pass --cfg with a file such as cfg/dy-yolov7-step2.yaml')
-        try:
-            data = yaml.safe_load(path.read_text(encoding='utf-8'))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f'{source}: not valid YAML ({first})') from None
+        data = read_yaml(path, ConfigError, 'a model config')
     if not isinstance(data, dict):
         raise ConfigError(f'{source}: a model config must be a mapping of keys, got {type(data).__name__}')
     validate_config(data, source)

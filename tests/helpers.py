@@ -112,3 +112,19 @@ def tiny_config(dynamic: bool = True, nc: int = 3) -> dict:
     if dynamic:
         cfg.update(dynamic=True, router_ins=[1, 3], router_channels=[16, 32])
     return cfg
+
+
+COCO128 = SHARED / 'data' / 'coco128'
+requires_coco128 = pytest.mark.skipif(
+    not (COCO128 / 'train2017.txt').is_file(),
+    reason=f'coco128 not found at {COCO128} (it lives in ../shared/data; set DYNAMICDET_SHARED)')
+
+
+def coco128_view(folder: Path) -> Path:
+    """A writable view of coco128 (images/labels/segments symlinked, the list copied) so caches land in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ('images', 'labels', 'segments', 'annotations'):
+        if not (folder / name).exists():
+            (folder / name).symlink_to(COCO128 / name, target_is_directory=True)
+    (folder / 'train2017.txt').write_text((COCO128 / 'train2017.txt').read_text())
+    return folder / 'train2017.txt'

@@ -1,6 +1,7 @@
 """Device selection and timing helpers shared by the scripts."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -45,3 +46,14 @@ def time_sync(device: torch.device | None = None) -> float:
     if device is not None and device.type == 'cuda':
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+@contextlib.contextmanager
+def torch_distributed_zero_first(local_rank: int):
+    """Rank 0 runs the block first (e.g. builds the label cache) while the other ranks wait, then they run it."""
+    distributed = local_rank != -1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and local_rank != 0:
+        torch.distributed.barrier()
+    yield
+    if distributed and local_rank == 0:
+        torch.distributed.barrier()

@@ -1,0 +1,52 @@
+"""Loader creation for one process or DDP ranks (SPEC §7.3 "Loaders").
+
+Faithful: the dataset arguments, batch = min(batch, dataset size), the worker count rule, a shuffled
+`DistributedSampler` under DDP and sequential order otherwise, pinned memory, worker reuse across epochs.
+Extensions: workers are reused with PyTorch's `persistent_workers` (the reference patched an infinite batch
+sampler); a loader-owned generator seeds the workers (`seed + rank`) so a run repeats regardless of what the
+model drew from torch's global RNG; image weights are drawn by a sampler in the main process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from utils.datasets import LoadImagesAndLabels
+from utils.sampling import ImageWeightSampler
+from utils.torch_utils import torch_distributed_zero_first
+
+LOGGER = logging.getLogger(__name__)
+
+
+def worker_count(batch_size: int, world_size: int, workers: int) -> int:
+    """min(cpu count // world size, batch size if > 1 else 0, --workers): batch 1 loads in the main process."""
+    return max(0, min((os.cpu_count() or 1) // max(world_size, 1), batch_size if batch_size > 1 else 0, workers))
+
+
+def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride: int, opt=None,
+                      hyp: dict | None = None, augment: bool = False, cache: bool = False, pad: float = 0.0,
+                      rect: bool = False, rank: int = -1, world_size: int = 1, workers: int = 8,
+                      image_weights: bool = False, quad: bool = False, prefix: str = '', nc: int | None = None,
+                      seed: int = 0) -> tuple[DataLoader, LoadImagesAndLabels]:
+    """(loader, dataset) with the reference's arguments; `opt` is only read for `single_cls`."""
+    with torch_distributed_zero_first(rank):  # rank 0 writes the label cache, the others then read it
+        dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
+                                      cache_images=cache, single_cls=bool(getattr(opt, 'single_cls', False)),
+                                      stride=int(stride), pad=pad, image_weights=image_weights, prefix=prefix,
+                                      nc=nc)
+    batch_size = min(batch_size, len(dataset))
+    nw = worker_count(batch_size, world_size, workers)
+    if image_weights:
+        sampler = ImageWeightSampler(len(dataset), rank, world_size, seed)
+    elif rank != -1:
+        sampler = DistributedSampler(dataset, seed=seed)
+    else:
+        sampler = None
+    generator = torch.Generator().manual_seed(seed + max(rank, 0))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=nw, sampler=sampler,
+                        pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0, generator=generator,
+                        collate_fn=LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn)
+    return loader, dataset

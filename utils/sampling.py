@@ -1,0 +1,76 @@
+"""Image weights (class-frequency and per-class mAP sampling) and multi-scale batches (SPEC §7.3, §8).
+
+Faithful: the weight formulas and the multi-scale size rule. Fixes: `np.int` (removed in numpy ≥ 1.24) and
+`random.randrange` with float bounds (an error on Python ≥ 3.12). Extension: the weighted draw lives in a sampler
+in the main process, so persistent workers and DDP ranks see each epoch's draw (the reference mutated
+`dataset.indices`, which worker processes never see again once started).
+"""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Sampler
+
+
+def labels_to_class_weights(labels: list[np.ndarray], nc: int = 80) -> torch.Tensor:
+    """Inverse class frequencies over all labels, normalised to sum 1 (absent classes count as 1)."""
+    if not len(labels):
+        return torch.Tensor()
+    classes = np.concatenate(labels, 0)[:, 0].astype(int)
+    counts = np.bincount(classes, minlength=nc).astype(np.float64)
+    counts[counts == 0] = 1
+    weights = 1 / counts
+    return torch.from_numpy(weights / weights.sum())
+
+
+def labels_to_image_weights(labels: list[np.ndarray], nc: int = 80,
+                            class_weights: np.ndarray | None = None) -> np.ndarray:
+    """Per image: the sum over its labels of their class weight."""
+    class_weights = np.ones(nc) if class_weights is None else np.asarray(class_weights)
+    class_counts = np.array([np.bincount(x[:, 0].astype(int), minlength=nc) for x in labels]).reshape(-1, nc)
+    return (class_weights.reshape(1, nc) * class_counts).sum(1)
+
+
+def epoch_image_weights(labels: list[np.ndarray], class_weights: np.ndarray, maps: np.ndarray,
+                        nc: int) -> np.ndarray:
+    """The reference's per-epoch weights: class_weights·(1 − per-class mAP)²/nc summed over each image's labels."""
+    return labels_to_image_weights(labels, nc, class_weights * (1 - maps) ** 2 / nc)
+
+
+class ImageWeightSampler(Sampler[int]):
+    """Draws len(dataset) indices with replacement by image weight; DDP ranks share the draw and split it."""
+
+    def __init__(self, n: int, rank: int = -1, world_size: int = 1, seed: int = 0) -> None:
+        self.n, self.rank, self.world_size, self.seed = n, max(rank, 0), world_size, seed
+        self.weights = np.ones(n)
+        self.epoch = 0
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        """Weights for the next epochs (one per image, any positive scale)."""
+        self.weights = np.asarray(weights, dtype=np.float64)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Same draw on every rank for a given epoch."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        drawn = rng.choices(range(self.n), weights=self.weights.tolist(), k=self.n)
+        return iter(drawn[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def multi_scale_resize(imgs: torch.Tensor, img_size: int, stride: int) -> torch.Tensor:
+    """--multi-scale: resize the batch so its long side is a random stride multiple in [0.5, 1.5]·img_size."""
+    size = random.randrange(int(img_size * 0.5), int(img_size * 1.5) + stride) // stride * stride
+    factor = size / max(imgs.shape[2:])
+    if factor == 1:
+        return imgs
+    new_shape = [math.ceil(x * factor / stride) * stride for x in imgs.shape[2:]]
+    return F.interpolate(imgs, size=new_shape, mode='bilinear', align_corners=False)
