@@ -5,7 +5,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from utils.yaml_io import read_yaml
 
