@@ -8,13 +8,14 @@ fails to decode after the scan is replaced by the next image with a warning inst
 from __future__ import annotations
 
 import logging
+import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from utils.augmentations import augment_hsv, mixup, random_flips, random_perspective
 from utils.data_config import list_image_files
@@ -29,6 +30,7 @@ from utils.paste_in import collect_samples, paste_in
 LOGGER = logging.getLogger(__name__)
 MOSAIC4_SHARE = 0.8  # of mosaics: the rest are 9-image mosaics
 PASTE_IN_SAMPLES = 30
+DECODE_THREADS = min(4, os.cpu_count() or 1)  # JPEG decoding releases the GIL: mosaic tiles decode together
 
 
 class ImageLoadError(OSError):
@@ -72,6 +74,7 @@ class LoadImagesAndLabels(Dataset):
         self.imgs: list[np.ndarray | None] = [None] * n
         self.img_hw0: list[tuple[int, int] | None] = [None] * n
         self.img_hw: list[tuple[int, int] | None] = [None] * n
+        self._decode_pool: ThreadPoolExecutor | None = None
         if cache_images:
             self._cache_images()
 
@@ -130,6 +133,19 @@ class LoadImagesAndLabels(Dataset):
         if self.imgs[index] is not None:
             return self.imgs[index], self.img_hw0[index], self.img_hw[index]
         return self._read_resized(index)
+
+    def load_images(self, indices: list[int]) -> list[tuple[np.ndarray, tuple[int, int], tuple[int, int]]]:
+        """load_image for several indices; decoded in parallel threads when not inside a loader worker."""
+        if len(indices) < 2 or get_worker_info() is not None or DECODE_THREADS < 2:
+            return [self.load_image(i) for i in indices]  # loader workers already use every core
+        if self._decode_pool is None:
+            self._decode_pool = ThreadPoolExecutor(DECODE_THREADS)
+        return list(self._decode_pool.map(self.load_image, indices))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state['_decode_pool'] = None  # threads do not cross into worker processes
+        return state
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
         index = self.indices[index]  # image weights draw indices per epoch

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ def _image_size(path: str) -> tuple[int, int]:
         raise ValueError('zero-byte file')
     with Image.open(path) as im:
         im.verify()
+    with Image.open(path) as im:  # a verified image cannot be read further: reopen (header only) for size/EXIF
         w, h = im.size
         fmt = (im.format or '').lower()
         orientation = im.getexif().get(EXIF_ORIENTATION, 1)
@@ -74,7 +76,8 @@ def scan_one(img_path: str, label_path: str, nc: int | None) -> tuple:
     """Check one image and read its labels → (labels, (w, h), segments, status, messages)."""
     try:
         size = _image_size(img_path)
-    except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
+    except (OSError, ValueError, UnidentifiedImageError, SyntaxError, RuntimeError,
+            Image.DecompressionBombError) as e:  # a corrupt header can claim a huge size
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, UnidentifiedImageError):
             reason = 'not a readable image'
@@ -164,7 +167,7 @@ def load_cache(path: Path, digest: str) -> ScanResult | None:
             segments = [polygons[a:b] for a, b in zip(np.r_[0, per_image[:-1]], per_image)]
             counts = dict(zip(STATUSES, z['counts'].tolist()))
             return ScanResult(z['files'].tolist(), labels, z['shapes'], segments, counts, z['messages'].tolist())
-    except (OSError, KeyError, ValueError, EOFError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # truncated/foreign file: rebuild
         return None
 
 

@@ -1,6 +1,6 @@
 """Mosaics of 4 and 9 images with their labels and polygons (SPEC §7.3 step 1), faithful to the reference.
 
-Each function takes the dataset (for `load_image`, `labels`, `segments`, `indices`, `img_size`, `hyp`) and draws
+Each function takes the dataset (for `load_images`, `labels`, `segments`, `indices`, `img_size`, `hyp`) and draws
 its randomness from Python `random` in the reference's order, so a seeded run repeats.
 """
 from __future__ import annotations
@@ -36,8 +36,7 @@ def mosaic4_canvas(dataset, index: int) -> tuple[np.ndarray, np.ndarray, list[np
     yc, xc = (int(random.uniform(-x, 2 * s + x)) for x in dataset.mosaic_border)
     indices = [index] + random.choices(dataset.indices, k=3)
     canvas, labels4, segments4 = None, [], []
-    for i, idx in enumerate(indices):
-        img, _, (h, w) = dataset.load_image(idx)
+    for i, (idx, (img, _, (h, w))) in enumerate(zip(indices, dataset.load_images(indices))):
         if canvas is None:
             canvas = np.full((s * 2, s * 2, img.shape[2]), FILL, dtype=np.uint8)
         if i == 0:  # top left: its bottom-right corner on the centre
@@ -82,8 +81,7 @@ def mosaic9_canvas(dataset, index: int) -> tuple[np.ndarray, np.ndarray, list[np
     indices = [index] + random.choices(dataset.indices, k=8)
     canvas, labels9, segments9 = None, [], []
     h0 = w0 = hp = wp = 0
-    for i, idx in enumerate(indices):
-        img, _, (h, w) = dataset.load_image(idx)
+    for i, (idx, (img, _, (h, w))) in enumerate(zip(indices, dataset.load_images(indices))):
         if i == 0:
             canvas = np.full((s * 3, s * 3, img.shape[2]), FILL, dtype=np.uint8)
             h0, w0 = h, w
