@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.paste_in import bbox_ioa, collect_samples, harvest_samples, paste_in
+from utils.paste_in import bbox_ioa, collect_samples, copy_paste, harvest_samples, paste_in
 
 GREY = 114
 
@@ -211,3 +211,19 @@ def test_paste_in_mask_threshold_counts_elements(monkeypatch, blob_hw, pasted) -
     else:
         assert len(labels) == 0 and (img == GREY).all()
 
+
+
+def test_copy_paste_mirrors_objects_into_free_space() -> None:
+    img = np.full((100, 100, 3), GREY, np.uint8)
+    square = np.array([[10, 20], [30, 20], [30, 40], [10, 40]], np.float32)
+    cv2.fillPoly(img, [square.astype(np.int32)], COLOUR)
+    labels = np.array([[4, 10, 20, 30, 40]], np.float64)
+    random.seed(0)
+    img, out, segments = copy_paste(img, labels, [square], probability=1.0)
+    np.testing.assert_allclose(out, [[4, 10, 20, 30, 40], [4, 70, 20, 90, 40]])  # x → 100 − x
+    assert len(segments) == 2 and _is_colour(img[21:40, 71:90]).all() and _is_colour(img[20:40, 10:30]).all()
+    # each object's mirror place holds the other: overlap over the existing label's area 1 and 256/400
+    small = np.array([[72, 22], [88, 22], [88, 38], [72, 38]], np.float32)
+    blocked = np.array([[4, 10, 20, 30, 40], [1, 72, 22, 88, 38]], np.float64)
+    _, out, _ = copy_paste(img.copy(), blocked, [square, small], probability=1.0)
+    assert len(out) == 2

@@ -11,6 +11,7 @@ import numpy as np
 
 from utils.augmentations import random_perspective
 from utils.general import xyn2xy, xywhn2xyxy
+from utils.paste_in import copy_paste
 
 FILL = 114
 
@@ -105,6 +106,7 @@ def mosaic9_canvas(dataset, index: int) -> tuple[np.ndarray, np.ndarray, list[np
 
 def _perspective(dataset, img: np.ndarray, labels: np.ndarray, segments: list) -> tuple[np.ndarray, np.ndarray]:
     hyp = dataset.hyp
+    img, labels, segments = copy_paste(img, labels, segments, probability=hyp.get('copy_paste', 0.0))
     return random_perspective(img, labels, segments, degrees=hyp['degrees'], translate=hyp['translate'],
                               scale=hyp['scale'], shear=hyp['shear'], perspective=hyp['perspective'],
                               border=dataset.mosaic_border)

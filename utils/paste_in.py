@@ -125,3 +125,26 @@ def paste_in(img: np.ndarray, labels: np.ndarray, classes: list[float], crops: l
                            dtype=np.result_type(labels.dtype, np.float32))
             labels = np.concatenate((labels, new), 0) if len(labels) else new
     return labels
+
+
+def copy_paste(img: np.ndarray, labels: np.ndarray, segments: list[np.ndarray],
+               probability: float = 0.5) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Segment copy-paste (hyp `copy_paste`, 0 in the shipped recipes): mirror a random share of the objects
+    left-right into the same image where they overlap no label by 30 % or more; img changed in place."""
+    n = len(segments)
+    if not (probability and n):
+        return img, labels, segments
+    w = img.shape[1]
+    segments = list(segments)
+    canvas = np.zeros(img.shape, np.uint8)
+    for j in random.sample(range(n), k=round(probability * n)):
+        lab, seg = labels[j], segments[j]
+        box = np.array([w - lab[3], lab[2], w - lab[1], lab[4]])
+        if (bbox_ioa(box, labels[:, 1:5]) < 0.30).all():
+            labels = np.concatenate((labels, [[lab[0], *box]]), 0)
+            segments.append(np.concatenate((w - seg[:, 0:1], seg[:, 1:2]), 1))
+            cv2.drawContours(canvas, [seg.astype(np.int32)], -1, (255, 255, 255), cv2.FILLED)
+    mirrored = cv2.flip(cv2.bitwise_and(img, canvas), 1)
+    keep = mirrored > 0
+    img[keep] = mirrored[keep]
+    return img, labels, segments
