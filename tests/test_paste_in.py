@@ -227,3 +227,24 @@ def test_copy_paste_mirrors_objects_into_free_space() -> None:
     blocked = np.array([[4, 10, 20, 30, 40], [1, 72, 22, 88, 38]], np.float64)
     _, out, _ = copy_paste(img.copy(), blocked, [square, small], probability=1.0)
     assert len(out) == 2
+
+
+def test_local_polygon_fill_equals_full_canvas_fill() -> None:
+    """The small-canvas fill used for speed gives the reference's full-canvas pixels, border polygons included."""
+    from utils.paste_in import _filled_polygon
+    rng = np.random.default_rng(0)
+    size = 256
+    for _ in range(300):
+        k = int(rng.integers(3, 20))
+        centre, radius = rng.uniform(-40, size + 40, 2), rng.uniform(2, 120)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, k))
+        spread = rng.uniform(.3, 1, (2, k))
+        poly = np.stack([centre[0] + radius * np.cos(angles) * spread[0],
+                         centre[1] + radius * np.sin(angles) * spread[1]], 1).clip(0, size).astype(np.int32)
+        x1, y1 = poly.min(0).clip(0, size - 1)
+        x2, y2 = poly.max(0).clip(0, size - 1)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        full = np.zeros((size, size, 3), np.uint8)
+        cv2.drawContours(full, [poly], -1, (255, 255, 255), cv2.FILLED)
+        np.testing.assert_array_equal(_filled_polygon(poly, full.shape, x1, y1, x2, y2), full[y1:y2, x1:x2])

@@ -42,6 +42,25 @@ def bbox_ioa(box1: np.ndarray, box2: np.ndarray, eps: float = 1e-7) -> np.ndarra
     return inter_w * inter_h / box2_area
 
 
+def _filled_polygon(polygon: np.ndarray, shape: tuple, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
+    """The reference's 255-filled polygon on an image-sized canvas, cropped to [y1:y2, x1:x2].
+
+    A polygon inside the image fills identically on a canvas just around it (integer shift), which saves
+    allocating and clearing a mosaic-sized canvas per object; OpenCV clips polygons that reach the image
+    border differently on a smaller canvas, so those still use the full one.
+    """
+    h, w = shape[:2]
+    lo, hi = polygon.min(0), polygon.max(0)
+    if (lo >= 0).all() and hi[0] < w and hi[1] < h:
+        ox, oy = min(lo[0], x1), min(lo[1], y1)
+        local = np.zeros((max(hi[1], y2) - oy + 1, max(hi[0], x2) - ox + 1, shape[2]), np.uint8)
+        cv2.drawContours(local, [polygon - [ox, oy]], -1, (255, 255, 255), cv2.FILLED)
+        return local[y1 - oy:y2 - oy, x1 - ox:x2 - ox].copy()
+    canvas = np.zeros(shape, np.uint8)
+    cv2.drawContours(canvas, [polygon], -1, (255, 255, 255), cv2.FILLED)
+    return canvas[y1:y2, x1:x2].copy()  # a copy lets the mosaic-sized canvas go
+
+
 def harvest_samples(img: np.ndarray, labels: np.ndarray, segments: list[np.ndarray],
                     probability: float = 0.5) -> Samples:
     """Cut a random `probability` share of the segmented objects out of img: (classes, crops, masks)."""
@@ -59,11 +78,7 @@ def harvest_samples(img: np.ndarray, labels: np.ndarray, segments: list[np.ndarr
         y1, y2 = (int(v) for v in np.clip(lab[[2, 4]].astype(int), 0, h - 1))
         if x2 <= x1 or y2 <= y1:
             continue
-        # Filled on a full-image canvas like the reference: OpenCV's polygon fill is not exactly translation
-        # invariant once the polygon is clipped, so a crop-sized canvas would change edge pixels.
-        canvas = np.zeros(img.shape, np.uint8)
-        cv2.drawContours(canvas, [segments[j].astype(np.int32)], -1, (255, 255, 255), cv2.FILLED)
-        crop = canvas[y1:y2, x1:x2].copy()  # a copy lets the mosaic-sized canvas go
+        crop = _filled_polygon(segments[j].astype(np.int32), img.shape, x1, y1, x2, y2)
         result = cv2.bitwise_and(img[y1:y2, x1:x2], crop)
         keep = result > 0
         crop[keep] = result[keep]
