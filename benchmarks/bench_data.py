@@ -1,6 +1,7 @@
-"""Data loading throughput: the step-1 train loader (hyp.scratch.p5.yaml recipe: mosaic 4/9, mixup, paste-in,
-perspective, HSV, flips) and the val loader (rect, pad 0.5), on coco128, images/s with 0 and 2 workers, next to
-the reference's figures measured on the same kind of 2-core machine.
+"""Data loading throughput, images/s with 0 and 2 workers on coco128, next to the reference's figures measured
+on the same kind of 2-core machine: the step-1 train loader (hyp.scratch.p5.yaml recipe: mosaic 4/9, mixup,
+paste-in, perspective, HSV, flips; paste-in acts only on polygon labels, so those get a row of their own) and the
+val loader (rect, pad 0.5).
 
     python benchmarks/bench_data.py                   # 640 px, batch 8, coco128 from ../shared/data
     python benchmarks/bench_data.py --data DIR/train2017.txt --batches 30
@@ -29,10 +30,12 @@ REFERENCE_TRAIN_IMG_S = {0: 43.0, 2: 66.0}  # reference loader, same recipe, bat
 DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'coco128'
 
 
-def writable_view(dataset_dir: Path, folder: Path) -> Path:
-    """Symlinked images/labels and a copied list in `folder`, so the label cache is not written into ../shared."""
-    for name in ('images', 'labels'):
-        (folder / name).symlink_to(dataset_dir / name, target_is_directory=True)
+def writable_view(dataset_dir: Path, folder: Path, labels: str = 'labels') -> Path:
+    """Symlinked images and labels (from `labels`: 'labels' boxes or 'segments' polygons) and a copied list in
+    `folder`, so the label cache is not written into ../shared."""
+    folder.mkdir(parents=True)
+    (folder / 'images').symlink_to(dataset_dir / 'images', target_is_directory=True)
+    (folder / 'labels').symlink_to(dataset_dir / labels, target_is_directory=True)
     (folder / 'train2017.txt').write_text((dataset_dir / 'train2017.txt').read_text())
     return folder / 'train2017.txt'
 
@@ -67,22 +70,23 @@ def main() -> None:
     hyp = yaml.safe_load(Path(opt.hyp).read_text())
     print(f'torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, {opt.img_size} px, '
           f'batch {opt.batch_size}, {opt.batches} batches per row')
-    print(f'{"loader":<26}{"workers":>8}{"img/s":>9}{"reference":>11}{"ratio":>8}')
+    print(f'{"loader":<28}{"workers":>8}{"img/s":>9}{"reference":>11}{"ratio":>8}')
+    rows = [('train (p5 recipe)', 'labels', True), ('val (rect, pad 0.5)', 'labels', False)]
+    if (opt.data / 'segments').is_dir():  # polygon labels switch paste-in on: not in the reference's figures
+        rows.insert(1, ('train, polygons (paste-in)', 'segments', True))
     with tempfile.TemporaryDirectory() as tmp:
-        data = writable_view(opt.data.resolve(), Path(tmp))
-        for augment in (True, False):
+        for name, labels, augment in rows:
+            data = writable_view(opt.data.resolve(), Path(tmp) / f'{labels}-{augment}', labels)
             for nw in opt.workers:
                 random.seed(0)
                 np.random.seed(0)
                 loader, _ = create_dataloader(str(data), opt.img_size, opt.batch_size, 32, hyp=hyp, augment=augment,
                                               rect=not augment, pad=0.0 if augment else 0.5, workers=nw)
                 rate = images_per_second(loader, opt.batches)
-                ref = REFERENCE_TRAIN_IMG_S.get(nw) if augment else None
-                name = 'train (p5 recipe)' if augment else 'val (rect, pad 0.5)'
+                ref = REFERENCE_TRAIN_IMG_S.get(nw) if labels == 'labels' and augment else None
                 ref_s = f'{ref:>11.0f}{rate / ref:>7.2f}x' if ref else f'{"-":>11}{"":>8}'
-                print(f'{name:<26}{nw:>8}{rate:>9.1f}{ref_s}')
+                print(f'{name:<28}{nw:>8}{rate:>9.1f}{ref_s}')
                 del loader
-
 
 if __name__ == '__main__':
     main()

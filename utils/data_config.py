@@ -71,6 +71,10 @@ def load_data_config(path: str | Path, required: tuple[str, ...] = ('train', 'va
     return cfg
 
 
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith('.') for part in relative.parts)
+
+
 def _read_list(txt: Path) -> list[str]:
     folder = str(txt.parent) + os.sep
     files = []
@@ -88,7 +92,8 @@ def list_image_files(paths: str | list[str]) -> list[str]:
     for p in (paths if isinstance(paths, (list, tuple)) else [paths]):
         p = Path(p)
         if p.is_dir():
-            files += [str(f) for f in p.rglob('*.*')]
+            # like the reference's glob('**/*.*'): hidden files and folders are not searched
+            files += [str(f) for f in p.rglob('*.*') if not _hidden(f.relative_to(p))]
         elif p.is_file():
             files += _read_list(p)
         else:

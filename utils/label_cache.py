@@ -85,7 +85,7 @@ def scan_one(img_path: str, label_path: str, nc: int | None) -> tuple:
     result = read_label_file(label_path, nc)
     messages = [f'{label_path}: {m}' for m in result.messages]
     if result.status == 'corrupt':
-        messages = [f'{img_path}: skipped, {m}' for m in result.messages]
+        messages = [f'{label_path}: {m}; image {img_path} skipped' for m in result.messages]
     elif result.status in ('missing', 'empty'):
         what = 'no label file' if result.status == 'missing' else 'empty label file'
         messages.append(f'{label_path}: {what}, image kept as a background image')
@@ -145,6 +145,7 @@ def save_cache(path: Path, scan: ScanResult, digest: str) -> None:
     try:
         with os.fdopen(fd, 'wb') as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: other users of a shared dataset could not read it
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)

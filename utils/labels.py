@@ -95,7 +95,7 @@ def read_label_file(path: str | Path, nc: int | None = None) -> LabelFile:
         return LabelFile(np.zeros((0, 5), np.float32), status='missing')
     try:
         labels, segments = _parse_rows(path.read_text(encoding='utf-8', errors='strict'))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, OSError) as e:  # OSError: unreadable (permissions, I/O)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         return LabelFile(np.zeros((0, 5), np.float32), status='corrupt', messages=[f'unreadable labels: {reason}'])
     messages: list[str] = []
