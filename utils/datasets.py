@@ -98,6 +98,7 @@ class LoadImagesAndLabels(Dataset):
         self.img_files, self.labels, self.segments = scan.files, scan.labels, scan.segments
         self.shapes = scan.shapes.astype(np.float64)  # (w, h) per image
         self.label_files = img2label_paths(self.img_files)
+        self.has_segments = any(len(x) for x in self.segments)
         self.scan_counts = scan.counts
 
     def _sort_for_rect(self, batch_size: int, img_size: int, stride: int, pad: float) -> None:
@@ -198,7 +199,8 @@ class LoadImagesAndLabels(Dataset):
             img, labels = random_perspective(img, labels, degrees=hyp['degrees'], translate=hyp['translate'],
                                              scale=hyp['scale'], shear=hyp['shear'], perspective=hyp['perspective'])
         augment_hsv(img, hgain=hyp['hsv_h'], sgain=hyp['hsv_s'], vgain=hyp['hsv_v'])
-        if random.random() < hyp.get('paste_in', 0.0):
+        # without any polygon in the dataset paste-in harvests nothing: skip building its mosaic (4 decodes)
+        if random.random() < hyp.get('paste_in', 0.0) and self.has_segments:
             classes, crops, masks = collect_samples(self._paste_in_mosaic, PASTE_IN_SAMPLES)
             labels = paste_in(img, labels, classes, crops, masks)
         return img, labels
