@@ -42,7 +42,7 @@ def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride
     if image_weights:
         sampler = ImageWeightSampler(len(dataset), rank, world_size, seed)
     elif rank != -1:
-        sampler = DistributedSampler(dataset, seed=seed)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
     else:
         sampler = None
     generator = torch.Generator().manual_seed(seed + max(rank, 0))

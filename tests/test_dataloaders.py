@@ -1,0 +1,62 @@
+"""Loader creation (SPEC §7.3 "Loaders"): worker count rule, DDP split, repeatable seeded workers, RAM cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.helpers import ROOT
+from utils.data_config import load_data_config
+from utils.dataloaders import create_dataloader, worker_count
+from utils.datasets import LoadImagesAndLabels
+from utils.synthetic import generate_dataset
+
+
+@pytest.fixture(scope='module')
+def train_list(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return load_data_config(generate_dataset(tmp_path_factory.mktemp('synth'), 12, 64, 0.25, 0, 3))['train'][0]
+
+
+@pytest.fixture(scope='module')
+def hyp() -> dict:
+    return yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
+
+
+def test_worker_count_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, 'cpu_count', lambda: 8)
+    assert worker_count(16, 1, 8) == 8
+    assert worker_count(16, 4, 8) == 2  # cpu // world size
+    assert worker_count(3, 1, 8) == 3  # no more workers than images in a batch
+    assert worker_count(1, 1, 8) == 0  # batch 1 loads in the main process
+    assert worker_count(16, 1, 0) == 0
+
+
+def test_ddp_ranks_split_the_dataset(train_list: str) -> None:
+    seen = []
+    for rank in range(2):
+        loader, dataset = create_dataloader(train_list, 64, 2, 32, rank=rank, world_size=2, workers=0)
+        seen.append([p for _, _, paths, _ in loader for p in paths])
+    assert len(seen[0]) == len(seen[1]) == (len(dataset) + 1) // 2  # padded by repeating one image, like DDP
+    assert set(seen[0] + seen[1]) == set(dataset.img_files)
+
+
+def test_seeded_workers_repeat_augmented_batches(train_list: str, hyp: dict) -> None:
+    runs = []
+    for _ in range(2):
+        loader, _ = create_dataloader(train_list, 64, 3, 32, hyp=hyp, augment=True, workers=2, seed=5)
+        runs.append([(imgs.clone(), targets.clone()) for imgs, targets, _, _ in loader])
+    other, _ = create_dataloader(train_list, 64, 3, 32, hyp=hyp, augment=True, workers=2, seed=6)
+    for (a, ta), (b, tb) in zip(*runs):
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+    assert any(not torch.equal(a, b) for (a, _), (b, _, _, _) in zip(runs[0], other))
+
+
+def test_ram_cache_gives_the_same_samples(train_list: str) -> None:
+    plain = LoadImagesAndLabels(train_list, 64, 4, rect=True, pad=0.5)
+    cached = LoadImagesAndLabels(train_list, 64, 4, rect=True, pad=0.5, cache_images=True)
+    assert all(x is not None for x in cached.imgs)
+    for i in range(len(plain)):
+        assert torch.equal(plain[i][0], cached[i][0]) and torch.equal(plain[i][1], cached[i][1])
