@@ -1,7 +1,6 @@
 """Safe checkpoint loading (SPEC §13): released fp16 format, strict fit, clear one-line errors."""
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from pathlib import Path

@@ -30,6 +30,32 @@ def box_candidates(box1: np.ndarray, box2: np.ndarray, wh_thr: float = 2, ar_thr
     return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
 
 
+def _warp_boxes(targets: np.ndarray, segments: Sequence[np.ndarray], M: np.ndarray, width: int, height: int,
+                perspective: float) -> tuple[np.ndarray, bool]:
+    """Boxes after the warp: of the resampled polygons when there are any, else of the 4 corners, clipped."""
+    n = len(targets)
+    use_segments = any(x.any() for x in segments)
+    new = np.zeros((n, 4))
+    if use_segments:
+        for i, segment in enumerate(resample_segments(list(segments))):
+            xy = np.ones((len(segment), 3))
+            xy[:, :2] = segment
+            xy = xy @ M.T
+            xy = xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]
+            new[i] = segment2box(xy, width, height)
+        return new, True
+    xy = np.ones((n * 4, 3))
+    xy[:, :2] = targets[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
+    xy = xy @ M.T
+    xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 8)
+    x = xy[:, [0, 2, 4, 6]]
+    y = xy[:, [1, 3, 5, 7]]
+    new = np.concatenate((x.min(1), y.min(1), x.max(1), y.max(1))).reshape(4, n).T
+    new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
+    new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
+    return new, False
+
+
 def random_perspective(img: np.ndarray, targets: np.ndarray | Sequence = (), segments: Sequence[np.ndarray] = (),
                        degrees: float = 10, translate: float = .1, scale: float = .1, shear: float = 10,
                        perspective: float = 0.0, border: tuple[float, float] = (0, 0)
@@ -66,28 +92,8 @@ def random_perspective(img: np.ndarray, targets: np.ndarray | Sequence = (), seg
         else:
             img = cv2.warpAffine(img, M[:2], dsize=(width, height), borderValue=(114, 114, 114))
 
-    n = len(targets)
-    if n:
-        use_segments = any(x.any() for x in segments)
-        new = np.zeros((n, 4))
-        if use_segments:
-            for i, segment in enumerate(resample_segments(list(segments))):
-                xy = np.ones((len(segment), 3))
-                xy[:, :2] = segment
-                xy = xy @ M.T
-                xy = xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]
-                new[i] = segment2box(xy, width, height)
-        else:
-            xy = np.ones((n * 4, 3))
-            xy[:, :2] = targets[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
-            xy = xy @ M.T
-            xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 8)
-            x = xy[:, [0, 2, 4, 6]]
-            y = xy[:, [1, 3, 5, 7]]
-            new = np.concatenate((x.min(1), y.min(1), x.max(1), y.max(1))).reshape(4, n).T
-            new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
-            new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
-
+    if len(targets):
+        new, use_segments = _warp_boxes(targets, segments, M, width, height, perspective)
         # scaling the original box by s makes the area test relative to what the scale alone would give
         keep = box_candidates(box1=targets[:, 1:5].T * s, box2=new.T, area_thr=0.01 if use_segments else 0.10)
         targets = targets[keep]
