@@ -11,14 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, SHARED
+from tests.helpers import COCO128, ROOT, requires_coco128
 from utils.coco2yolo import coco91_to_80, convert_coco_json, main
 
-COCO128 = SHARED / 'data' / 'coco128'
 COCO128_JSON = COCO128 / 'annotations' / 'instances_train2017.json'
-requires_coco128 = pytest.mark.skipif(
-    not COCO128.is_dir(),
-    reason=f'coco128 fixture not found at {COCO128} (it lives in ../shared; set DYNAMICDET_SHARED)')
 
 
 def read_rows(path: Path) -> list[list[str]]:

@@ -5,10 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers import REFERENCE, SHARED
+from tests.helpers import COCO128, REFERENCE
 from utils.letterbox import letterbox, rect_batch_shapes
-
-COCO128 = SHARED / 'data' / 'coco128'
 
 
 @pytest.mark.parametrize('h0,w0,new,auto,scaleup,out_hw,ratio,pad', [
