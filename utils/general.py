@@ -1,8 +1,15 @@
-"""Box and polygon coordinate conversions shared by the data pipeline and evaluation (reference names kept)."""
+"""Box and polygon coordinate conversions, box IoU and NMS, shared by the data pipeline and evaluation
+(reference names and signatures kept, so scripts written for the original port as they are)."""
 from __future__ import annotations
+
+import logging
+import time
 
 import numpy as np
 import torch
+import torchvision
+
+LOGGER = logging.getLogger(__name__)
 
 Array = np.ndarray | torch.Tensor
 
@@ -102,3 +109,72 @@ def scale_coords(img1_shape: tuple[int, int], coords: Array, img0_shape: tuple[i
     coords[:, :4] /= gain
     clip_coords(coords, img0_shape)
     return coords
+
+
+def box_iou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of xyxy boxes: (N, 4) × (M, 4) → (N, M)."""
+    area1 = (box1[:, 2] - box1[:, 0]) * (box1[:, 3] - box1[:, 1])
+    area2 = (box2[:, 2] - box2[:, 0]) * (box2[:, 3] - box2[:, 1])
+    lt = torch.max(box1[:, None, :2], box2[:, :2])
+    rb = torch.min(box1[:, None, 2:], box2[:, 2:])
+    inter = (rb - lt).clamp(0).prod(2)
+    return inter / (area1[:, None] + area2 - inter)
+
+
+MAX_NMS_CANDIDATES = 30000  # boxes fed to torchvision's nms per image
+MAX_DETECTIONS = 300  # boxes kept per image
+CLASS_OFFSET = 4096  # per-class box offset: one nms call keeps classes apart
+SLOW_NMS_S = 10.0  # the reference stopped here and dropped the rest of the batch; we only warn
+
+
+def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool, labels: torch.Tensor | None) -> torch.Tensor:
+    """One image's rows [cx, cy, w, h, obj, cls…] → candidate detections [x1, y1, x2, y2, conf, cls]."""
+    nc = x.shape[1] - 5
+    x = x[x[:, 4] > conf_thres]
+    if labels is not None and len(labels):  # --save-hybrid: ground truth joins as certain candidates
+        extra = torch.zeros((len(labels), nc + 5), device=x.device, dtype=x.dtype)
+        extra[:, :4] = xyxy2xywh(labels[:, 1:5])
+        extra[:, 4] = 1.0
+        extra[range(len(labels)), labels[:, 0].long() + 5] = 1.0
+        x = torch.cat((x, extra), 0)
+    if not len(x):
+        return x.new_zeros((0, 6))
+    if nc == 1:
+        x[:, 5:] = x[:, 4:5]  # single class: its score is the objectness itself
+    else:
+        x[:, 5:] *= x[:, 4:5]
+    box = xywh2xyxy(x[:, :4])
+    if multi_label:
+        i, j = (x[:, 5:] > conf_thres).nonzero(as_tuple=False).T
+        return torch.cat((box[i], x[i, j + 5, None], j[:, None].float()), 1)
+    conf, j = x[:, 5:].max(1, keepdim=True)
+    return torch.cat((box, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+
+
+def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                        classes: list[int] | None = None, agnostic: bool = False, multi_label: bool = False,
+                        labels: tuple | list = ()) -> list[torch.Tensor]:
+    """Per image (n, 6) detections [x1, y1, x2, y2, conf, cls] from decoded rows [cx, cy, w, h, obj, cls…].
+
+    The reference's semantics (SPEC §11); unlike it, no image of a batch is ever dropped for time: a slow batch
+    only warns.
+    """
+    multi_label &= prediction.shape[2] - 5 > 1
+    t0 = time.perf_counter()
+    output = []
+    for xi, x in enumerate(prediction):
+        det = _candidates(x.clone(), conf_thres, multi_label, labels[xi] if len(labels) else None)
+        if classes is not None:
+            det = det[(det[:, 5:6] == torch.tensor(classes, device=det.device)).any(1)]
+        if len(det) > MAX_NMS_CANDIDATES:
+            det = det[det[:, 4].argsort(descending=True)[:MAX_NMS_CANDIDATES]]
+        if len(det):
+            offsets = det[:, 5:6] * (0 if agnostic else CLASS_OFFSET)
+            keep = torchvision.ops.nms(det[:, :4] + offsets, det[:, 4], iou_thres)[:MAX_DETECTIONS]
+            det = det[keep]
+        output.append(det)
+    elapsed = time.perf_counter() - t0
+    if elapsed > SLOW_NMS_S:
+        LOGGER.warning(f'WARNING: NMS took {elapsed:.1f} s for {len(prediction)} images '
+                                            f'(conf_thres {conf_thres} keeps many candidates); nothing was dropped')
+    return output
