@@ -44,6 +44,7 @@ class Model(nn.Module):
         self.dynamic = bool(self.yaml.get('dynamic', False))
         self.dy_thres = 0.5
         self.get_score = False
+        self.last_easy: torch.Tensor | None = None  # (B,) bool: which images of the last routed batch took the easy path
         if self.dynamic:  # created first: the reference's state_dict lists the router first
             self.router = AdaptiveRouter(self.yaml['router_channels'], 1, self.yaml.get('router_reduction', 4))
             self.router_ins = list(self.yaml['router_ins'])
@@ -167,6 +168,7 @@ class Model(nn.Module):
 
     def _route(self, x: torch.Tensor, b1: list, score: torch.Tensor):
         easy = score[:, 0] >= self.dy_thres
+        self.last_easy = easy  # read by evaluators for routing statistics
         n_easy = int(easy.sum())
         if n_easy == x.shape[0]:
             return self._easy(b1)

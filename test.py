@@ -1,0 +1,168 @@
+"""Evaluate a DynamicDet checkpoint on a split: mAP table, speed, routing; optional COCO JSON, labels, plots.
+
+    python test.py --img-size 640 --batch-size 1 --conf 0.001 --iou 0.65 --device 0 \
+        --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --data data/coco.yaml --dy-thres 0.5
+
+Flags are the reference's (SPEC §11). `--dy-thres T`: an image whose router score is ≥ T takes the easy path;
+T ≤ 0 sends every image down the easy path, T > 1 every image down the hard path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import CheckpointError, load_weights
+from models.graph import ConfigError
+from models.yolo import Model
+from utils.cli import check_img_size, fail, increment_path, setup_logging
+from utils.coco_eval import CocoIds, annotation_path, evaluate_json
+from utils.data_config import DataConfigError, load_data_config
+from utils.dataloaders import create_dataloader
+from utils.evaluation import EvalOptions, evaluate, summarize
+from utils.label_cache import DatasetError
+from utils.torch_utils import DeviceError, select_device
+
+LOGGER = logging.getLogger('test')
+TASKS = ('train', 'val', 'test')
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """The reference's flags (`--conf`/`--iou` work as prefixes); `--weights` is accepted for `--weight`."""
+    p = argparse.ArgumentParser(prog='test.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--cfg', type=str, default='', help='model.yaml path')
+    p.add_argument('--weight', '--weights', type=str, default='', help='model.pt path')
+    p.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
+    p.add_argument('--batch-size', type=int, default=1, help='images per batch (any size: routing is per image)')
+    p.add_argument('--img-size', type=int, default=640, help='inference size (pixels)')
+    p.add_argument('--conf-thres', type=float, default=0.001, help='object confidence threshold')
+    p.add_argument('--iou-thres', type=float, default=0.65, help='IOU threshold for NMS')
+    p.add_argument('--task', default='val', help='train, val or test (test: write the JSON, no evaluation)')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    p.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
+    p.add_argument('--augment', action='store_true', help='augmented inference')
+    p.add_argument('--verbose', action='store_true', help='report mAP by class')
+    p.add_argument('--save-txt', action='store_true', help='save results to *.txt')
+    p.add_argument('--save-hybrid', action='store_true', help='save label+prediction hybrid results to *.txt')
+    p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
+    p.add_argument('--save-json', action='store_true', help='save a cocoapi-compatible JSON results file')
+    p.add_argument('--project', default='runs/test', help='save to project/name')
+    p.add_argument('--name', default='exp', help='save to project/name')
+    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    p.add_argument('--v5-metric', action='store_true', help='assume maximum recall as 1.0 in AP calculation')
+    p.add_argument('--dy-thres', type=float, default=0.5,
+                   help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
+    p.add_argument('--save-results', action='store_true', help='append mAP, dy_thres and speed to a results file')
+    opt = p.parse_args(argv)
+    opt.save_json |= opt.data.endswith('coco.yaml')
+    opt.save_txt |= opt.save_hybrid
+    if opt.task not in TASKS:
+        p.error(f'--task {opt.task}: not implemented; use one of {", ".join(TASKS)}')
+    if opt.batch_size < 1 or opt.img_size < 1:
+        p.error('--batch-size and --img-size must be positive')
+    return opt
+
+
+def load_model(opt: argparse.Namespace, nc: int, device: torch.device) -> Model:
+    """Model from --cfg with --weight loaded strictly, fused, in eval mode, threshold set."""
+    if not opt.cfg:
+        raise ConfigError('--cfg is required, e.g. --cfg cfg/dy-yolov7-step2.yaml')
+    model = Model(opt.cfg, nc=nc)
+    if not opt.weight:
+        raise CheckpointError('--weight is required: the checkpoint to evaluate, e.g. --weight weights/dy-yolov7.pt')
+    load_weights(model, opt.weight)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = model.float().fuse().eval().to(device)
+    if model.dynamic:
+        model.dy_thres = opt.dy_thres
+        LOGGER.info('Set dynamic threshold to %f', opt.dy_thres)
+    return model
+
+
+def routing_line(model: Model, n_easy: int, n_routed: int, img_size: int) -> str:
+    """Share of images on the easy path and the mean GFLOPs per image that implies."""
+    flops = model.flops(img_size)
+    share = n_easy / max(n_routed, 1)
+    mean = share * flops['easy'] + (1 - share) * flops['hard']
+    return (f'Routing: {n_easy}/{n_routed} images easy ({100 * share:.1f}%), mean {mean:.1f} GFLOPs/image '
+            f'(easy {flops["easy"]:.1f}, hard {flops["hard"]:.1f}) at dy_thres {model.dy_thres:g}')
+
+
+def write_json(opt: argparse.Namespace, rows: list, save_dir: Path, anno: Path | None, seen_ids: list) -> tuple | None:
+    """Write `<weights stem>_predictions.json`; evaluate it with pycocotools unless --task test."""
+    pred_json = save_dir / f'{Path(opt.weight).stem}_predictions.json'
+    LOGGER.info(f'\nEvaluating pycocotools mAP... saving {pred_json}...')
+    pred_json.write_text(json.dumps(rows))
+    if opt.task == 'test':
+        return None
+    if not rows:
+        LOGGER.warning('WARNING: no detections above --conf-thres: pycocotools skipped (mAP 0)')
+        return 0.0, 0.0
+    if anno is None:
+        LOGGER.warning('WARNING: no annotation JSON for this split (looked for <dataset>/annotations/instances_'
+                       '<split>.json; set `annotations:` in the data YAML): pycocotools skipped')
+        return None
+    return evaluate_json(anno, pred_json, seen_ids)
+
+
+def run_test(opt: argparse.Namespace) -> tuple:
+    """Standalone evaluation; returns ((mP, mR, mAP@.5, mAP@.5:.95), per-class maps, (ms inference, NMS, total))."""
+    data = load_data_config(opt.data, required=(opt.task,))
+    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    device = select_device(opt.device, opt.batch_size)
+    nc = 1 if opt.single_cls else data['nc']
+    names = ['item'] if opt.single_cls else [str(n) for n in data['names']]
+    model = load_model(opt, nc, device)
+    gs = max(int(model.stride.max()), 32)
+    img_size = check_img_size(opt.img_size, gs)
+    half = device.type == 'cuda'
+    if half:
+        model.half()
+        model(torch.zeros(1, 3, img_size, img_size, device=device).half())
+    loader, dataset = create_dataloader(data[opt.task], img_size, opt.batch_size, gs, opt, pad=0.5, rect=True,
+                                        prefix=f'{opt.task}: ', nc=nc)
+    anno = annotation_path(data, data[opt.task])
+    coco_ids = CocoIds(nc, anno, opt.data.endswith('coco.yaml')) if opt.save_json else None
+    eval_opt = EvalOptions(opt.conf_thres, opt.iou_thres, save_dir, names, opt.verbose, plots=True,
+                           save_txt=opt.save_txt, save_hybrid=opt.save_hybrid, save_conf=opt.save_conf,
+                           coco_ids=coco_ids, v5_metric=opt.v5_metric, augment=opt.augment, half=half)
+    out, confusion = evaluate(model, loader, eval_opt)
+    metrics, maps = summarize(out, eval_opt, confusion)
+    t = tuple(x / max(out.seen, 1) * 1e3 for x in (out.t_inference, out.t_nms, out.t_inference + out.t_nms))
+    speed = 'Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g' % (
+        *t, img_size, img_size, opt.batch_size)
+    LOGGER.info(speed)
+    if model.dynamic and out.n_routed:
+        LOGGER.info(routing_line(model, out.n_easy, out.n_routed, img_size))
+    if opt.save_json and out.json_rows is not None:
+        seen_ids = [coco_ids.image_id(p) for p in dataset.img_files]
+        coco = write_json(opt, out.json_rows, save_dir, anno, seen_ids)
+        if coco is not None:
+            metrics = (*metrics[:2], coco[1], coco[0])
+    if opt.save_results:
+        with open(save_dir / f'{Path(opt.weight).stem}_results.txt', 'a') as f:
+            f.write(f'map: {round(metrics[3], 3)}, map50: {round(metrics[2], 3)}, dy_thres: {opt.dy_thres}\n'
+                    f'{speed}\n{"*" * 83}\n')
+    labels_note = f", {len(list((save_dir / 'labels').glob('*.txt')))} labels saved" if opt.save_txt else ''
+    LOGGER.info(f'Results saved to {save_dir}{labels_note}')
+    return metrics, maps, t
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry: one-line errors for bad input, never a traceback."""
+    opt = parse_opt(argv)
+    setup_logging()
+    LOGGER.info(opt)
+    try:
+        run_test(opt)
+    except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError) as e:
+        fail(str(e))
+
+
+if __name__ == '__main__':
+    main()

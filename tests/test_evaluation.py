@@ -1,0 +1,141 @@
+"""Evaluation: ground truth as predictions gives mAP 1 (ours and pycocotools), batched dynamic evaluation equals
+batch 1, test.py end to end on coco128 with --save-json, and one-line errors for bad input."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import test as test_script
+from models.checkpoint import half_state_dict, save_checkpoint
+from models.yolo import Model
+from tests.helpers import COCO128, coco128_view, requires_coco128, tiny_config
+from utils.coco_eval import CocoIds, evaluate_json
+from utils.dataloaders import create_dataloader
+from utils.evaluation import EvalOptions, evaluate, summarize
+from utils.general import xywhn2xyxy
+from utils.labels import img2label_paths, read_label_file
+from utils.metrics import ap_per_class, match_predictions
+
+ANNOTATIONS = COCO128 / 'annotations' / 'instances_train2017.json'
+
+
+@requires_coco128
+def test_ground_truth_as_predictions_gives_map_1(tmp_path: Path) -> None:
+    files = sorted((COCO128 / 'images' / 'train2017').glob('*.jpg'))
+    ids = CocoIds(80, ANNOTATIONS, is_coco=True)
+    rows, stats = [], []
+    for f in files:
+        h, w = cv2.imread(str(f)).shape[:2]
+        labels = read_label_file(img2label_paths([str(f)])[0], 80).labels
+        boxes = torch.from_numpy(xywhn2xyxy(labels[:, 1:].astype(np.float64), w, h))
+        det = torch.cat((boxes, torch.linspace(1, 0.5, len(labels), dtype=torch.float64)[:, None],
+                         torch.from_numpy(labels[:, :1].astype(np.float64))), 1)
+        rows += ids.rows(det, f)
+        target = torch.cat((det[:, 5:6], det[:, :4]), 1)
+        stats.append((match_predictions(det, target).numpy(), det[:, 4].numpy(), det[:, 5].numpy(), labels[:, 0]))
+    _, _, ap, _, _ = ap_per_class(*(np.concatenate(x) for x in zip(*stats)))
+    assert ap.mean() == pytest.approx(1.0)
+    pred_json = tmp_path / 'pred.json'
+    pred_json.write_text(json.dumps(rows))
+    coco_map, coco_map50 = evaluate_json(ANNOTATIONS, pred_json, [ids.image_id(f) for f in files])
+    assert coco_map == pytest.approx(1.0, abs=1e-3) and coco_map50 == pytest.approx(1.0, abs=1e-3)
+
+
+def _lively_tiny_model(nc: int = 80) -> Model:
+    """A tiny dynamic model whose heads predict many boxes (objectness biases raised) and whose router splits."""
+    torch.manual_seed(0)
+    model = Model(tiny_config(dynamic=True, nc=nc))
+    for det in model.detect_layers:
+        for conv in det.m:
+            conv.bias.data.view(det.na, -1)[:, 4] += 4.0
+    return model.eval()
+
+
+@requires_coco128
+def test_batched_dynamic_evaluation_equals_batch_1(tmp_path: Path) -> None:
+    model = _lively_tiny_model()
+    data = str(coco128_view(tmp_path))
+    loader1, _ = create_dataloader(data, 64, 1, 32, pad=0.5, rect=False, workers=0)
+    with torch.inference_mode():
+        model.get_score = True
+        scores = torch.cat([model(imgs.float() / 255) for imgs, *_ in loader1])[:, 0]
+        model.get_score = False
+    model.dy_thres = float(scores.median())
+    results = []
+    for batch in (1, 8):
+        loader, _ = create_dataloader(data, 64, batch, 32, pad=0.5, rect=False, workers=0)
+        opt = EvalOptions(names=[str(i) for i in range(80)], plots=False, save_dir=tmp_path)
+        out, confusion = evaluate(model, loader, opt)
+        results.append((summarize(out, opt, confusion)[0], out.n_easy, out.n_routed))
+    (m1, easy1, n1), (m8, easy8, n8) = results
+    assert n1 == n8 == 128 and easy1 == easy8 and 0 < easy1 < 128  # a mixed split, routed the same way
+    assert m1[2] > 0  # the model does find something: the comparison is not between zeros
+    np.testing.assert_allclose(m8, m1, atol=1e-4)
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp('tiny')
+    cfg = folder / 'tiny.yaml'
+    cfg.write_text(yaml.safe_dump(tiny_config(dynamic=True, nc=80)))
+    save_checkpoint({'model': half_state_dict(_lively_tiny_model())}, folder / 'tiny.pt')
+    return cfg, folder / 'tiny.pt'
+
+
+@requires_coco128
+def test_test_py_end_to_end_with_save_json(tmp_path: Path, tiny_checkpoint: tuple, caplog) -> None:
+    coco128_view(tmp_path / 'coco128')
+    data = yaml.safe_load((Path(__file__).parents[1] / 'data' / 'coco.yaml').read_text())
+    data.update(train='coco128/train2017.txt', val='coco128/train2017.txt')
+    data.pop('test')
+    (tmp_path / 'coco.yaml').write_text(yaml.safe_dump(data))
+    cfg, weights = tiny_checkpoint
+    caplog.set_level(logging.INFO)
+    metrics, maps, times = test_script.run_test(test_script.parse_opt([
+        '--img-size', '64', '--batch-size', '8', '--conf', '0.001', '--iou', '0.65', '--device', 'cpu', '--cfg',
+        str(cfg), '--weight', str(weights), '--data', str(tmp_path / 'coco.yaml'), '--dy-thres', '0.5',
+        '--project', str(tmp_path / 'runs'), '--save-txt', '--save-results']))
+    run = tmp_path / 'runs' / 'exp'
+    rows = json.loads((run / 'tiny_predictions.json').read_text())
+    assert rows and {'image_id', 'category_id', 'bbox', 'score'} <= set(rows[0])
+    assert isinstance(rows[0]['image_id'], int) and rows[0]['category_id'] in range(1, 91)
+    text = caplog.text
+    assert 'pycocotools unable to run' not in text
+    assert 'Routing: ' in text and 'Speed: ' in text and ' all ' in text
+    assert (run / 'confusion_matrix.png').is_file() and (run / 'tiny_results.txt').read_text().startswith('map: ')
+    assert len(list((run / 'labels').glob('*.txt'))) > 100
+    assert len(metrics) == 4 and maps.shape == (80,)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--weight', 'missing.pt'], 'missing.pt'),
+    (['--cfg', 'cfg/nope.yaml'], 'cfg/nope.yaml'),
+    (['--data', 'nope.yaml'], 'nope.yaml'),
+])
+def test_test_py_bad_input_is_one_line(tmp_path: Path, tiny_checkpoint: tuple, capsys, args: list,
+                                      message: str) -> None:
+    cfg, weights = tiny_checkpoint
+    base = {'--cfg': str(cfg), '--weight': str(weights), '--data': 'data/coco.yaml', '--device': 'cpu',
+            '--project': str(tmp_path)}
+    base.update(dict(zip(args[::2], args[1::2])))
+    with pytest.raises(SystemExit) as e:
+        test_script.main([x for kv in base.items() for x in kv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and message in err[-1] and 'Traceback' not in '\n'.join(err)
+
+
+def test_wrong_config_for_checkpoint_is_one_line(tmp_path: Path, tiny_checkpoint: tuple, capsys) -> None:
+    _, weights = tiny_checkpoint
+    with pytest.raises(SystemExit):
+        test_script.main(['--cfg', 'cfg/dy-yolov7-step2.yaml', '--weight', str(weights), '--device', 'cpu',
+                          '--data', 'data/coco.yaml', '--project', str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'does not fit' in err or 'missing' in err

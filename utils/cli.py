@@ -1,0 +1,40 @@
+"""What every script needs: logging set-up, run folders, image-size checks and one-line failures."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+
+LOGGER = logging.getLogger(__name__)
+
+
+def setup_logging(verbose: bool = True) -> None:
+    """Plain messages on stderr (INFO, or WARNING when quiet), like the reference's prints."""
+    logging.basicConfig(format='%(message)s', level=logging.INFO if verbose else logging.WARNING, force=True)
+
+
+def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
+    """runs/test/exp → runs/test/exp2, exp3, … unless exist_ok (then the path itself)."""
+    path = Path(path)
+    if exist_ok or not path.exists():
+        return path
+    taken = [int(m.group(1)) for p in path.parent.glob(f'{path.name}*')
+             if (m := re.fullmatch(rf'{re.escape(path.name)}(\d+)', p.name))]
+    return path.parent / f'{path.name}{max(taken, default=1) + 1}'
+
+
+def check_img_size(img_size: int, stride: int) -> int:
+    """The smallest multiple of stride ≥ img_size, with a warning when it had to change."""
+    new_size = math.ceil(img_size / stride) * stride
+    if new_size != img_size:
+        LOGGER.warning(f'WARNING: --img-size {img_size} must be a multiple of the max stride {stride}, '
+                       f'updating to {new_size}')
+    return new_size
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line naming the problem and exit (no traceback)."""
+    sys.stderr.write(f'error: {message}\n')
+    raise SystemExit(code)

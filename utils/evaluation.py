@@ -1,0 +1,159 @@
+"""The evaluation loop shared by test.py and the trainers (SPEC §11): forward, NMS, matching, metrics, outputs.
+
+Faithful: the per-image procedure, the statistics, the printed table and the returned values. Fixed reference
+defects: the label count is printed even when nothing is correct. Extensions: batched dynamic evaluation (each
+image of a batch takes its own path; `--batch-size 32` equals batch 1), routing statistics (share of easy images).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.coco_eval import CocoIds
+from utils.general import non_max_suppression, scale_coords, xywh2xyxy, xyxy2xywh
+from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions
+from utils.torch_utils import time_sync
+
+LOGGER = logging.getLogger(__name__)
+HEADER = ('%20s' + '%12s' * 6) % ('Class', 'Images', 'Labels', 'P', 'R', 'mAP@.5', 'mAP@.5:.95')
+ROW = '%20s' + '%12i' * 2 + '%12.3g' * 4
+
+
+@dataclass
+class EvalOptions:
+    """What to compute and write besides the metrics."""
+    conf_thres: float = 0.001
+    iou_thres: float = 0.65
+    save_dir: Path = Path('')
+    names: list[str] = field(default_factory=list)
+    verbose: bool = False
+    training: bool = False
+    plots: bool = True
+    save_txt: bool = False
+    save_hybrid: bool = False
+    save_conf: bool = False
+    coco_ids: CocoIds | None = None  # set to collect --save-json rows
+    v5_metric: bool = False
+    augment: bool = False
+    half: bool = False
+
+
+@dataclass
+class EvalStats:
+    """Everything collected over the loader."""
+    stats: list = field(default_factory=list)
+    json_rows: list = field(default_factory=list)
+    seen: int = 0
+    n_easy: int = 0
+    n_routed: int = 0
+    t_inference: float = 0.0
+    t_nms: float = 0.0
+    loss: torch.Tensor | None = None
+
+
+def _write_txt(predn: torch.Tensor, shape0: tuple, path: Path, save_conf: bool) -> None:
+    gain = torch.tensor(shape0)[[1, 0, 1, 0]]
+    with open(path, 'a') as f:
+        for *xyxy, conf, cls in predn.tolist():
+            xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gain).view(-1).tolist()
+            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
+            f.write(('%g ' * len(line)).rstrip() % line + '\n')
+
+
+def _score_image(pred: torch.Tensor, labels: torch.Tensor, img_hw: tuple, shapes: tuple, path: str,
+                 opt: EvalOptions, out: EvalStats, confusion: ConfusionMatrix) -> None:
+    """Match one image's detections against its labels (both in original pixels) and collect outputs."""
+    tcls = labels[:, 0].tolist()
+    out.seen += 1
+    if not len(pred):
+        if len(labels):
+            out.stats.append((torch.zeros(0, len(IOU_THRESHOLDS), dtype=torch.bool), torch.Tensor(), torch.Tensor(),
+                              tcls))
+        return
+    predn = pred.clone()
+    scale_coords(img_hw, predn[:, :4], shapes[0], shapes[1])
+    if opt.save_txt:
+        _write_txt(predn, shapes[0], opt.save_dir / 'labels' / f'{Path(path).stem}.txt', opt.save_conf)
+    if opt.coco_ids is not None:
+        out.json_rows += opt.coco_ids.rows(predn, path)
+    correct = torch.zeros(len(pred), len(IOU_THRESHOLDS), dtype=torch.bool)
+    if len(labels):
+        tbox = xywh2xyxy(labels[:, 1:5])
+        scale_coords(img_hw, tbox, shapes[0], shapes[1])
+        labelsn = torch.cat((labels[:, 0:1], tbox), 1)
+        if opt.plots:
+            confusion.process_batch(predn, labelsn)
+        correct = match_predictions(predn, labelsn).cpu()
+    out.stats.append((correct, pred[:, 4].cpu(), pred[:, 5].cpu(), tcls))
+
+
+def _run_batch(model, imgs: torch.Tensor, targets: torch.Tensor, opt: EvalOptions, out: EvalStats,
+               compute_loss) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Forward and NMS of one batch; returns detections per image and the targets in padded-image pixels."""
+    device = next(model.parameters()).device
+    imgs = imgs.to(device, non_blocking=True)
+    imgs = (imgs.half() if opt.half else imgs.float()) / 255.0
+    targets = targets.to(device).clone()
+    t0 = time_sync(device)
+    model.last_easy = None
+    decoded, raw = model(imgs, augment=opt.augment)
+    out.t_inference += time_sync(device) - t0
+    if getattr(model, 'dynamic', False) and not opt.augment:
+        easy = model.last_easy
+        out.n_easy += len(imgs) if easy is None else int(easy.sum())
+        out.n_routed += len(imgs)
+    if compute_loss is not None:
+        loss = compute_loss([x.float() for x in raw], targets)[1][:3]
+        out.loss = loss if out.loss is None else out.loss + loss
+    h, w = imgs.shape[2:]
+    targets[:, 2:] *= torch.tensor([w, h, w, h], device=device)
+    hybrid = [targets[targets[:, 0] == i, 1:] for i in range(len(imgs))] if opt.save_hybrid else []
+    t0 = time_sync(device)
+    preds = non_max_suppression(decoded, opt.conf_thres, opt.iou_thres, labels=hybrid, multi_label=True)
+    out.t_nms += time_sync(device) - t0
+    return preds, targets
+
+
+def evaluate(model, dataloader, opt: EvalOptions, compute_loss=None) -> tuple[EvalStats, ConfusionMatrix]:
+    """Run the model over the loader; returns the collected statistics and the confusion matrix."""
+    nc = len(opt.names)
+    confusion = ConfusionMatrix(nc=nc)
+    out = EvalStats()
+    if opt.save_txt:
+        (opt.save_dir / 'labels').mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        for imgs, targets, paths, shapes in tqdm(dataloader, desc=HEADER, disable=not LOGGER.isEnabledFor(logging.INFO)):
+            preds, targets = _run_batch(model, imgs, targets, opt, out, compute_loss)
+            for si, pred in enumerate(preds):
+                labels = targets[targets[:, 0] == si, 1:]
+                _score_image(pred.float(), labels, imgs[si].shape[1:], shapes[si], paths[si], opt, out, confusion)
+    return out, confusion
+
+
+def summarize(out: EvalStats, opt: EvalOptions, confusion: ConfusionMatrix) -> tuple[tuple, np.ndarray]:
+    """Metrics table (logged) → ((mP, mR, mAP@.5, mAP@.5:.95), per-class maps filled with mAP@.5:.95)."""
+    nc = len(opt.names)
+    stats = [np.concatenate(x, 0) for x in zip(*out.stats)] if out.stats else []
+    mp = mr = map50 = map_ = 0.0
+    ap, ap_class, p, r = np.zeros((0, 10)), np.zeros(0, int), np.zeros(0), np.zeros(0)
+    nt = np.bincount(stats[3].astype(int), minlength=nc) if len(stats) and len(stats[3]) else np.zeros(nc, int)
+    if len(stats) and stats[0].any():
+        p, r, ap, f1, ap_class = ap_per_class(*stats, v5_metric=opt.v5_metric, plot=opt.plots,
+                                              save_dir=opt.save_dir, names=opt.names)
+        mp, mr, map50, map_ = p.mean(), r.mean(), ap[:, 0].mean(), ap.mean(1).mean()
+    LOGGER.info(HEADER)
+    LOGGER.info(ROW % ('all', out.seen, nt.sum(), mp, mr, map50, map_))
+    if (opt.verbose or (nc < 50 and not opt.training)) and nc > 1 and len(stats):
+        for i, c in enumerate(ap_class):
+            LOGGER.info(ROW % (opt.names[c], out.seen, nt[c], p[i], r[i], ap[i, 0], ap[i].mean()))
+    if opt.plots:
+        confusion.plot(opt.save_dir, opt.names)
+    maps = np.zeros(nc) + map_
+    for i, c in enumerate(ap_class):
+        maps[c] = ap[i].mean()
+    return (mp, mr, map50, map_), maps
