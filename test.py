@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import CheckpointError, load_weights
+from models.checkpoint import CheckpointError
 from models.graph import ConfigError
+from models.inference import load_for_inference
 from models.yolo import Model
 from utils.cli import check_img_size, fail, increment_path, setup_logging
 from utils.coco_eval import CocoIds, annotation_path, evaluate_json
@@ -68,15 +69,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_model(opt: argparse.Namespace, nc: int, device: torch.device) -> Model:
     """Model from --cfg with --weight loaded strictly, fused, in eval mode, threshold set."""
-    if not opt.cfg:
-        raise ConfigError('--cfg is required, e.g. --cfg cfg/dy-yolov7-step2.yaml')
-    model = Model(opt.cfg, nc=nc)
-    if not opt.weight:
-        raise CheckpointError('--weight is required: the checkpoint to evaluate, e.g. --weight weights/dy-yolov7.pt')
-    load_weights(model, opt.weight)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model = model.float().fuse().eval().to(device)
+    model = load_for_inference(opt.cfg, opt.weight, nc, device)
     if model.dynamic:
         model.dy_thres = opt.dy_thres
         LOGGER.info('Set dynamic threshold to %f', opt.dy_thres)

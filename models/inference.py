@@ -25,3 +25,21 @@ def prepare_input(images: torch.Tensor, model: Model) -> torch.Tensor:
     param = model.model_h2[-1].m[0].weight
     fmt = getattr(model, 'input_format', torch.contiguous_format)
     return images.to(param.device, param.dtype, non_blocking=True).contiguous(memory_format=fmt)
+
+
+def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device) -> Model:
+    """Model from a config with a checkpoint loaded strictly (weights_only), float, fused, eval, no gradients.
+
+    Raises ConfigError / CheckpointError with one-line messages for a missing or mismatched cfg or checkpoint.
+    """
+    from .checkpoint import CheckpointError, load_weights
+    from .graph import ConfigError
+    if not cfg:
+        raise ConfigError('--cfg is required, e.g. --cfg cfg/dy-yolov7-step2.yaml')
+    if not weights:
+        raise CheckpointError('--weight is required: the checkpoint to use, e.g. --weight weights/dy-yolov7.pt')
+    model = Model(cfg, nc=nc)
+    load_weights(model, weights)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.float().fuse().eval().to(device)

@@ -139,3 +139,26 @@ def test_wrong_config_for_checkpoint_is_one_line(tmp_path: Path, tiny_checkpoint
                           '--data', 'data/coco.yaml', '--project', str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert 'does not fit' in err or 'missing' in err
+
+
+@requires_coco128
+def test_get_dynamic_thres_prints_11_ascending_thresholds_and_sweeps(tmp_path: Path, tiny_checkpoint: tuple,
+                                                                     capsys) -> None:
+    import get_dynamic_thres
+    coco128_view(tmp_path / 'coco128')
+    lines = (tmp_path / 'coco128' / 'train2017.txt').read_text().splitlines()[:12]
+    (tmp_path / 'coco128' / 'few.txt').write_text('\n'.join(lines) + '\n')
+    (tmp_path / 'data.yaml').write_text(yaml.safe_dump({'train': 'coco128/few.txt', 'val': 'coco128/few.txt',
+                                                        'nc': 80}))
+    cfg, weights = tiny_checkpoint
+    thresholds = get_dynamic_thres.run(get_dynamic_thres.parse_opt([
+        '--device', 'cpu', '--batch-size', '4', '--img-size', '64', '--cfg', str(cfg), '--weight', str(weights),
+        '--data', str(tmp_path / 'data.yaml'), '--task', 'val', '--sweep', '--project', str(tmp_path / 'runs')]))
+    values = [float(t) for t in thresholds]
+    assert len(values) == 11 and values[0] == 0 and values[-1] == 1 and values == sorted(values)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1] == '*' * 51 and printed[2] == ' '.join(thresholds) and printed[-1] == '*' * 51
+    assert printed[3] == 'First: 100%\tSecond: 0%\tThreshold: 0'
+    rows = (tmp_path / 'runs' / 'exp' / 'sweep.csv').read_text().splitlines()
+    assert len(rows) == 12 and rows[1].startswith('0.0,1.0,')  # threshold 0: every image easy
+    assert rows[-1].startswith('1.0,0.0,') and (tmp_path / 'runs' / 'exp' / 'sweep.png').is_file()
