@@ -16,14 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import CheckpointError
 from models.graph import ConfigError
 from models.inference import load_for_inference
-from utils.cli import check_img_size, fail, increment_path, setup_logging
-from utils.data_config import DataConfigError, load_data_config
+from utils.cli import check_img_size, increment_path, run_cli
+from utils.data_config import load_data_config
 from utils.dataloaders import create_dataloader
-from utils.label_cache import DatasetError
-from utils.torch_utils import DeviceError, select_device
+from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('get_dynamic_thres')
 TASKS = ('train', 'val', 'test')
@@ -103,14 +101,7 @@ def run(opt: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: one-line errors for bad input, never a traceback."""
-    opt = parse_opt(argv)
-    setup_logging()
-    LOGGER.info(opt)
-    try:
-        run(opt)
-    except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError) as e:
-        fail(str(e))
-
+    run_cli(run, parse_opt(argv), LOGGER)
 
 if __name__ == '__main__':
     main()

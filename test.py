@@ -15,17 +15,14 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import CheckpointError
-from models.graph import ConfigError
 from models.inference import load_for_inference
 from models.yolo import Model
-from utils.cli import check_img_size, fail, increment_path, setup_logging
+from utils.cli import check_img_size, increment_path, run_cli
 from utils.coco_eval import CocoIds, annotation_path, evaluate_json
-from utils.data_config import DataConfigError, load_data_config
+from utils.data_config import load_data_config
 from utils.dataloaders import create_dataloader
 from utils.evaluation import EvalOptions, evaluate, summarize
-from utils.label_cache import DatasetError
-from utils.torch_utils import DeviceError, select_device
+from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('test')
 TASKS = ('train', 'val', 'test')
@@ -148,14 +145,7 @@ def run_test(opt: argparse.Namespace) -> tuple:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: one-line errors for bad input, never a traceback."""
-    opt = parse_opt(argv)
-    setup_logging()
-    LOGGER.info(opt)
-    try:
-        run_test(opt)
-    except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError) as e:
-        fail(str(e))
-
+    run_cli(run_test, parse_opt(argv), LOGGER)
 
 if __name__ == '__main__':
     main()

@@ -38,3 +38,18 @@ def fail(message: str, code: int = 2) -> None:
     """Print one line naming the problem and exit (no traceback)."""
     sys.stderr.write(f'error: {message}\n')
     raise SystemExit(code)
+
+
+def run_cli(run, opt, logger: logging.Logger):
+    """Log the options, run, and turn every known bad-input error into one line and exit code 2."""
+    from models.checkpoint import CheckpointError
+    from models.graph import ConfigError
+    from utils.data_config import DataConfigError
+    from utils.label_cache import DatasetError
+    from utils.torch_utils import DeviceError
+    setup_logging()
+    logger.info(opt)
+    try:
+        return run(opt)
+    except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError) as e:
+        fail(str(e))
