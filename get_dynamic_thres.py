@@ -1,4 +1,4 @@
-"""Router score percentiles on a split → the 11 dynamic thresholds (SPEC §10), optionally a speed/accuracy sweep.
+r"""Router score percentiles on a split → the 11 dynamic thresholds (SPEC §10), optionally a speed/accuracy sweep.
 
     python get_dynamic_thres.py --device 0 --batch-size 1 --img-size 640 --cfg cfg/dy-yolov7-step2.yaml \
         --weight weights/dy-yolov7.pt --data data/coco.yaml --task val
@@ -18,34 +18,23 @@ import torch
 
 from models.graph import ConfigError
 from models.inference import load_for_inference
-from utils.cli import check_img_size, increment_path, run_cli
+from utils.cli import add_split_flags, check_img_size, check_split_flags, increment_path, run_cli
 from utils.data_config import load_data_config
 from utils.dataloaders import create_dataloader
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('get_dynamic_thres')
-TASKS = ('train', 'val', 'test')
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """The reference's flags plus --sweep."""
     p = argparse.ArgumentParser(prog='get_dynamic_thres.py', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--cfg', type=str, default='', help='model.yaml path (a step-2 config with a router)')
-    p.add_argument('--weight', '--weights', type=str, default='', help='model.pt path')
-    p.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
-    p.add_argument('--batch-size', type=int, default=1, help='images per batch')
-    p.add_argument('--img-size', type=int, default=640, help='inference size (pixels)')
-    p.add_argument('--task', default='val', help='train, val or test')
-    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    add_split_flags(p, ' (--sweep only)')
     p.add_argument('--augment', action='store_true', help='accepted for compatibility; scores come from one pass')
-    p.add_argument('--project', default='runs/test', help='save to project/name (--sweep only)')
-    p.add_argument('--name', default='exp', help='save to project/name (--sweep only)')
-    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     p.add_argument('--sweep', action='store_true', help='evaluate at every threshold: sweep.csv and sweep.png')
     opt = p.parse_args(argv)
-    if opt.task not in TASKS:
-        p.error(f'--task {opt.task}: not implemented; use one of {", ".join(TASKS)}')
+    check_split_flags(p, opt)
     return opt
 
 

@@ -1,4 +1,4 @@
-"""Evaluate a DynamicDet checkpoint on a split: mAP table, speed, routing; optional COCO JSON, labels, plots.
+r"""Evaluate a DynamicDet checkpoint on a split: mAP table, speed, routing; optional COCO JSON, labels, plots.
 
     python test.py --img-size 640 --batch-size 1 --conf 0.001 --iou 0.65 --device 0 \
         --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --data data/coco.yaml --dy-thres 0.5
@@ -17,7 +17,7 @@ import torch
 
 from models.inference import load_for_inference
 from models.yolo import Model
-from utils.cli import check_img_size, increment_path, run_cli
+from utils.cli import add_split_flags, check_img_size, check_split_flags, increment_path, run_cli
 from utils.coco_eval import CocoIds, annotation_path, evaluate_json
 from utils.data_config import load_data_config
 from utils.dataloaders import create_dataloader
@@ -25,21 +25,14 @@ from utils.evaluation import EvalOptions, evaluate, summarize
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('test')
-TASKS = ('train', 'val', 'test')
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """The reference's flags (`--conf`/`--iou` work as prefixes); `--weights` is accepted for `--weight`."""
     p = argparse.ArgumentParser(prog='test.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--cfg', type=str, default='', help='model.yaml path')
-    p.add_argument('--weight', '--weights', type=str, default='', help='model.pt path')
-    p.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
-    p.add_argument('--batch-size', type=int, default=1, help='images per batch (any size: routing is per image)')
-    p.add_argument('--img-size', type=int, default=640, help='inference size (pixels)')
+    add_split_flags(p)
     p.add_argument('--conf-thres', type=float, default=0.001, help='object confidence threshold')
     p.add_argument('--iou-thres', type=float, default=0.65, help='IOU threshold for NMS')
-    p.add_argument('--task', default='val', help='train, val or test (test: write the JSON, no evaluation)')
-    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
     p.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
     p.add_argument('--augment', action='store_true', help='augmented inference')
     p.add_argument('--verbose', action='store_true', help='report mAP by class')
@@ -47,20 +40,14 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--save-hybrid', action='store_true', help='save label+prediction hybrid results to *.txt')
     p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
     p.add_argument('--save-json', action='store_true', help='save a cocoapi-compatible JSON results file')
-    p.add_argument('--project', default='runs/test', help='save to project/name')
-    p.add_argument('--name', default='exp', help='save to project/name')
-    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     p.add_argument('--v5-metric', action='store_true', help='assume maximum recall as 1.0 in AP calculation')
     p.add_argument('--dy-thres', type=float, default=0.5,
                    help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
     p.add_argument('--save-results', action='store_true', help='append mAP, dy_thres and speed to a results file')
     opt = p.parse_args(argv)
+    check_split_flags(p, opt)
     opt.save_json |= opt.data.endswith('coco.yaml')
     opt.save_txt |= opt.save_hybrid
-    if opt.task not in TASKS:
-        p.error(f'--task {opt.task}: not implemented; use one of {", ".join(TASKS)}')
-    if opt.batch_size < 1 or opt.img_size < 1:
-        p.error('--batch-size and --img-size must be positive')
     return opt
 
 

@@ -53,3 +53,28 @@ def run_cli(run, opt, logger: logging.Logger):
         return run(opt)
     except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError) as e:
         fail(str(e))
+
+
+TASKS = ('train', 'val', 'test')
+
+
+def add_split_flags(p, run_note: str = '') -> None:
+    """Flags shared by the scripts that run a checkpoint over a data split (reference names and defaults)."""
+    p.add_argument('--cfg', type=str, default='', help='model.yaml path (a step-2 config for dynamic routing)')
+    p.add_argument('--weight', '--weights', type=str, default='', help='model.pt path')
+    p.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
+    p.add_argument('--batch-size', type=int, default=1, help='images per batch (any size: routing is per image)')
+    p.add_argument('--img-size', type=int, default=640, help='inference size (pixels), rounded up to the stride')
+    p.add_argument('--task', default='val', help='train, val or test')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    p.add_argument('--project', default='runs/test', help=f'save to project/name{run_note}')
+    p.add_argument('--name', default='exp', help=f'save to project/name{run_note}')
+    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+
+
+def check_split_flags(p, opt) -> None:
+    """argparse-style one-line errors for a bad --task, --batch-size or --img-size."""
+    if opt.task not in TASKS:
+        p.error(f'--task {opt.task}: not implemented; use one of {", ".join(TASKS)}')
+    if opt.batch_size < 1 or opt.img_size < 1:
+        p.error('--batch-size and --img-size must be positive')
