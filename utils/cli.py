@@ -46,12 +46,13 @@ def run_cli(run, opt, logger: logging.Logger):
     from models.graph import ConfigError
     from utils.data_config import DataConfigError
     from utils.label_cache import DatasetError
+    from utils.sources import SourceError
     from utils.torch_utils import DeviceError
     setup_logging()
     logger.info(opt)
     try:
         return run(opt)
-    except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError) as e:
+    except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError, SourceError) as e:
         fail(str(e))
 
 

@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from utils.coco_eval import CocoIds
-from utils.general import non_max_suppression, scale_coords, xywh2xyxy, xyxy2xywh
+from utils.general import non_max_suppression, scale_coords, xywh2xyxy
+from utils.labels import append_label_rows
 from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions
 from utils.torch_utils import time_sync
 
@@ -56,15 +57,6 @@ class EvalStats:
     loss: torch.Tensor | None = None
 
 
-def _write_txt(predn: torch.Tensor, shape0: tuple, path: Path, save_conf: bool) -> None:
-    gain = torch.tensor(shape0)[[1, 0, 1, 0]]
-    with open(path, 'a') as f:
-        for *xyxy, conf, cls in predn.tolist():
-            xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gain).view(-1).tolist()
-            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
-            f.write(('%g ' * len(line)).rstrip() % line + '\n')
-
-
 def _score_image(pred: torch.Tensor, labels: torch.Tensor, img_hw: tuple, shapes: tuple, path: str,
                  opt: EvalOptions, out: EvalStats, confusion: ConfusionMatrix) -> None:
     """Match one image's detections against its labels (both in original pixels) and collect outputs."""
@@ -78,7 +70,8 @@ def _score_image(pred: torch.Tensor, labels: torch.Tensor, img_hw: tuple, shapes
     predn = pred.clone()
     scale_coords(img_hw, predn[:, :4], shapes[0], shapes[1])
     if opt.save_txt:
-        _write_txt(predn, shapes[0], opt.save_dir / 'labels' / f'{Path(path).stem}.txt', opt.save_conf)
+        h0, w0 = shapes[0]
+        append_label_rows(opt.save_dir / 'labels' / f'{Path(path).stem}.txt', predn.tolist(), w0, h0, opt.save_conf)
     if opt.coco_ids is not None:
         out.json_rows += opt.coco_ids.rows(predn, path)
     correct = torch.zeros(len(pred), len(IOU_THRESHOLDS), dtype=torch.bool)

@@ -101,3 +101,14 @@ def read_label_file(path: str | Path, nc: int | None = None) -> LabelFile:
     messages: list[str] = []
     labels, segments = _repair(labels, segments, nc, messages)
     return LabelFile(labels, segments, 'found' if len(labels) else 'empty', messages)
+
+
+def append_label_rows(path: str | Path, detections: list[list[float]], width: int, height: int,
+                      save_conf: bool = False) -> None:
+    """Append detections [x1, y1, x2, y2, conf, cls] (pixels) as `class cx cy w h [conf]` rows normalised by
+    the image size, in %g format (the reference's --save-txt)."""
+    with open(path, 'a') as f:
+        for x1, y1, x2, y2, conf, cls in detections:
+            xywh = ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
+            f.write(('%g ' * len(line)).rstrip() % line + '\n')

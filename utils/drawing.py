@@ -1,0 +1,27 @@
+"""Drawing detections on images (SPEC §12): a box per detection and a filled label with `name conf`."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+LABEL_TEXT_COLOUR = (225, 255, 255)
+
+
+def class_colours(nc: int, seed: int | None = None) -> list[tuple[int, int, int]]:
+    """A random colour per class (the reference's were unseeded; a seed makes drawings repeat)."""
+    rng = np.random.default_rng(seed)
+    return [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(nc)]
+
+
+def draw_detection(img: np.ndarray, xyxy: list[float], label: str, colour: tuple[int, int, int],
+                   thickness: int = 1) -> None:
+    """Rectangle and a filled label box above its top-left corner, in place."""
+    c1, c2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
+    cv2.rectangle(img, c1, c2, colour, thickness=thickness, lineType=cv2.LINE_AA)
+    if label:
+        font_thickness = max(thickness - 1, 1)
+        w, h = cv2.getTextSize(label, 0, fontScale=thickness / 3, thickness=font_thickness)[0]
+        top = (c1[0] + w, c1[1] - h - 3)
+        cv2.rectangle(img, c1, top, colour, -1, cv2.LINE_AA)
+        cv2.putText(img, label, (c1[0], c1[1] - 2), 0, thickness / 3, LABEL_TEXT_COLOUR,
+                    thickness=font_thickness, lineType=cv2.LINE_AA)
