@@ -42,4 +42,4 @@ def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device) ->
     load_weights(model, weights)
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.float().fuse().eval().to(device)
+    return prepare_for_inference(model.float(), device)

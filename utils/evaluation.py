@@ -91,6 +91,8 @@ def _run_batch(model, imgs: torch.Tensor, targets: torch.Tensor, opt: EvalOption
     device = next(model.parameters()).device
     imgs = imgs.to(device, non_blocking=True)
     imgs = (imgs.half() if opt.half else imgs.float()) / 255.0
+    if getattr(model, 'input_format', None) is not None:  # channels_last models (inference) want it on input too
+        imgs = imgs.contiguous(memory_format=model.input_format)
     targets = targets.to(device).clone()
     t0 = time_sync(device)
     model.last_easy = None
