@@ -18,9 +18,9 @@ import torch
 
 from models.graph import ConfigError
 from models.inference import load_for_inference
-from utils.cli import add_split_flags, check_img_size, check_split_flags, increment_path, run_cli
+from utils.cli import add_split_flags, check_split_flags, increment_path, run_cli
 from utils.data_config import load_data_config
-from utils.dataloaders import create_dataloader
+from utils.evaluation import split_loader
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('get_dynamic_thres')
@@ -71,14 +71,7 @@ def run(opt: argparse.Namespace) -> list[str]:
     model = load_for_inference(opt.cfg, opt.weight, data['nc'], device)
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
-    gs = max(int(model.stride.max()), 32)
-    img_size = check_img_size(opt.img_size, gs)
-    half = device.type == 'cuda'
-    if half:
-        model.half()
-        model(torch.zeros(1, 3, img_size, img_size, device=device).half())
-    loader, _ = create_dataloader(data[opt.task], img_size, opt.batch_size, gs, pad=0.5, rect=True,
-                                  prefix=f'{opt.task}: ', nc=data['nc'])
+    loader, _, img_size, half = split_loader(model, opt, data, data['nc'], device)
     thresholds = thresholds_from_scores(collect_scores(model, loader, device, half))
     print(format_thresholds(thresholds))
     if opt.sweep:

@@ -17,11 +17,10 @@ import torch
 
 from models.inference import load_for_inference
 from models.yolo import Model
-from utils.cli import add_split_flags, check_img_size, check_split_flags, increment_path, run_cli
+from utils.cli import add_split_flags, check_split_flags, increment_path, run_cli
 from utils.coco_eval import CocoIds, annotation_path, evaluate_json
 from utils.data_config import load_data_config
-from utils.dataloaders import create_dataloader
-from utils.evaluation import EvalOptions, evaluate, summarize
+from utils.evaluation import EvalOptions, evaluate, split_loader, summarize
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('test')
@@ -95,14 +94,7 @@ def run_test(opt: argparse.Namespace) -> tuple:
     nc = 1 if opt.single_cls else data['nc']
     names = ['item'] if opt.single_cls else [str(n) for n in data['names']]
     model = load_model(opt, nc, device)
-    gs = max(int(model.stride.max()), 32)
-    img_size = check_img_size(opt.img_size, gs)
-    half = device.type == 'cuda'
-    if half:
-        model.half()
-        model(torch.zeros(1, 3, img_size, img_size, device=device).half())
-    loader, dataset = create_dataloader(data[opt.task], img_size, opt.batch_size, gs, opt, pad=0.5, rect=True,
-                                        prefix=f'{opt.task}: ', nc=nc)
+    loader, dataset, img_size, half = split_loader(model, opt, data, nc, device)
     anno = annotation_path(data, data[opt.task])
     coco_ids = CocoIds(nc, anno, opt.data.endswith('coco.yaml')) if opt.save_json else None
     eval_opt = EvalOptions(opt.conf_thres, opt.iou_thres, save_dir, names, opt.verbose, plots=True,
@@ -116,7 +108,7 @@ def run_test(opt: argparse.Namespace) -> tuple:
     LOGGER.info(speed)
     if model.dynamic and out.n_routed:
         LOGGER.info(routing_line(model, out.n_easy, out.n_routed, img_size))
-    if opt.save_json and out.json_rows is not None:
+    if opt.save_json:
         seen_ids = [coco_ids.image_id(p) for p in dataset.img_files]
         coco = write_json(opt, out.json_rows, save_dir, anno, seen_ids)
         if coco is not None:

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.cli import check_img_size
 from utils.coco_eval import CocoIds
+from utils.dataloaders import create_dataloader
 from utils.general import non_max_suppression, scale_coords, xywh2xyxy
 from utils.labels import append_label_rows
 from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions
@@ -112,6 +114,20 @@ def _run_batch(model, imgs: torch.Tensor, targets: torch.Tensor, opt: EvalOption
     preds = non_max_suppression(decoded, opt.conf_thres, opt.iou_thres, labels=hybrid, multi_label=True)
     out.t_nms += time_sync(device) - t0
     return preds, targets
+
+
+def split_loader(model, opt, data: dict, nc: int, device: torch.device) -> tuple:
+    """For a loaded inference model: the checked image size, fp16 on CUDA (with a warm-up pass) and the rect val
+    loader of `opt.task` → (loader, dataset, img_size, half)."""
+    gs = max(int(model.stride.max()), 32)
+    img_size = check_img_size(opt.img_size, gs)
+    half = device.type == 'cuda'
+    if half:
+        model.half()
+        model(torch.zeros(1, 3, img_size, img_size, device=device).half())
+    loader, dataset = create_dataloader(data[opt.task], img_size, opt.batch_size, gs, opt, pad=0.5, rect=True,
+                                        prefix=f'{opt.task}: ', nc=nc)
+    return loader, dataset, img_size, half
 
 
 def evaluate(model, dataloader, opt: EvalOptions, compute_loss=None) -> tuple[EvalStats, ConfusionMatrix]:
