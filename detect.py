@@ -4,7 +4,8 @@ r"""Detect objects in images, folders, globs, videos or a webcam with a DynamicD
         --source inference/images --device 0 --dy-thres 0.5
 
 Flags are the reference's (SPEC §12). Each image is routed by its own router score (>= --dy-thres: easy path);
-the log line says which path it took. Class names come from --data when given, else COCO's for 80 classes.
+the log line says which path it took. Beyond the reference: class names from --data (else COCO's for 80 classes),
+--batch-size for images and video frames, --save-crop, and a route + FPS line drawn on videos and webcams.
 """
 from __future__ import annotations
 
@@ -21,12 +22,10 @@ import yaml
 from models.inference import load_for_inference
 from utils.cli import check_img_size, increment_path, run_cli
 from utils.data_config import load_data_config
-from utils.drawing import class_colours, draw_detection
-from utils.general import non_max_suppression, scale_coords
-from utils.labels import append_label_rows
-from utils.letterbox import letterbox
-from utils.sources import Frame, is_stream, iterate_frames, list_sources
-from utils.torch_utils import select_device, time_sync
+from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
+from utils.drawing import class_colours, draw_detection, draw_status
+from utils.sources import Frame, is_stream, iterate_batches, list_sources, read_stream_list
+from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('detect')
 ROOT = Path(__file__).resolve().parent
@@ -56,9 +55,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--dy-thres', type=float, default=0.5,
                    help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
     p.add_argument('--data', type=str, default='', help='optional data.yaml whose names label the drawings')
+    p.add_argument('--batch-size', type=int, default=1,
+                   help='images (or video frames) per forward pass; live streams batch one frame per stream')
+    p.add_argument('--save-crop', action='store_true', help='save each detection cropped under crops/<class>/')
     opt = p.parse_args(argv)
-    if opt.num_classes < 1 or opt.img_size < 1:
-        p.error('--num-classes and --img-size must be positive')
+    if opt.num_classes < 1 or opt.img_size < 1 or opt.batch_size < 1:
+        p.error('--num-classes, --img-size and --batch-size must be positive')
     return opt
 
 
@@ -73,97 +75,67 @@ def class_names(opt: argparse.Namespace) -> list[str]:
     return names + [str(i) for i in range(len(names), opt.num_classes)]
 
 
-class Outputs:
-    """Saved images, video writers and label files of one run."""
-
-    def __init__(self, save_dir: Path, save_img: bool, save_txt: bool, save_conf: bool) -> None:
-        self.save_dir, self.save_img, self.save_txt, self.save_conf = save_dir, save_img, save_txt, save_conf
-        self.writers: dict[str, cv2.VideoWriter] = {}
-
-    def labels(self, frame: Frame, det: np.ndarray) -> None:
-        """Append `class cx cy w h [conf]` rows normalised by the frame size."""
-        stem = Path(frame.path).stem + (f'_{frame.index}' if frame.kind != 'image' else '')
-        h, w = frame.image.shape[:2]
-        append_label_rows(self.save_dir / 'labels' / f'{stem}.txt', det.tolist(), w, h, self.save_conf)
-
-    def image(self, frame: Frame, drawn: np.ndarray, capture_fps: float = 30.0) -> str:
-        """Write the drawn frame (image file, or the source's video); returns the path written."""
-        name = Path(frame.path).name if not frame.path.isnumeric() else f'webcam{frame.path}'
-        path = self.save_dir / name
-        if frame.kind == 'image':
-            cv2.imwrite(str(path), drawn)
-            return str(path)
-        if frame.path not in self.writers:
-            path = path.with_suffix('.mp4')
-            h, w = drawn.shape[:2]
-            self.writers[frame.path] = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), capture_fps, (w, h))
-        self.writers[frame.path].write(drawn)
-        return str(path.with_suffix('.mp4'))
-
-    def close(self) -> None:
-        """Finish every video file."""
-        for writer in self.writers.values():
-            writer.release()
+def log_line(frame: Frame, det: np.ndarray, route: str, t_inf: float, t_nms: float, names: list[str]) -> str:
+    """The reference's per-image line (stream/video prefix, class counts, timings) with the route taken."""
+    counts = np.bincount(det[:, 5].astype(int), minlength=len(names)) if len(det) else []
+    summary = ''.join(f'{n} {names[c]}{"s" if n > 1 else ""}, ' for c, n in enumerate(counts) if n)
+    prefix = {'video': f'{frame.position} ({frame.index}/{frame.frames}) ', 'stream': f'{frame.position}: '}
+    return f'{prefix.get(frame.kind, "")}{frame.path}: {summary}{route + " path, " if route else ""}' \
+           f'Done. ({1e3 * t_inf:.1f}ms) Inference, ({1e3 * t_nms:.1f}ms) NMS'
 
 
-def detect_frame(model, frame: Frame, opt: argparse.Namespace, img_size: int, stride: int,
-                 device: torch.device, half: bool) -> tuple[np.ndarray, str, float, float]:
-    """Detections [x1, y1, x2, y2, conf, cls] in frame pixels, the route taken, inference and NMS seconds."""
-    img = letterbox(frame.image, img_size, stride=stride)[0]
-    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)[::-1])).to(device)
-    x = (x.half() if half else x.float())[None] / 255.0
-    t0 = time_sync(device)
-    model.last_easy = None
-    with torch.inference_mode():
-        decoded = model(x, augment=opt.augment)[0]
-    t1 = time_sync(device)
-    det = non_max_suppression(decoded.float(), opt.conf_thres, opt.iou_thres, classes=opt.classes,
-                              agnostic=opt.agnostic_nms)[0]
-    t2 = time_sync(device)
-    det[:, :4] = scale_coords(x.shape[2:], det[:, :4], frame.image.shape).round()
-    route = '' if model.last_easy is None else ('easy' if bool(model.last_easy[0]) else 'hard')
-    return det.cpu().numpy(), route, t1 - t0, t2 - t1
+def draw(frame: Frame, det: np.ndarray, route: str, fps: float, names: list[str], colours: list) -> np.ndarray:
+    """The frame with every detection boxed and labelled; videos and streams get a route + FPS line."""
+    drawn = frame.image.copy()
+    for *xyxy, conf, cls in reversed(det.tolist()):
+        draw_detection(drawn, xyxy, f'{names[int(cls)]} {conf:.2f}', colours[int(cls)])
+    if frame.kind != 'image':
+        draw_status(drawn, f'{route + " path | " if route else ""}{fps:.1f} FPS')
+    return drawn
+
+
+def load_detector(opt: argparse.Namespace) -> Detector:
+    """The strict-loaded, fused model with --dy-thres, fp16 on CUDA, wrapped with the NMS settings."""
+    device = select_device(opt.device)
+    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device)
+    if model.dynamic:
+        model.dy_thres = opt.dy_thres
+    if device.type == 'cuda':
+        model.half()
+    stride = int(model.stride.max())
+    options = DetectOptions(opt.conf_thres, opt.iou_thres, opt.classes, opt.agnostic_nms, opt.augment)
+    return Detector(model, check_img_size(opt.img_size, stride), stride, options)
 
 
 def run_detect(opt: argparse.Namespace) -> Path:
     """Detect on every frame of --source; returns the run folder."""
     names = class_names(opt)
-    if not is_stream(opt.source):
-        list_sources(opt.source)  # a bad --source fails before anything is created
+    (read_stream_list if is_stream(opt.source) else list_sources)(opt.source)  # fail before creating anything
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     (save_dir / 'labels' if opt.save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    device = select_device(opt.device)
-    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device)
-    if model.dynamic:
-        model.dy_thres = opt.dy_thres
-    stride = int(model.stride.max())
-    img_size = check_img_size(opt.img_size, stride)
-    half = device.type == 'cuda'
-    if half:
-        model.half()
+    detector = load_detector(opt)
     colours = class_colours(len(names))
-    outputs = Outputs(save_dir, not opt.nosave, opt.save_txt, opt.save_conf)
-    t_start = time.perf_counter()
+    outputs = DetectionOutputs(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.save_crop)
+    fps_meter, t_start = FpsMeter(), time.perf_counter()
     try:
-        for frame in iterate_frames(opt.source):
-            det, route, t_inf, t_nms = detect_frame(model, frame, opt, img_size, stride, device, half)
-            counts = np.bincount(det[:, 5].astype(int), minlength=len(names)) if len(det) else []
-            summary = ''.join(f'{n} {names[c]}{"s" if n > 1 else ""}, ' for c, n in enumerate(counts) if n)
-            prefix = f'{frame.position} ({frame.index}/{frame.frames}) ' if frame.kind == 'video' else ''
-            message = f'{prefix}{frame.path}: {summary}{route + " path, " if route else ""}' \
-                      f'Done. ({1e3 * t_inf:.1f}ms) Inference, ({1e3 * t_nms:.1f}ms) NMS'
-            if opt.save_txt and len(det):
-                outputs.labels(frame, det)
-            if outputs.save_img or opt.view_img:
-                drawn = frame.image.copy()
-                for *xyxy, conf, cls in reversed(det.tolist()):
-                    draw_detection(drawn, xyxy, f'{names[int(cls)]} {conf:.2f}', colours[int(cls)])
-                if outputs.save_img:
-                    message += f' The image with the result is saved in: {outputs.image(frame, drawn)}'
-                if opt.view_img:
-                    cv2.imshow(frame.path, drawn)
-                    cv2.waitKey(1)
-            LOGGER.info(message)
+        for frames in iterate_batches(opt.source, opt.batch_size):
+            result = detector(frames)
+            fps = fps_meter.update(len(frames))
+            t_inf, t_nms = result.inference_s / len(frames), result.nms_s / len(frames)  # per image
+            for frame, det, route in zip(frames, result.detections, result.routes):
+                message = log_line(frame, det, route, t_inf, t_nms, names)
+                if opt.save_txt and len(det):
+                    outputs.labels(frame, det)
+                if opt.save_crop and len(det):
+                    outputs.crops(frame, det, names)
+                if outputs.save_img or opt.view_img:
+                    drawn = draw(frame, det, route, fps, names, colours)
+                    if outputs.save_img:
+                        message += f' The image with the result is saved in: {outputs.image(frame, drawn)}'
+                    if opt.view_img:
+                        cv2.imshow(frame.path, drawn)
+                        cv2.waitKey(1)
+                LOGGER.info(message)
     finally:
         outputs.close()
     LOGGER.info(f'Done. ({time.perf_counter() - t_start:.3f}s)')

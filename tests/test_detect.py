@@ -14,6 +14,7 @@ import detect
 from models.checkpoint import half_state_dict, save_checkpoint
 from tests.helpers import COCO128, requires_coco128, tiny_config
 from tests.test_evaluation import _lively_tiny_model
+from utils.detection import letterbox_batch
 
 
 @pytest.fixture(scope='module')
@@ -25,12 +26,30 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
             '--img-size', '64', '--conf-thres', '0.5']
 
 
+def _write_clip(path: Path, frames: int = 5) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 10, (96, 64))
+    for i in range(frames):
+        frame = np.full((64, 96, 3), 40 * (i % 5), np.uint8)
+        cv2.rectangle(frame, (10 + 5 * i, 10), (50 + 5 * i, 50), (0, 0, 255), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def _inference_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if 'Inference' in r.getMessage()]
+
+
+def _copy_coco128_images(folder: Path, n: int) -> Path:
+    folder.mkdir()
+    for f in sorted((COCO128 / 'images' / 'train2017').glob('*.jpg'))[:n]:
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
 @requires_coco128
 def test_detect_folder_with_a_corrupt_image(tmp_path: Path, tiny: list, caplog) -> None:
-    src = tmp_path / 'src'
-    src.mkdir()
-    for f in sorted((COCO128 / 'images' / 'train2017').glob('*.jpg'))[:3]:
-        shutil.copy(f, src / f.name)
+    src = _copy_coco128_images(tmp_path / 'src', 3)
     (src / 'broken.jpg').write_bytes(b'not an image')
     caplog.set_level(logging.INFO)
     run = detect.run_detect(detect.parse_opt(tiny + ['--source', str(src), '--project', str(tmp_path / 'runs'),
@@ -45,13 +64,7 @@ def test_detect_folder_with_a_corrupt_image(tmp_path: Path, tiny: list, caplog) 
 
 
 def test_detect_video(tmp_path: Path, tiny: list, caplog) -> None:
-    video = tmp_path / 'clip.mp4'
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*'mp4v'), 10, (96, 64))
-    for i in range(5):
-        frame = np.full((64, 96, 3), 40 * i, np.uint8)
-        cv2.rectangle(frame, (10 + 5 * i, 10), (50 + 5 * i, 50), (0, 0, 255), -1)
-        writer.write(frame)
-    writer.release()
+    video = _write_clip(tmp_path / 'clip.mp4')
     caplog.set_level(logging.INFO)
     run = detect.run_detect(detect.parse_opt(tiny + ['--source', str(video), '--project', str(tmp_path / 'runs')]))
     lines = [r.getMessage() for r in caplog.records if 'Inference' in r.getMessage()]
@@ -68,3 +81,98 @@ def test_detect_bad_source_is_one_line(tmp_path: Path, tiny: list, capsys, sourc
         detect.main(tiny + ['--source', source, '--project', str(tmp_path / 'runs')])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and message in err[-1] and 'Traceback' not in '\n'.join(err)
+
+
+def test_letterbox_batch_keeps_each_images_scale() -> None:
+    rng = np.random.default_rng(0)
+    wide, tall = rng.integers(0, 255, (100, 200, 3), np.uint8), rng.integers(0, 255, (200, 100, 3), np.uint8)
+    alone = [letterbox_batch([im], 64, 32)[0] for im in (wide, tall)]
+    together = letterbox_batch([wide, tall], 64, 32)
+    assert [a.shape for a in alone] == [(3, 32, 64), (3, 64, 32)] and together.shape == (2, 3, 64, 64)
+    # 200x100 at 64 is 32x64: centred in 64x64 it starts at row 16 (16 more padding rows than alone)
+    np.testing.assert_array_equal(together[0, :, 16:48], alone[0])
+    np.testing.assert_array_equal(together[1, :, :, 16:48], alone[1])
+    assert (together[0, :, :16] == 114).all() and (together[1, :, :, :16] == 114).all()
+
+
+def test_detect_video_batched_equals_batch_1_and_draws_the_overlay(tmp_path: Path, tiny: list, caplog) -> None:
+    video = _write_clip(tmp_path / 'clip.mp4')
+    caplog.set_level(logging.INFO)
+    runs = {}
+    for batch in (1, 3):
+        caplog.clear()
+        runs[batch] = detect.run_detect(detect.parse_opt(tiny + [
+            '--source', str(video), '--project', str(tmp_path / 'runs'), '--name', f'b{batch}',
+            '--batch-size', str(batch), '--save-txt', '--save-conf', '--conf-thres', '0.001']))
+        lines = _inference_lines(caplog)
+        assert [m.split(')')[0] for m in lines] == [f'video 1/1 ({i}/5' for i in range(1, 6)]
+    labels1 = sorted(p.name for p in (runs[1] / 'labels').glob('*.txt'))
+    assert labels1 and labels1 == sorted(p.name for p in (runs[3] / 'labels').glob('*.txt'))
+    for name in labels1:
+        np.testing.assert_allclose(np.loadtxt(runs[3] / 'labels' / name, ndmin=2),
+                                   np.loadtxt(runs[1] / 'labels' / name, ndmin=2), atol=2e-3)
+    capture = cv2.VideoCapture(str(runs[3] / 'clip.mp4'))
+    for _ in range(4):
+        ok, drawn = capture.read()
+    capture.release()
+    status = drawn[:8, :8].astype(int)  # frame 4 is grey 120 except the black status box with white text
+    assert ok and status.mean() < 40 and drawn[:20, :60].max() > 150
+
+
+@requires_coco128
+def test_detect_images_batched_and_crops(tmp_path: Path, tiny: list, caplog) -> None:
+    src = _copy_coco128_images(tmp_path / 'src', 5)
+    caplog.set_level(logging.INFO)
+    run = detect.run_detect(detect.parse_opt(tiny + ['--source', str(src), '--project', str(tmp_path / 'runs'),
+                                                     '--batch-size', '4', '--save-txt', '--save-crop', '--nosave',
+                                                     '--conf-thres', '0.001']))
+    lines = _inference_lines(caplog)
+    assert len(lines) == 5 and not list(run.glob('*.jpg'))
+    rows = {p.stem: np.loadtxt(p, ndmin=2) for p in (run / 'labels').glob('*.txt')}
+    crops = sorted((run / 'crops').rglob('*.jpg'))
+    assert rows and len(crops) == sum(len(r) for r in rows.values())
+    for stem, r in rows.items():
+        image = cv2.imread(str(src / f'{stem}.jpg'))
+        h, w = image.shape[:2]
+        for k, (_, cx, cy, bw, bh) in enumerate(r):
+            crop = next(c for c in crops if c.name == f'{stem}_{k}.jpg')
+            ch, cw = cv2.imread(str(crop)).shape[:2]
+            assert abs(cw - min(bw * w * 1.02 + 10, w)) <= 12 and abs(ch - min(bh * h * 1.02 + 10, h)) <= 12
+
+
+def test_detect_stream_list_batches_every_stream(tmp_path: Path, tiny: list, caplog) -> None:
+    clip = _write_clip(tmp_path / 'clip.mp4', frames=8)
+    streams = tmp_path / 'streams.txt'
+    streams.write_text(f'{clip}\n\n{clip}\n')
+    caplog.set_level(logging.INFO)
+    run = detect.run_detect(detect.parse_opt(tiny + ['--source', str(streams), '--project', str(tmp_path / 'runs')]))
+    lines = _inference_lines(caplog)
+    assert lines and all(m.startswith(('0: ', '1: ')) for m in lines)
+    assert sorted(p.name for p in run.glob('*.mp4')) == ['clip.mp4', 'clip_2.mp4']
+
+
+@pytest.mark.parametrize('content,message', [(None, 'no such stream list'), ('\n \n', 'stream list is empty'),
+                                             ('nowhere.mp4\n', 'cannot open this video')])
+def test_detect_bad_stream_list_is_one_line(tmp_path: Path, tiny: list, capsys, content, message: str) -> None:
+    streams = tmp_path / 'streams.txt'
+    if content is not None:
+        streams.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        detect.main(tiny + ['--source', str(streams), '--project', str(tmp_path / 'runs')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and message in err[-1] and 'Traceback' not in '\n'.join(err)
+
+
+def test_detect_rounds_img_size_up_with_a_warning(tmp_path: Path, tiny: list, caplog) -> None:
+    video = _write_clip(tmp_path / 'clip.mp4', frames=1)
+    caplog.set_level(logging.INFO)
+    args = [a if a != '64' else '50' for a in tiny]
+    detect.run_detect(detect.parse_opt(args + ['--source', str(video), '--project', str(tmp_path / 'runs')]))
+    assert '--img-size 50 must be a multiple of the max stride 16, updating to 64' in caplog.text
+
+
+def test_dy_thres_help_says_what_out_of_range_values_do(capsys) -> None:
+    with pytest.raises(SystemExit):
+        detect.parse_opt(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert 'T <= 0: all easy' in text and 'T > 1: all hard' in text

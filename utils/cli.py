@@ -10,9 +10,22 @@ from pathlib import Path
 LOGGER = logging.getLogger(__name__)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message is emitted (notebooks and test runners swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = True) -> None:
     """Plain messages on stderr (INFO, or WARNING when quiet), like the reference's prints."""
-    logging.basicConfig(format='%(message)s', level=logging.INFO if verbose else logging.WARNING, force=True)
+    logging.basicConfig(format='%(message)s', level=logging.INFO if verbose else logging.WARNING, force=True,
+                        handlers=[_CurrentStderr()])
 
 
 def increment_path(path: str | Path, exist_ok: bool = False) -> Path:

@@ -25,3 +25,12 @@ def draw_detection(img: np.ndarray, xyxy: list[float], label: str, colour: tuple
         cv2.rectangle(img, c1, top, colour, -1, cv2.LINE_AA)
         cv2.putText(img, label, (c1[0], c1[1] - 2), 0, thickness / 3, LABEL_TEXT_COLOUR,
                     thickness=font_thickness, lineType=cv2.LINE_AA)
+
+
+def draw_status(img: np.ndarray, text: str) -> None:
+    """A status line (route, FPS) in white on a dark box at the top-left corner, in place."""
+    scale = max(img.shape[0] / 720, 0.4)
+    thickness = max(int(round(2 * scale)), 1)
+    (w, h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    cv2.rectangle(img, (0, 0), (w + 8, h + baseline + 8), (0, 0, 0), -1)
+    cv2.putText(img, text, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)

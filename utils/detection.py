@@ -1,0 +1,172 @@
+"""Batched detection for detect.py: letterboxed batches, routed forward, NMS, and what a run writes (SPEC §12)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from models.inference import prepare_input
+from utils.general import non_max_suppression, scale_coords
+from utils.labels import append_label_rows
+from utils.letterbox import letterbox
+from utils.sources import Frame
+from utils.torch_utils import time_sync
+
+CUDA_WARMUP_PASSES = 3
+
+
+@dataclass
+class DetectOptions:
+    """NMS and forward settings of a detection run (the reference's flags)."""
+    conf_thres: float = 0.25
+    iou_thres: float = 0.45
+    classes: list[int] | None = None
+    agnostic_nms: bool = False
+    augment: bool = False
+
+
+@dataclass
+class BatchResult:
+    """Per frame: detections [x1, y1, x2, y2, conf, cls] in frame pixels and the route; batch timings."""
+    detections: list[np.ndarray]
+    routes: list[str]
+    inference_s: float
+    nms_s: float
+
+
+def letterbox_batch(images: list[np.ndarray], img_size: int, stride: int) -> np.ndarray:
+    """(B, 3, H, W) RGB uint8: each image letterboxed with auto padding, padded further to the batch's largest shape.
+
+    Every image keeps the scale it has alone (the batch shape never exceeds img_size), so only borders differ.
+    """
+    boxed = [letterbox(im, img_size, stride=stride)[0] for im in images]
+    shape = tuple(max(b.shape[i] for b in boxed) for i in (0, 1))
+    boxed = [b if b.shape[:2] == shape else letterbox(im, shape, auto=False)[0] for b, im in zip(boxed, images)]
+    return np.ascontiguousarray(np.stack(boxed).transpose(0, 3, 1, 2)[:, ::-1])
+
+
+@dataclass
+class Detector:
+    """A loaded model run over batches of frames; warms up on CUDA whenever the input shape changes."""
+    model: torch.nn.Module
+    img_size: int
+    stride: int
+    options: DetectOptions = field(default_factory=DetectOptions)
+    last_shape: tuple | None = None
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(x, augment=self.options.augment)[0]
+
+    def __call__(self, frames: list[Frame]) -> BatchResult:
+        """Detect on a batch of frames; each image is routed by its own router score."""
+        x = prepare_input(torch.from_numpy(letterbox_batch([f.image for f in frames], self.img_size, self.stride)),
+                          self.model) / 255.0
+        if x.device.type == 'cuda' and x.shape != self.last_shape:
+            for _ in range(CUDA_WARMUP_PASSES):
+                self._forward(x)
+            self.last_shape = x.shape
+        self.model.last_easy = None
+        t0 = time_sync(x.device)
+        decoded = self._forward(x)
+        t1 = time_sync(x.device)
+        o = self.options
+        output = non_max_suppression(decoded.float(), o.conf_thres, o.iou_thres, classes=o.classes,
+                                     agnostic=o.agnostic_nms)
+        t2 = time_sync(x.device)
+        detections = []
+        for det, frame in zip(output, frames):
+            det[:, :4] = scale_coords(x.shape[2:], det[:, :4], frame.image.shape).round()
+            detections.append(det.cpu().numpy())
+        easy = self.model.last_easy
+        routes = [''] * len(frames) if easy is None else ['easy' if e else 'hard' for e in easy.tolist()]
+        return BatchResult(detections, routes, t1 - t0, t2 - t1)
+
+
+class FpsMeter:
+    """Frames per second over recent batches (exponential average), for the video/webcam overlay."""
+
+    def __init__(self, smoothing: float = 0.9) -> None:
+        self.smoothing, self.fps, self.last = smoothing, 0.0, time.perf_counter()
+
+    def update(self, frames: int) -> float:
+        """Count frames processed since the last call; returns the smoothed rate."""
+        now = time.perf_counter()
+        rate = frames / max(now - self.last, 1e-9)
+        self.fps = rate if self.fps == 0 else self.smoothing * self.fps + (1 - self.smoothing) * rate
+        self.last = now
+        return self.fps
+
+
+def crop_box(image: np.ndarray, xyxy: list[float], gain: float = 1.02, pad: int = 10) -> np.ndarray:
+    """The box enlarged by gain and pad pixels (a square-ish margin), clipped to the image."""
+    x1, y1, x2, y2 = xyxy
+    cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * gain + pad, (y2 - y1) * gain + pad
+    height, width = image.shape[:2]
+    left, top = int(max(cx - w / 2, 0)), int(max(cy - h / 2, 0))
+    right, bottom = int(min(cx + w / 2, width)), int(min(cy + h / 2, height))
+    return image[top:bottom, left:right]
+
+
+class DetectionOutputs:
+    """Saved images, video writers, label files and crops of one run folder."""
+
+    def __init__(self, save_dir: Path, save_img: bool, save_txt: bool, save_conf: bool, save_crop: bool) -> None:
+        self.save_dir, self.save_img, self.save_txt = save_dir, save_img, save_txt
+        self.save_conf, self.save_crop = save_conf, save_crop
+        self.writers: dict[tuple[str, str], tuple[cv2.VideoWriter, Path]] = {}
+
+    @staticmethod
+    def source_name(frame: Frame) -> str:
+        """webcam<N> for a webcam index, else the file or address stem."""
+        return f'webcam{frame.path}' if frame.path.isnumeric() else (Path(frame.path).stem or 'stream')
+
+    def stem(self, frame: Frame) -> str:
+        """File stem for a frame's labels and crops (videos and streams add the frame number)."""
+        name = self.source_name(frame)
+        return name if frame.kind == 'image' else f'{name}_{frame.index}'
+
+    def labels(self, frame: Frame, det: np.ndarray) -> None:
+        """Append `class cx cy w h [conf]` rows normalised by the frame size."""
+        h, w = frame.image.shape[:2]
+        append_label_rows(self.save_dir / 'labels' / f'{self.stem(frame)}.txt', det.tolist(), w, h, self.save_conf)
+
+    def crops(self, frame: Frame, det: np.ndarray, names: list[str]) -> None:
+        """Each detection's crop of the undrawn frame under crops/<class name>/<stem>_<k>.jpg."""
+        for k, (*xyxy, _, cls) in enumerate(det.tolist()):
+            folder = self.save_dir / 'crops' / names[int(cls)]
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / f'{self.stem(frame)}_{k}.jpg'), crop_box(frame.image, xyxy))
+
+    def _video_path(self, frame: Frame) -> Path:
+        name = self.source_name(frame)
+        taken = {p.name for _, p in self.writers.values()}
+        path, k = self.save_dir / f'{name}.mp4', 1
+        while path.name in taken:  # two streams with the same name keep separate files
+            k += 1
+            path = self.save_dir / f'{name}_{k}.mp4'
+        return path
+
+    def image(self, frame: Frame, drawn: np.ndarray) -> str:
+        """Write the drawn frame (image file, or the source's mp4); returns the path written."""
+        if frame.kind == 'image':
+            path = self.save_dir / Path(frame.path).name
+            cv2.imwrite(str(path), drawn)
+            return str(path)
+        key = (frame.path, frame.position)  # a stream listed twice still gets two files
+        if key not in self.writers:
+            path = self._video_path(frame)
+            h, w = drawn.shape[:2]
+            self.writers[key] = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), frame.fps, (w, h)), path
+        writer, path = self.writers[key]
+        writer.write(drawn)
+        return str(path)
+
+    def close(self) -> None:
+        """Finish every video file."""
+        for writer, _ in self.writers.values():
+            writer.release()
