@@ -111,6 +111,8 @@ def test_test_py_end_to_end_with_save_json(tmp_path: Path, tiny_checkpoint: tupl
     assert 'Routing: ' in text and 'Speed: ' in text and ' all ' in text
     assert (run / 'confusion_matrix.png').is_file() and (run / 'tiny_results.txt').read_text().startswith('map: ')
     assert len(list((run / 'labels').glob('*.txt'))) > 100
+    plotted = sorted(f.name for f in run.glob('test_batch*.jpg'))
+    assert plotted == [f'test_batch{i}_{kind}.jpg' for i in range(3) for kind in ('labels', 'pred')]
     assert len(metrics) == 4 and maps.shape == (80,)
 
 

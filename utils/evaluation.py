@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.batch_plots import plot_batch, targets_to_boxes
 from utils.cli import check_img_size
 from utils.coco_eval import CocoIds
 from utils.dataloaders import create_dataloader
@@ -25,6 +26,7 @@ from utils.torch_utils import time_sync
 LOGGER = logging.getLogger(__name__)
 HEADER = ('%20s' + '%12s' * 6) % ('Class', 'Images', 'Labels', 'P', 'R', 'mAP@.5', 'mAP@.5:.95')
 ROW = '%20s' + '%12i' * 2 + '%12.3g' * 4
+PLOTTED_BATCHES = 3  # test_batch0..2 images, as the reference
 
 
 @dataclass
@@ -137,13 +139,26 @@ def evaluate(model, dataloader, opt: EvalOptions, compute_loss=None) -> tuple[Ev
     out = EvalStats()
     if opt.save_txt:
         (opt.save_dir / 'labels').mkdir(parents=True, exist_ok=True)
+    batches = tqdm(dataloader, desc=HEADER, disable=not LOGGER.isEnabledFor(logging.INFO))
     with torch.inference_mode():
-        for imgs, targets, paths, shapes in tqdm(dataloader, desc=HEADER, disable=not LOGGER.isEnabledFor(logging.INFO)):
+        for batch_i, (imgs, targets, paths, shapes) in enumerate(batches):
             preds, targets = _run_batch(model, imgs, targets, opt, out, compute_loss)
             for si, pred in enumerate(preds):
                 labels = targets[targets[:, 0] == si, 1:]
                 _score_image(pred.float(), labels, imgs[si].shape[1:], shapes[si], paths[si], opt, out, confusion)
+            if opt.plots and batch_i < PLOTTED_BATCHES:
+                _plot_batch_pair(batch_i, imgs, targets, preds, paths, opt)
     return out, confusion
+
+
+def _plot_batch_pair(batch_i: int, imgs: torch.Tensor, targets: torch.Tensor, preds: list[torch.Tensor],
+                     paths: list[str], opt: EvalOptions) -> None:
+    """test_batch{i}_labels.jpg and test_batch{i}_pred.jpg: the same images with ground truth / detections."""
+    opt.save_dir.mkdir(parents=True, exist_ok=True)
+    plot_batch(imgs, targets_to_boxes(targets, len(imgs)), paths, opt.names,
+               opt.save_dir / f'test_batch{batch_i}_labels.jpg')
+    plot_batch(imgs, [p.float().cpu().numpy() for p in preds], paths, opt.names,
+               opt.save_dir / f'test_batch{batch_i}_pred.jpg', labels=False)
 
 
 def summarize(out: EvalStats, opt: EvalOptions, confusion: ConfusionMatrix) -> tuple[tuple, np.ndarray]:
