@@ -20,7 +20,7 @@ from models.yolo import Model
 from utils.cli import add_split_flags, check_split_flags, increment_path, run_cli
 from utils.coco_eval import CocoIds, annotation_path, evaluate_json
 from utils.data_config import load_data_config
-from utils.evaluation import EvalOptions, evaluate, split_loader, summarize
+from utils.evaluation import EvalOptions, evaluate, per_image_ms, split_loader, summarize
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('test')
@@ -102,7 +102,7 @@ def run_test(opt: argparse.Namespace) -> tuple:
                            coco_ids=coco_ids, v5_metric=opt.v5_metric, augment=opt.augment, half=half)
     out, confusion = evaluate(model, loader, eval_opt)
     metrics, maps = summarize(out, eval_opt, confusion)
-    t = tuple(x / max(out.seen, 1) * 1e3 for x in (out.t_inference, out.t_nms, out.t_inference + out.t_nms))
+    t = per_image_ms(out)
     speed = 'Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g' % (
         *t, img_size, img_size, opt.batch_size)
     LOGGER.info(speed)

@@ -18,7 +18,7 @@ from models.yolo import Model
 from tests.helpers import COCO128, coco128_view, requires_coco128, tiny_config
 from utils.coco_eval import CocoIds, evaluate_json
 from utils.dataloaders import create_dataloader
-from utils.evaluation import EvalOptions, evaluate, summarize
+from utils.evaluation import EvalOptions, evaluate, summarize, validate
 from utils.general import xywhn2xyxy
 from utils.labels import img2label_paths, read_label_file
 from utils.metrics import ap_per_class, match_predictions
@@ -78,6 +78,28 @@ def test_batched_dynamic_evaluation_equals_batch_1(tmp_path: Path) -> None:
     assert n1 == n8 == 128 and easy1 == easy8 and 0 < easy1 < 128  # a mixed split, routed the same way
     assert m1[2] > 0  # the model does find something: the comparison is not between zeros
     np.testing.assert_allclose(m8, m1, atol=1e-4)
+
+
+@requires_coco128
+def test_validate_in_memory_restores_train_mode_and_averages_losses(tmp_path: Path) -> None:
+    model = _lively_tiny_model().train()
+    loader, _ = create_dataloader(str(coco128_view(tmp_path)), 64, 16, 32, pad=0.5, rect=True, workers=0)
+    calls = []
+
+    def constant_loss(raw: list, targets: torch.Tensor) -> tuple:
+        calls.append(len(raw))
+        return torch.tensor(6.0), torch.tensor([1.0, 2.0, 3.0, 6.0])
+
+    opt = EvalOptions(names=[str(i) for i in range(80)], plots=False, save_dir=tmp_path, training=True)
+    results, maps, ms = validate(model, loader, opt, compute_loss=constant_loss)
+    assert model.training and all(m.training for m in model.modules())
+    assert len(calls) == len(loader) == 8 and results[4:] == (1.0, 2.0, 3.0)  # per-batch mean, as the reference
+    model.eval()
+    out, confusion = evaluate(model, loader, opt)
+    reference, _ = summarize(out, opt, confusion)
+    assert reference[2] > 0  # something is found: the comparison is not between zeros
+    np.testing.assert_allclose(results[:4], reference, atol=1e-9)
+    assert maps.shape == (80,) and len(ms) == 3 and ms[2] >= ms[0] > 0
 
 
 @pytest.fixture(scope='module')

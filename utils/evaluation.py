@@ -183,3 +183,25 @@ def summarize(out: EvalStats, opt: EvalOptions, confusion: ConfusionMatrix) -> t
     for i, c in enumerate(ap_class):
         maps[c] = ap[i].mean()
     return (mp, mr, map50, map_), maps
+
+
+def validate(model, dataloader, opt: EvalOptions, compute_loss=None) -> tuple[tuple, np.ndarray, tuple]:
+    """Evaluate a model in memory (the trainers' per-epoch call; test.py after loading).
+
+    Returns ((mP, mR, mAP@.5, mAP@.5:.95, box, obj, cls val losses), per-class maps, ms per image (inference,
+    NMS, total)) as the reference's test(); the model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        out, confusion = evaluate(model, dataloader, opt, compute_loss)
+    finally:
+        model.train(was_training)
+    metrics, maps = summarize(out, opt, confusion)
+    losses = (out.loss.float().cpu() / max(len(dataloader), 1)).tolist() if out.loss is not None else [0.0] * 3
+    return (*metrics, *losses), maps, per_image_ms(out)
+
+
+def per_image_ms(out: EvalStats) -> tuple[float, float, float]:
+    """Milliseconds per image: inference, NMS, total."""
+    return tuple(x / max(out.seen, 1) * 1e3 for x in (out.t_inference, out.t_nms, out.t_inference + out.t_nms))
