@@ -51,11 +51,12 @@ def _copy_coco128_images(folder: Path, n: int) -> Path:
 def test_detect_folder_with_a_corrupt_image(tmp_path: Path, tiny: list, caplog) -> None:
     src = _copy_coco128_images(tmp_path / 'src', 3)
     (src / 'broken.jpg').write_bytes(b'not an image')
+    (src / 'broken.mp4').write_bytes(b'not a video')
     caplog.set_level(logging.INFO)
     run = detect.run_detect(detect.parse_opt(tiny + ['--source', str(src), '--project', str(tmp_path / 'runs'),
                                                      '--save-txt', '--save-conf', '--dy-thres', '0.5']))
     assert sorted(p.name for p in run.glob('*.jpg')) == sorted(p.name for p in src.glob('0*.jpg'))
-    assert 'broken.jpg: cannot be decoded' in caplog.text
+    assert 'broken.jpg: cannot be decoded' in caplog.text and 'broken.mp4: cannot open this video' in caplog.text
     lines = [r.getMessage() for r in caplog.records if 'Inference' in r.getMessage()]
     assert len(lines) == 3 and all((' easy path, ' in m) or (' hard path, ' in m) for m in lines)
     for txt in (run / 'labels').glob('*.txt'):
@@ -74,9 +75,12 @@ def test_detect_video(tmp_path: Path, tiny: list, caplog) -> None:
     capture.release()
 
 
-@pytest.mark.parametrize('source,message', [('nowhere/', 'no such file or folder'), ('{empty}', 'no images or videos')])
+@pytest.mark.parametrize('source,message', [('nowhere/', 'no such file or folder'), ('{empty}', 'no images or videos'),
+                                            ('{empty}/bad.mp4', 'cannot open this video')])
 def test_detect_bad_source_is_one_line(tmp_path: Path, tiny: list, capsys, source: str, message: str) -> None:
     source = source.replace('{empty}', str(tmp_path))
+    if source.endswith('bad.mp4'):
+        Path(source).write_bytes(b'not a video')
     with pytest.raises(SystemExit) as e:
         detect.main(tiny + ['--source', source, '--project', str(tmp_path / 'runs')])
     err = capsys.readouterr().err.strip().splitlines()

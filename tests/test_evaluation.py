@@ -142,6 +142,9 @@ def test_test_py_end_to_end_with_save_json(tmp_path: Path, tiny_checkpoint: tupl
     (['--weight', 'missing.pt'], 'missing.pt'),
     (['--cfg', 'cfg/nope.yaml'], 'cfg/nope.yaml'),
     (['--data', 'nope.yaml'], 'nope.yaml'),
+    (['--data', '{empty split}'], 'no images found in'),
+    (['--img-size', '0'], '--img-size must be positive'),
+    (['--task', 'speed'], '--task speed: not implemented'),
 ])
 def test_test_py_bad_input_is_one_line(tmp_path: Path, tiny_checkpoint: tuple, capsys, args: list,
                                       message: str) -> None:
@@ -149,6 +152,10 @@ def test_test_py_bad_input_is_one_line(tmp_path: Path, tiny_checkpoint: tuple, c
     base = {'--cfg': str(cfg), '--weight': str(weights), '--data': 'data/coco.yaml', '--device': 'cpu',
             '--project': str(tmp_path)}
     base.update(dict(zip(args[::2], args[1::2])))
+    if base['--data'] == '{empty split}':
+        (tmp_path / 'empty.txt').write_text('')
+        base['--data'] = str(tmp_path / 'empty.yaml')
+        Path(base['--data']).write_text('train: empty.txt\nval: empty.txt\nnc: 80\n')
     with pytest.raises(SystemExit) as e:
         test_script.main([x for kv in base.items() for x in kv])
     assert e.value.code == 2

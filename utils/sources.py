@@ -158,12 +158,18 @@ def iterate_batches(source: str, batch_size: int = 1) -> Iterator[list[Frame]]:
 
 
 def iterate_frames(source: str) -> Iterator[Frame]:
-    """Every frame of a file source (file, folder, glob); corrupt images are skipped with a warning."""
+    """Every frame of a file source (file, folder, glob); corrupt images and videos among several files are
+    skipped with a warning (a single unreadable video is a SourceError)."""
     files = list_sources(source)
     videos = [f for f in files if f.rsplit('.', 1)[-1].lower() in VID_FORMATS]
     for path in files:
         if path in videos:
-            yield from _video_frames(path, f'video {videos.index(path) + 1}/{len(videos)}')
+            try:
+                yield from _video_frames(path, f'video {videos.index(path) + 1}/{len(videos)}')
+            except SourceError as e:
+                if len(files) == 1:
+                    raise
+                LOGGER.warning(f'WARNING: {e}; skipped')
             continue
         image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR) if os.path.getsize(path) else None
         if image is None:
