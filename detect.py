@@ -23,7 +23,7 @@ from models.inference import load_for_inference
 from utils.cli import check_img_size, increment_path, run_cli
 from utils.data_config import load_data_config
 from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
-from utils.drawing import class_colours, draw_detection, draw_status
+from utils.drawing import class_colours, display_available, draw_detection, draw_status
 from utils.sources import Frame, is_stream, iterate_batches, list_sources, read_stream_list
 from utils.torch_utils import select_device
 
@@ -113,6 +113,9 @@ def run_detect(opt: argparse.Namespace) -> Path:
     (read_stream_list if is_stream(opt.source) else list_sources)(opt.source)  # fail before creating anything
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     (save_dir / 'labels' if opt.save_txt else save_dir).mkdir(parents=True, exist_ok=True)
+    if opt.view_img and not display_available():
+        LOGGER.warning('WARNING: --view-img: this OpenCV build or machine cannot open windows; results are only saved')
+        opt.view_img = False
     detector = load_detector(opt)
     colours = class_colours(len(names))
     outputs = DetectionOutputs(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.save_crop)

@@ -180,3 +180,13 @@ def test_dy_thres_help_says_what_out_of_range_values_do(capsys) -> None:
         detect.parse_opt(['--help'])
     text = ' '.join(capsys.readouterr().out.split())
     assert 'T <= 0: all easy' in text and 'T > 1: all hard' in text
+
+
+def test_view_img_without_a_display_warns_and_saves(tmp_path: Path, tiny: list, caplog, monkeypatch) -> None:
+    monkeypatch.delenv('DISPLAY', raising=False)
+    monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
+    monkeypatch.setattr('sys.platform', 'linux')
+    video = _write_clip(tmp_path / 'clip.mp4', frames=1)
+    run = detect.run_detect(detect.parse_opt(tiny + ['--source', str(video), '--project', str(tmp_path / 'runs'),
+                                                     '--view-img']))
+    assert 'cannot open windows' in caplog.text and (run / 'clip.mp4').is_file()

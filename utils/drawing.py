@@ -1,6 +1,9 @@
 """Drawing detections on images (SPEC §12): a box per detection and a filled label with `name conf`."""
 from __future__ import annotations
 
+import os
+import sys
+
 import cv2
 import numpy as np
 
@@ -34,3 +37,16 @@ def draw_status(img: np.ndarray, text: str) -> None:
     (w, h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     cv2.rectangle(img, (0, 0), (w + 8, h + baseline + 8), (0, 0, 0), -1)
     cv2.putText(img, text, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+def display_available() -> bool:
+    """Whether cv2.imshow works here (headless OpenCV builds and servers without a display cannot show windows)."""
+    if sys.platform.startswith('linux') and not (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')):
+        return False  # Qt would abort the whole process rather than raise
+    try:
+        cv2.imshow('test', np.zeros((8, 8, 3), np.uint8))
+        cv2.waitKey(1)
+        cv2.destroyAllWindows()
+        return True
+    except cv2.error:
+        return False
