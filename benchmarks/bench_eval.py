@@ -37,11 +37,11 @@ REFERENCE_S = 93.6  # reference test.py, coco128, 640, batch 1, 2-core CPU
 
 def build_model(cfg: str, weight: str, device: torch.device) -> Model:
     """Fused eval model: the checkpoint's weights, or random ones with busy objectness."""
+    torch.manual_seed(0)  # the router's random weights decide the routes: keep them the same run to run
     model = Model(cfg, nc=80)
     if weight:
         load_weights(model, weight)
     else:
-        torch.manual_seed(0)
         for det in model.detect_layers:
             for conv in det.m:
                 bias = conv.bias.data.view(det.na, -1)
@@ -57,20 +57,21 @@ def main() -> None:
     parser.add_argument('--img-size', type=int, default=640)
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 8])
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--dy-thres', type=float, default=0.5, help='> 1: every image on the hard path')
+    parser.add_argument('--dy-thres', type=float, nargs='+', default=[0.0, 2.0],
+                        help='thresholds to run (0: every image easy, 2: every image hard, else routed by score)')
     parser.add_argument('--data', type=Path, default=DEFAULT_DATA)
     opt = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     device = select_device(opt.device)
     model = build_model(opt.cfg, opt.weight, device)
-    model.dy_thres = opt.dy_thres
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, {opt.img_size} px, '
           f'{"weights " + opt.weight if opt.weight else "random weights (busy objectness)"}')
-    print(f'{"batch":>6}{"images":>8}{"total s":>10}{"img/s":>8}{"model ms/img":>14}{"NMS ms/img":>12}'
+    print(f'{"dy_thres":>9}{"batch":>6}{"images":>8}{"total s":>10}{"img/s":>8}{"model ms/img":>14}{"NMS ms/img":>12}'
           f'{"easy %":>8}{"vs ref":>9}')
     with tempfile.TemporaryDirectory() as tmp:
         data = writable_view(opt.data.resolve(), Path(tmp) / 'data')
-        for batch in opt.batches:
+        for dy_thres, batch in ((t, b) for t in opt.dy_thres for b in opt.batches):
+            model.dy_thres = dy_thres
             t0 = time.perf_counter()
             loader, _ = create_dataloader(str(data), opt.img_size, batch, 32, pad=0.5, rect=True, workers=8)
             eval_opt = EvalOptions(names=[str(i) for i in range(80)], plots=False, save_dir=Path(tmp))
@@ -78,7 +79,7 @@ def main() -> None:
             summarize(out, eval_opt, confusion)
             total = time.perf_counter() - t0
             n = max(out.seen, 1)
-            print(f'{batch:>6}{out.seen:>8}{total:>10.1f}{n / total:>8.2f}{1e3 * out.t_inference / n:>14.0f}'
+            print(f'{dy_thres:>9g}{batch:>6}{out.seen:>8}{total:>10.1f}{n / total:>8.2f}{1e3 * out.t_inference / n:>14.0f}'
                   f'{1e3 * out.t_nms / n:>12.1f}{100 * out.n_easy / max(out.n_routed, 1):>8.0f}'
                   f'{REFERENCE_S / total:>8.2f}x')
 
