@@ -1,0 +1,146 @@
+"""Step-1 optimizer recipe (SPEC §8.2): freezing, parameter groups, SGD/Adam, lr schedule, warmup, accumulation.
+
+Faithful to the reference (`train_step1.py`): three groups in its order — group 0 BatchNorm weights and IDetect
+implicit parameters (no decay), group 1 every other module `weight` (decay), group 2 every module `bias` (no
+decay) — filled by one walk of `model.named_modules()` (per module: bias, then weight, then `im`, then `ia`
+implicits), so group contents and order match the reference's optimizer state_dicts; weight decay scaled by
+total_batch·accumulate/nbs; SGD (Nesterov) or Adam (β1 = momentum); one-cycle cosine or linear schedule; linear
+warmup of lr, SGD momentum and accumulation over max(round(warmup_epochs·nb), 1000) iterations, with group 2
+(biases) falling from `warmup_bias_lr` and the others rising from 0.
+
+Fixed: `--freeze N` maps the reference's prefix `model.{i}.` (which never matches the dual model, a no-op) to
+backbone 1's `model_b.{i}.`. The schedule is a picklable object, not a lambda. Warmup stores Python floats
+(the reference stored numpy floats, which `torch.load(weights_only=True)` refuses in an optimizer state_dict).
+The linear schedule with one epoch does not divide by zero. The scaled weight decay is returned in the
+optimizer, not written back into `hyp` (the reference mutated the caller's dict). SyncBatchNorm weights count
+as BatchNorm weights too (the reference tested `nn.BatchNorm2d` only; it built the groups before converting).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .ema import de_parallel
+
+LOGGER = logging.getLogger(__name__)
+FREEZE_SECTION = 'model_b'  # `--freeze N` counts the layers of backbone 1
+IMPLICIT_ATTRS = ('im', 'ia')  # IDetect's implicit layers, in the reference's grouping order
+
+
+def freeze_parameters(model: nn.Module, n: int) -> list[str]:
+    """Make every parameter trainable, then freeze those of the first n backbone-1 layers; returns their names."""
+    model = de_parallel(model)
+    prefixes = tuple(f'{FREEZE_SECTION}.{i}.' for i in range(n))
+    frozen = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(prefixes))  # the reference first unfreezes everything too
+        if not p.requires_grad:
+            frozen.append(name)
+    layers = len(getattr(model, FREEZE_SECTION, ()))
+    if n > layers:
+        LOGGER.warning('--freeze %d exceeds the %d layers of backbone 1 (%s); all of them are frozen',
+                       n, layers, FREEZE_SECTION)
+    if n > 0:
+        LOGGER.info('Froze %d parameters of the first %d %s layers: %s', len(frozen), n, FREEZE_SECTION,
+                    ', '.join(frozen))
+    return frozen
+
+
+def _implicit_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The `implicit` parameters under a module's `im` then `ia` attributes (one layer or a ModuleList)."""
+    found = []
+    for attr in IMPLICIT_ATTRS:
+        sub = getattr(module, attr, None)
+        if isinstance(sub, nn.Module):
+            found += [m.implicit for m in sub.modules() if isinstance(getattr(m, 'implicit', None), nn.Parameter)]
+    return found
+
+
+def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """(BN weights + implicit parameters, other module weights, module biases), in the reference's order."""
+    bn_and_implicit, weights, biases = [], [], []
+    for _, module in de_parallel(model).named_modules():
+        if isinstance(getattr(module, 'bias', None), nn.Parameter):
+            biases.append(module.bias)
+        if isinstance(module, _BatchNorm):
+            if isinstance(module.weight, nn.Parameter):  # None without affine
+                bn_and_implicit.append(module.weight)
+        elif isinstance(getattr(module, 'weight', None), nn.Parameter):
+            weights.append(module.weight)
+        bn_and_implicit += _implicit_parameters(module)
+    return bn_and_implicit, weights, biases
+
+
+def nominal_accumulate(total_batch_size: int, nbs: int = 64) -> int:
+    """Batches to accumulate per optimizer step so each step sees about nbs images."""
+    return max(round(nbs / total_batch_size), 1)
+
+
+def scaled_weight_decay(weight_decay: float, total_batch_size: int, nbs: int = 64) -> float:
+    """Weight decay scaled by the images per optimizer step over the nominal batch."""
+    return weight_decay * total_batch_size * nominal_accumulate(total_batch_size, nbs) / nbs
+
+
+def build_optimizer(model: nn.Module, hyp: dict, adam: bool = False, total_batch_size: int = 64,
+                    nbs: int = 64) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or Adam over the three parameter groups; decay on group 1 only; 'initial_lr' recorded."""
+    bn_and_implicit, weights, biases = parameter_groups(model)
+    decay = scaled_weight_decay(hyp['weight_decay'], total_batch_size, nbs)
+    LOGGER.info('Scaled weight_decay = %s', decay)
+    if adam:
+        optimizer = torch.optim.Adam(bn_and_implicit, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
+    else:
+        optimizer = torch.optim.SGD(bn_and_implicit, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
+    optimizer.add_param_group({'params': weights, 'weight_decay': decay})
+    optimizer.add_param_group({'params': biases})
+    for group in optimizer.param_groups:
+        group.setdefault('initial_lr', group['lr'])  # what LambdaLR records; warmup ramps towards it
+    LOGGER.info('Optimizer groups: %d .bias, %d conv.weight, %d other', len(biases), len(weights),
+                len(bn_and_implicit))
+    return optimizer
+
+
+@dataclass(frozen=True)
+class LRLambda:
+    """lf(epoch), the lr multiplier: one-cycle cosine from 1 to lrf over `epochs`, or linear with `linear`."""
+    epochs: int
+    lrf: float
+    linear: bool = False
+
+    def __call__(self, epoch: float) -> float:
+        """The multiplier at `epoch` (0-based; lf(0) = 1)."""
+        if self.linear:
+            return (1 - epoch / max(self.epochs - 1, 1)) * (1.0 - self.lrf) + self.lrf
+        return ((1 - math.cos(epoch * math.pi / self.epochs)) / 2) * (self.lrf - 1) + 1
+
+
+def lr_lambda(epochs: int, lrf: float, linear: bool = False) -> LRLambda:
+    """The picklable per-epoch lr multiplier for `torch.optim.lr_scheduler.LambdaLR`."""
+    return LRLambda(epochs, lrf, linear)
+
+
+def warmup_iterations(hyp: dict, nb: int) -> int:
+    """Warmup length nw in iterations: warmup_epochs·nb, at least 1000 (hyp `warmup_min_iterations`, our
+    extension for small datasets and tests, lowers that floor)."""
+    return max(round(hyp['warmup_epochs'] * nb), int(hyp.get('warmup_min_iterations', 1000)))
+
+
+def apply_warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int, lr_fn: Callable[[float], float],
+                 hyp: dict, total_batch_size: int, nbs: int = 64) -> int:
+    """Set each group's lr (and SGD momentum) for global iteration ni ≤ nw; returns the accumulate to use."""
+    xi = [0, nw]
+    accumulate = max(1, int(np.interp(ni, xi, [1, nbs / total_batch_size]).round()))
+    lf = lr_fn(epoch)
+    for j, group in enumerate(optimizer.param_groups):
+        start = hyp['warmup_bias_lr'] if j == 2 else 0.0  # group 2 holds the biases (step 1's layout)
+        group['lr'] = float(np.interp(ni, xi, [start, group.setdefault('initial_lr', group['lr']) * lf]))
+        if 'momentum' in group:  # Adam/AdamW groups carry 'betas' instead; β1 is not warmed up
+            group['momentum'] = float(np.interp(ni, xi, [hyp['warmup_momentum'], hyp['momentum']]))
+    return accumulate
