@@ -61,11 +61,14 @@ def run_cli(run, opt, logger: logging.Logger):
     from utils.label_cache import DatasetError
     from utils.sources import SourceError
     from utils.torch_utils import DeviceError
+    from utils.train_options import TrainOptionError
+    from utils.trainer import TrainingError
     setup_logging()
     logger.info(opt)
     try:
         return run(opt)
-    except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError, SourceError) as e:
+    except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError, SourceError,
+            TrainOptionError, TrainingError) as e:
         fail(str(e))
 
 

@@ -1,0 +1,32 @@
+"""Run step-1 training under torchrun and save this rank's final parameters (for the 2-process DDP test)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train_step1  # noqa: E402
+from utils.distributed import cleanup, init_distributed  # noqa: E402
+from utils.ema import de_parallel  # noqa: E402
+from utils.torch_utils import select_device  # noqa: E402
+from utils.train_options import prepare_options  # noqa: E402
+from utils.trainer import Trainer  # noqa: E402
+
+
+def main() -> None:
+    """argv: <output folder> <train_step1 flags...>."""
+    out = Path(sys.argv[1])
+    opt = prepare_options(train_step1.parse_opt(sys.argv[2:]))
+    ctx = init_distributed(opt.global_rank, opt.local_rank, opt.world_size, select_device(opt.device))
+    trainer = Trainer(opt, ctx)
+    trainer.run()
+    params = {k: v.detach().cpu() for k, v in de_parallel(trainer.model).named_parameters()}
+    torch.save(params, out / f'rank{ctx.rank}.pt')
+    cleanup(ctx)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,90 @@
+"""Training checkpoints (SPEC §8.2 "Checkpoints", "Resume"): what is saved when, stripping, and restoring.
+
+Faithful: the reference's fields (`epoch`, `best_fitness`, `training_results`, `model`, `ema`, `updates`,
+`optimizer`, `wandb_id`) and file policy (last, best, best_NNN from epoch 200, epoch_NNN at epoch 0, every 25th
+and the last 5). Fixed: only tensors, numbers, strings and plain containers (fp16 state_dicts, `best_fitness` a
+float), so `torch.load(weights_only=True)` reads every checkpoint; every write is atomic (temp file + rename).
+Extended: `--save_period N` also keeps `epoch_NNN.pt` every N epochs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import half_state_dict, read_checkpoint, save_checkpoint
+from utils.ema import ModelEMA, de_parallel
+
+LOGGER = logging.getLogger(__name__)
+
+
+def training_checkpoint(epoch: int, best_fitness: float, results_text: str, model: torch.nn.Module,
+                        ema: ModelEMA | None, optimizer: torch.optim.Optimizer) -> dict:
+    """The reference's checkpoint fields made of state_dicts, numbers and strings."""
+    return {'epoch': epoch, 'best_fitness': float(best_fitness), 'training_results': results_text,
+            'model': half_state_dict(de_parallel(model)),
+            'ema': half_state_dict(ema.ema) if ema is not None else None,
+            'updates': ema.updates if ema is not None else 0,
+            'optimizer': optimizer.state_dict(), 'wandb_id': None}
+
+
+def checkpoint_names(epoch: int, epochs: int, is_best: bool, save_period: int = -1) -> list[str]:
+    """File names this epoch's checkpoint is written to (besides last.pt)."""
+    names = []
+    if is_best:
+        names.append('best.pt')
+        if epoch >= 200:
+            names.append(f'best_{epoch:03d}.pt')
+    if epoch == 0 or (epoch + 1) % 25 == 0 or epoch >= epochs - 5 or (save_period > 0 and (epoch + 1) % save_period == 0):
+        names.append(f'epoch_{epoch:03d}.pt')
+    return names
+
+
+def save_epoch(ckpt: dict, weights_dir: Path, epoch: int, epochs: int, is_best: bool, save_period: int = -1) -> None:
+    """last.pt, then best / epoch copies as the policy says; each written atomically."""
+    save_checkpoint(ckpt, weights_dir / 'last.pt')
+    for name in checkpoint_names(epoch, epochs, is_best, save_period):
+        save_checkpoint(ckpt, weights_dir / name)
+
+
+def strip_checkpoint(path: Path) -> None:
+    """Finished-run form: `model` ← `ema`, training state dropped, epoch −1 (what --weight and releases use)."""
+    ckpt = read_checkpoint(path)
+    if ckpt.get('ema') is not None:
+        ckpt['model'] = ckpt['ema']
+    ckpt.update(optimizer=None, training_results=None, wandb_id=None, ema=None, updates=None, epoch=-1)
+    save_checkpoint(ckpt, path)
+    LOGGER.info(f'Optimizer stripped from {path}, {path.stat().st_size / 1e6:.1f}MB')
+
+
+@dataclass
+class RestoredState:
+    """What a checkpoint given as --weight (or resumed) brings back besides the weights."""
+    start_epoch: int = 0
+    best_fitness: float = 0.0
+    results_text: str | None = None
+
+
+def restore_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
+                           epochs: int, weights: str) -> tuple[RestoredState, int]:
+    """Optimizer, EMA, best fitness, results text and start epoch from a checkpoint; absent keys restore nothing.
+
+    Returns the state and the number of epochs to train (the reference adds --epochs when the checkpoint is
+    already past them: fine-tuning a finished run for --epochs more).
+    """
+    state = RestoredState()
+    if ckpt.get('optimizer') is not None:
+        optimizer.load_state_dict(ckpt['optimizer'])
+        state.best_fitness = float(ckpt.get('best_fitness') or 0.0)
+    if ema is not None and ckpt.get('ema') is not None:
+        own = ema.ema.state_dict()
+        ema.ema.load_state_dict({k: v.to(own[k].dtype) for k, v in ckpt['ema'].items()})
+        ema.updates = int(ckpt.get('updates') or 0)
+    state.results_text = ckpt.get('training_results')
+    state.start_epoch = int(ckpt.get('epoch', -1)) + 1
+    if state.start_epoch and epochs < state.start_epoch:
+        LOGGER.info(f'{weights} has been trained for {state.start_epoch} epochs. Fine-tuning for {epochs} more.')
+        epochs += state.start_epoch
+    return state, epochs

@@ -1,0 +1,141 @@
+"""Training flags (SPEC §8.1, §9), their checks, the distributed environment, and --resume (SPEC §8.2 "Resume").
+
+Faithful: every reference flag with its default; `--img` for `--img-size`; one size means train = test size;
+`--resume` alone picks the newest `last*.pt` under the working directory and restores the run's options.
+Extended: `--patience` (early stopping), `--no-amp`, `--allow-partial-weights`, `--seed`, torchrun's LOCAL_RANK.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import yaml
+
+from models.checkpoint import read_checkpoint
+from utils.cli import increment_path
+
+
+class TrainOptionError(ValueError):
+    """A flag combination that cannot train: one line."""
+
+
+def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
+    """The reference's flags for train_step1.py (step 1) or train_step2.py (step 2), plus our extensions."""
+    p.add_argument('--weight', '--weights', type=str, default='', help='initial weights path ("" = from scratch)')
+    p.add_argument('--cfg', type=str, default='', help='model.yaml path')
+    p.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
+    p.add_argument('--hyp', type=str, default='hyp/hyp.scratch.p5.yaml', help='hyperparameters path')
+    p.add_argument('--epochs', type=int, default=300 if step == 1 else 2)
+    p.add_argument('--batch-size', type=int, default=16 if step == 1 else 1, help='total batch size for all GPUs')
+    p.add_argument('--img-size', '--img', nargs='+', type=int, default=[640, 640], help='[train, test] image sizes')
+    p.add_argument('--rect', action='store_true', help='rectangular training')
+    p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the most recent run or a last.pt')
+    p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
+    p.add_argument('--notest', action='store_true', help='only validate the final epoch')
+    p.add_argument('--noautoanchor', action='store_true', help='disable the autoanchor check')
+    p.add_argument('--bucket', type=str, default='', help='gsutil bucket (accepted, unused)')
+    p.add_argument('--cache-images', action='store_true', help='cache images in RAM for faster training')
+    p.add_argument('--image-weights', action='store_true', help='weighted image selection for training')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    p.add_argument('--multi-scale', action='store_true', help='vary img-size +/- 50%%')
+    p.add_argument('--single-cls', action='store_true', help='train multi-class data as single-class')
+    if step == 1:
+        p.add_argument('--single-backbone', action='store_true', help='single-backbone config (plain OTA loss)')
+    p.add_argument('--adam', action='store_true', help='use torch.optim.Adam() optimizer')
+    p.add_argument('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in DDP mode')
+    p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help='DDP parameter, do not modify')
+    p.add_argument('--workers', type=int, default=8, help='maximum number of dataloader workers')
+    p.add_argument('--project', default='runs/train', help='save to project/name')
+    p.add_argument('--entity', default=None, help='W&B entity')
+    p.add_argument('--name', default='exp', help='save to project/name')
+    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    p.add_argument('--quad', action='store_true', help='quad dataloader')
+    if step == 1:
+        p.add_argument('--linear-lr', action='store_true', help='linear LR')
+    p.add_argument('--label-smoothing', type=float, default=0.0, help='Label smoothing epsilon')
+    p.add_argument('--upload_dataset', action='store_true', help='Upload dataset as W&B artifact table')
+    p.add_argument('--bbox_interval', type=int, default=-1, help='Set bounding-box image logging interval for W&B')
+    p.add_argument('--save_period', type=int, default=-1, help='Also save epoch_NNN.pt every N epochs (-1: off)')
+    p.add_argument('--artifact_alias', type=str, default='latest', help='version of dataset artifact to be used')
+    p.add_argument('--freeze', nargs='+', type=int, default=[0], help='Freeze layers: backbone of yolov7=50')
+    p.add_argument('--v5-metric', action='store_true', help='assume maximum recall as 1.0 in AP calculation')
+    p.add_argument('--patience', type=int, default=0, help='stop after N epochs without a better fitness (0: off)')
+    p.add_argument('--no-amp', action='store_true', help='train in fp32 on CUDA (a way out of AMP overflows)')
+    p.add_argument('--allow-partial-weights', action='store_true',
+                   help='accept --weight even when fewer than half of the model tensors match it')
+    p.add_argument('--seed', type=int, default=0, help='base seed (each rank adds 2 + rank, as the reference)')
+
+
+def distributed_env(opt: argparse.Namespace) -> None:
+    """Set opt.world_size, opt.global_rank and opt.local_rank from torchrun / torch.distributed.launch."""
+    opt.world_size = int(os.environ.get('WORLD_SIZE', 1))
+    opt.global_rank = int(os.environ.get('RANK', -1))
+    local = int(os.environ.get('LOCAL_RANK', opt.local_rank))
+    opt.local_rank = local if opt.world_size > 1 or local != -1 else -1
+    if opt.world_size > 1 and opt.global_rank == -1:
+        opt.global_rank = opt.local_rank
+
+
+def check_train_options(opt: argparse.Namespace) -> None:
+    """One-line TrainOptionError for values that cannot train."""
+    if opt.epochs < 1:
+        raise TrainOptionError(f'--epochs {opt.epochs}: must be at least 1')
+    if opt.batch_size < 1:
+        raise TrainOptionError(f'--batch-size {opt.batch_size}: must be at least 1')
+    if opt.batch_size % opt.world_size:
+        raise TrainOptionError(f'--batch-size {opt.batch_size} is not a multiple of the {opt.world_size} '
+                               'processes (GPUs): use a multiple of the process count')
+    if not 1 <= len(opt.img_size) <= 2 or min(opt.img_size) < 32:
+        raise TrainOptionError(f'--img-size {" ".join(map(str, opt.img_size))}: give one or two sizes >= 32')
+    if not opt.cfg and not opt.weight:
+        raise TrainOptionError('either --cfg or --weight must be specified, e.g. --cfg cfg/dy-yolov7-step1.yaml')
+    if not Path(opt.hyp).is_file():
+        raise TrainOptionError(f'--hyp {opt.hyp}: no such file (see hyp/ for the shipped ones)')
+    opt.img_size.extend([opt.img_size[-1]] * (2 - len(opt.img_size)))
+    opt.total_batch_size = opt.batch_size
+
+
+def latest_run_checkpoint(search_dir: str | Path = '.') -> Path:
+    """The most recently written last*.pt under search_dir (what a bare --resume continues)."""
+    found = [p for p in Path(search_dir).glob('**/last*.pt') if p.is_file()]
+    if not found:
+        raise TrainOptionError(f'--resume: no last*.pt found under {Path(search_dir).resolve()}; '
+                               'name a checkpoint: --resume runs/train/exp/weights/last.pt')
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
+    """Replace the options by the resumed run's opt.yaml (keeping this process's rank) and point at its files."""
+    ckpt_path = Path(opt.resume) if isinstance(opt.resume, str) else latest_run_checkpoint()
+    if not ckpt_path.is_file():
+        raise TrainOptionError(f'--resume {ckpt_path}: no such checkpoint')
+    run_dir = ckpt_path.parent.parent
+    opt_file = run_dir / 'opt.yaml'
+    if not opt_file.is_file():
+        raise TrainOptionError(f'--resume {ckpt_path}: its run folder has no opt.yaml ({opt_file}); '
+                               'start a new run with --weight instead')
+    ckpt = read_checkpoint(ckpt_path)
+    if ckpt.get('epoch', -1) == -1 or ckpt.get('optimizer') is None:
+        raise TrainOptionError(f'--resume {ckpt_path}: this run is finished (stripped checkpoint), nothing to '
+                               'resume; fine-tune from it with --weight instead')
+    saved = yaml.safe_load(opt_file.read_text())
+    keep = {k: getattr(opt, k) for k in ('local_rank', 'global_rank', 'world_size', 'device') if hasattr(opt, k)}
+    resumed = argparse.Namespace(**{**vars(opt), **saved, **keep})
+    resumed.resume, resumed.weight = True, str(ckpt_path)
+    resumed.cfg = str(run_dir / 'cfg.yaml') if (run_dir / 'cfg.yaml').is_file() else saved.get('cfg', '')
+    resumed.hyp = str(run_dir / 'hyp.yaml') if (run_dir / 'hyp.yaml').is_file() else saved['hyp']
+    resumed.batch_size = saved.get('total_batch_size', saved.get('batch_size'))
+    resumed.save_dir = str(run_dir)
+    return resumed
+
+
+def prepare_options(opt: argparse.Namespace) -> argparse.Namespace:
+    """Distributed environment, resume, checks and the run folder, in the reference's order."""
+    distributed_env(opt)
+    if opt.resume:
+        opt = resume_options(opt)
+    check_train_options(opt)
+    if not opt.resume:
+        opt.save_dir = str(increment_path(Path(opt.project) / opt.name, opt.exist_ok))
+    return opt
