@@ -131,6 +131,8 @@ def test_nan_losses_stop_with_one_line_and_keep_the_last_checkpoint(tmp_path: Pa
     (['--hyp', 'nope.yaml'], '--hyp nope.yaml: no such file'),
     (['--resume'], 'no last*.pt found'),
     (['--epochs', '0'], '--epochs 0'),
+    (['--single-backbone'], 'has a second backbone'),
+    (['--batch-size', '3', '{2 processes}'], 'not a multiple of the 2 processes'),
 ])
 def test_bad_training_input_is_one_line(tmp_path: Path, synthetic: dict, capsys, monkeypatch, extra: list,
                                        message: str) -> None:
@@ -148,6 +150,11 @@ def test_bad_training_input_is_one_line(tmp_path: Path, synthetic: dict, capsys,
         changed['path'] = str(base)
         (tmp_path / 'd.yaml').write_text(yaml.safe_dump(changed))
         extra = ['--data', str(tmp_path / 'd.yaml')]
+    if '{2 processes}' in extra:  # what torchrun sets; the check runs before any process group is joined
+        monkeypatch.setenv('WORLD_SIZE', '2')
+        monkeypatch.setenv('RANK', '0')
+        monkeypatch.setenv('LOCAL_RANK', '0')
+        extra = extra[:-1]
     monkeypatch.chdir(tmp_path)  # a bare --resume searches the working directory
     with pytest.raises(SystemExit) as e:
         train_step1.main(_flags(synthetic, tmp_path / 'runs', 1, *extra))
@@ -173,3 +180,14 @@ def test_tiny_model_learns_on_synthetic_images(tmp_path: Path) -> None:
     first_loss, last_loss, map50 = rows[0, 4], rows[-1, 4], rows[-1, 7]
     assert last_loss < 0.5 * first_loss, (first_loss, last_loss)
     assert map50 > 0.02, map50
+
+
+@pytest.mark.parametrize('extra', [
+    ['--image-weights', '--multi-scale', '--cache-images', '--linear-lr', '--freeze', '10'],
+    ['--quad', '--rect', '--adam', '--label-smoothing', '0.1', '--single-cls', '--save_period', '1'],
+])
+def test_recipe_flags_train_an_epoch(tmp_path: Path, synthetic: dict, extra: list) -> None:
+    run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 1, *extra)))
+    assert _results_epochs(run) == [0]
+    rows = np.loadtxt(run / 'results.csv', delimiter=',', skiprows=1, ndmin=2)
+    assert np.isfinite(rows).all()

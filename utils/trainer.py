@@ -73,8 +73,11 @@ class Trainer:
     def build_losses(self, model: torch.nn.Module) -> tuple:
         """(training loss, validation loss) objects."""
         from utils.loss import ComputeLoss, ComputeLossOTA, ComputeLossOTADual
-        train_loss = ComputeLossOTA if getattr(self.opt, 'single_backbone', False) else ComputeLossOTADual
-        return train_loss(model), ComputeLoss(model)
+        single = getattr(self.opt, 'single_backbone', False)
+        if single and len(model.model_b2):  # the plain OTA loss sees only nl of the 2·nl maps (SPEC §6.2)
+            raise TrainOptionError(f'--single-backbone: {self.opt.cfg} has a second backbone and head; '
+                                   'use it without --single-backbone (a single-backbone config is needed for it)')
+        return (ComputeLossOTA if single else ComputeLossOTADual)(model), ComputeLoss(model)
 
     def on_epoch_start(self, model: torch.nn.Module) -> None:
         """Train mode for the whole model."""
