@@ -17,6 +17,7 @@ from tqdm import tqdm
 from utils.batch_plots import plot_batch, targets_to_boxes
 from utils.cli import check_img_size
 from utils.coco_eval import CocoIds
+from utils.ema import de_parallel
 from utils.dataloaders import create_dataloader
 from utils.general import non_max_suppression, scale_coords, xywh2xyxy
 from utils.labels import append_label_rows
@@ -198,6 +199,9 @@ def validate(model, dataloader, opt: EvalOptions, compute_loss=None) -> tuple[tu
     finally:
         model.train(was_training)
     metrics, maps = summarize(out, opt, confusion)
+    if out.n_routed:
+        LOGGER.info(f'Routing: {out.n_easy}/{out.n_routed} images easy ({100 * out.n_easy / out.n_routed:.1f}%) '
+                    f'at dy_thres {de_parallel(model).dy_thres:g}')
     losses = (out.loss.float().cpu() / max(len(dataloader), 1)).tolist() if out.loss is not None else [0.0] * 3
     return (*metrics, *losses), maps, per_image_ms(out)
 

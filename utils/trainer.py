@@ -58,6 +58,14 @@ class Trainer:
         self.bad_steps = 0
 
     # ------------------------------------------------------------------ hooks (step 2 overrides these)
+    def build_model(self) -> tuple[torch.nn.Module, dict]:
+        """The model from --cfg with --weight's matching tensors; returns it and the checkpoint read."""
+        return build_train_model(self.opt, self.hyp, self.nc, self.device)
+
+    def restorable(self, ckpt: dict) -> dict:
+        """The checkpoint whose optimizer / EMA / epoch / results continue here (step 1: any given .pt)."""
+        return ckpt
+
     def prepare_model(self, model: torch.nn.Module) -> None:
         """Freeze what --freeze names."""
         freeze_parameters(model, self.opt.freeze[0] if len(self.opt.freeze) == 1 else max(self.opt.freeze) + 1)
@@ -103,7 +111,8 @@ class Trainer:
         self.names = ['item'] if opt.single_cls else [str(n) for n in self.data['names']]
         if ctx.main:
             write_run_files(opt, self.hyp, self.save_dir)
-        model, ckpt = build_train_model(opt, self.hyp, self.nc, self.device)
+        model, ckpt = self.build_model()
+        ckpt = self.restorable(ckpt)
         self.prepare_model(model)
         self.epochs = opt.epochs
         self.optimizer = self.build_optimizer(model)

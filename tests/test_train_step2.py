@@ -1,0 +1,119 @@
+"""Step 2: the median tracker's schedule, a frozen detector (bit-identical), batched = batch-1 losses, resume."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import train_step1
+import train_step2
+from models.checkpoint import load_weights, read_checkpoint
+from models.yolo import Model
+from tests.test_train import ROOT, _kill_after_epochs, _results_epochs
+from utils.dataloaders import create_dataloader
+from utils.loss import ComputeLossOTADy
+from utils.synthetic import generate_dataset
+from utils.train_setup import init_seeds, scale_hyp
+
+TINY1 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step1.yaml')
+TINY2 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml')
+
+
+@pytest.fixture(scope='module')
+def step1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A 1-epoch step-1 run of the tiny config on 24 synthetic images, and a quick step-2 hyp."""
+    folder = tmp_path_factory.mktemp('step1')
+    data = generate_dataset(folder / 'data', 24, img_size=96, val_fraction=0.25, seed=2)
+    hyp1 = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
+    hyp1.update(warmup_epochs=1, warmup_min_iterations=0, mosaic=0.0, mixup=0.0, paste_in=0.0)
+    (folder / 'hyp1.yaml').write_text(yaml.safe_dump(hyp1))
+    run = train_step1.train(train_step1.parse_opt([
+        '--cfg', TINY1, '--data', str(data), '--hyp', str(folder / 'hyp1.yaml'), '--epochs', '1', '--batch-size',
+        '6', '--img', '64', '--device', 'cpu', '--workers', '0', '--noautoanchor', '--project', str(folder / 'r')]))
+    hyp2 = yaml.safe_load((ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml').read_text())
+    hyp2.update(lr0=0.01, warmup_min_iterations=0, nbs=2)  # a router step every batch of 2
+    (folder / 'hyp2.yaml').write_text(yaml.safe_dump(hyp2))
+    return {'data': str(data), 'weights': str(run / 'weights' / 'last.pt'), 'hyp': str(folder / 'hyp2.yaml')}
+
+
+def _flags(step1: dict, project: Path, epochs: int = 1, batch: int = 2, *extra: str) -> list[str]:
+    return ['--cfg', TINY2, '--weight', step1['weights'], '--data', step1['data'], '--hyp', step1['hyp'],
+            '--epochs', str(epochs), '--batch-size', str(batch), '--img', '64', '--device', 'cpu', '--workers', '0',
+            '--adam', '--noautoanchor', '--project', str(project), *extra]
+
+
+def test_median_tracker_updates_every_call_then_every_1000th() -> None:
+    loss = ComputeLossOTADy.__new__(ComputeLossOTADy)  # only the tracker state is needed
+    loss.iter_count, loss.diff_list, loss.tracked_diff = 0, [], 0.0
+    assert loss.track([4.0, 1.0]) == [4.0, 2.5]  # numpy median: mean of the two middle values
+    values = [4.0, 1.0] + np.random.default_rng(0).normal(size=12498).cumsum().tolist()  # a drifting median
+    seen = [4.0, 2.5] + loss.track(values[2:])
+    for call in (9998, 9999, 10000, 10001, 10500, 10999, 11000, 11001, 12500):
+        refreshed = call if call < 10000 else call - call % 1000  # every call until 10000, then every 1000th
+        assert seen[call - 1] == np.median(values[:refreshed]), call
+    assert seen[10499] != np.median(values[:10500])  # between refreshes the old value is kept
+
+
+def test_step2_trains_only_the_router(tmp_path: Path, step1: dict) -> None:
+    run = train_step2.run(train_step2.parse_opt(_flags(step1, tmp_path)))
+    before = read_checkpoint(step1['weights'])['model']
+    after = read_checkpoint(run / 'weights' / 'last.pt')['model']
+    router = [k for k in after if 'router' in k]
+    assert router and all('router' not in k for k in before)
+    for k, v in before.items():  # every detector tensor, BN running statistics included
+        assert torch.equal(after[k], v), k
+    init_seeds(1)  # the run's seed (0 + 2 + rank −1): the same fresh router it started from
+    start = Model(TINY2, nc=3).state_dict()
+    assert _results_epochs(run) == [0]
+    assert any(not torch.equal(after[k], start[k].half()) for k in router)
+
+
+def test_batched_step2_losses_equal_batch_1(step1: dict) -> None:
+    model = Model(TINY2, nc=3)
+    load_weights(model, {'model': read_checkpoint(step1['weights'])['model']}, strict=False)
+    hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml').read_text())
+    model.hyp, model.gr, model.nc = scale_hyp(hyp, 3, 3, 64, 0.0), 1.0, 3
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    loader, _ = create_dataloader(step1['data'].replace('data.yaml', 'train.txt'), 64, 3, 32, workers=0)
+    imgs, targets, *_ = next(iter(loader))
+    imgs = imgs.float() / 255
+    batched, single = ComputeLossOTADy(model), ComputeLossOTADy(model)
+    _, items = batched(model(imgs), targets, imgs)
+    rows = []
+    for i in range(3):
+        t = targets[targets[:, 0] == i].clone()
+        t[:, 0] = 0
+        rows.append(single(model(imgs[i:i + 1]), t, imgs[i:i + 1])[1])
+    torch.testing.assert_close(items, torch.stack(rows).mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(batched.diff_list, single.diff_list, rtol=1e-4, atol=1e-6)
+    assert batched.tracked_diff == pytest.approx(single.tracked_diff, rel=1e-4, abs=1e-6)
+
+
+def test_step2_kill_and_resume(tmp_path: Path, step1: dict) -> None:
+    run = tmp_path / 'runs' / 'exp'
+    args = [sys.executable, str(ROOT / 'train_step2.py'), *_flags(step1, tmp_path / 'runs', 3)]
+    _kill_after_epochs(subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True), run, 1)
+    done = subprocess.run([sys.executable, str(ROOT / 'train_step2.py'), '--resume', str(run / 'weights' / 'last.pt')],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _results_epochs(run) == [0, 1, 2]
+
+
+@pytest.mark.parametrize('cfg,message', [(TINY1, 'not a step-2 config'),
+                                         (str(ROOT / 'cfg' / 'dy-yolov7-step2.yaml'), 'detector tensors missing')])
+def test_step2_wrong_config_is_one_line(tmp_path: Path, step1: dict, capsys, cfg: str, message: str) -> None:
+    flags = _flags(step1, tmp_path)
+    flags[flags.index('--cfg') + 1] = cfg
+    with pytest.raises(SystemExit) as e:
+        train_step2.main(flags)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and message in err[-1] and 'Traceback' not in '\n'.join(err)

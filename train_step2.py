@@ -1,0 +1,44 @@
+r"""Step 2: train the adaptive router on the frozen step-1 detector (SPEC §9).
+
+    python train_step2.py --workers 4 --device 0 --batch-size 1 --epochs 2 --img 640 --adam \
+        --cfg cfg/dy-yolov7-step2.yaml --weight runs/train/dy-yolov7-step1/weights/last.pt \
+        --data data/coco.yaml --hyp hyp/hyp.finetune.dynamic.adam.yaml --name dy-yolov7-step2
+
+--batch-size 1 is the reference's (faithful) mode. Extension: --batch-size B > 1 computes both heads' losses
+and the adaptive formula per image, so a batch of B trains the router like B batch-1 steps, B times faster on a GPU.
+--weight takes a step-1 checkpoint of ours (last.pt, best.pt, epoch_*.pt) or a released one; only its weights are
+used (never its optimizer, epoch or EMA). --resume continues a step-2 run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from utils.cli import run_cli
+from utils.train_options import add_train_flags
+from utils.trainer import train
+from utils.trainer_step2 import Step2Trainer
+
+LOGGER = logging.getLogger('train_step2')
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """The reference's step-2 flags (defaults: 2 epochs, batch 1) and our extensions."""
+    p = argparse.ArgumentParser(prog='train_step2.py', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_flags(p, step=2)
+    return p.parse_args(argv)
+
+
+def run(opt: argparse.Namespace):
+    """Train the router; returns the run folder."""
+    return train(opt, Step2Trainer)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry: one-line errors for bad input, never a traceback."""
+    run_cli(run, parse_opt(argv), LOGGER)
+
+
+if __name__ == '__main__':
+    main()

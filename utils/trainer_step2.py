@@ -1,0 +1,110 @@
+"""Step 2 (SPEC §9): train only the router on the frozen step-1 detector, with the adaptive loss (SPEC §6.3).
+
+Faithful at batch 1: detector frozen and every BatchNorm kept in eval mode each epoch, router-only AdamW/SGD with
+two groups (weights with decay, biases), linear schedule, EMA with decay 0 (an exact copy), batch-1 validation at
+dy_thres 0.5. Fixed: a step-1 checkpoint's optimizer, epoch and EMA never carry into step 2 (the reference then
+crashed on the group count); every detector tensor must be in --weight (the router may be absent). Extended:
+--batch-size B > 1 applies the adaptive formula per image (the reference refuses B != 1).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from models.checkpoint import CheckpointError, read_checkpoint
+from models.yolo import Model
+from utils.ema import de_parallel
+from utils.optim import lr_lambda, scaled_weight_decay
+from utils.trainer import Trainer
+from utils.train_options import TrainOptionError
+
+LOGGER = logging.getLogger(__name__)
+ROUTER = 'router'
+
+
+def load_detector(model: Model, weights: str) -> dict:
+    """Copy every non-router tensor of --weight (strict: all present, same shapes) and the router if present."""
+    ckpt = read_checkpoint(weights)
+    state = ckpt.get('model') if isinstance(ckpt.get('model'), dict) else None
+    if state is None:
+        raise CheckpointError(f'{weights}: no model state_dict in this checkpoint')
+    own = model.state_dict()
+    detector = [k for k in own if ROUTER not in k]
+    missing = [k for k in detector if k not in state]
+    reshaped = [k for k in detector if k in state and state[k].shape != own[k].shape]
+    if missing or reshaped:
+        bad = (missing + reshaped)[:3]
+        raise CheckpointError(f'{weights} does not fit {model.yaml_file}: {len(missing)} detector tensors missing, '
+                              f'{len(reshaped)} of another shape (e.g. {", ".join(bad)}); use the step-2 config '
+                              'of the step-1 config it was trained with')
+    keys = [k for k in own if k in state and state[k].shape == own[k].shape]
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in keys}, strict=False)
+    routed = any(ROUTER in k for k in keys)
+    LOGGER.info(f'Transferred {len(keys)}/{len(own)} items from {weights}'
+                f'{"" if routed else " (router absent: freshly initialised)"}')
+    return ckpt
+
+
+class Step2Trainer(Trainer):
+    """The router's training: frozen detector, adaptive loss, batch-1 validation."""
+    loss_names = ('diff', 'score.0', 'score.1', 'total')
+    ema_decay = 0.0  # the "EMA" is an exact copy of the model after every step
+    lr_groups = 2
+
+    def build_model(self) -> tuple[torch.nn.Module, dict]:
+        """The step-2 model with the step-1 detector loaded strictly."""
+        model = Model(self.opt.cfg, ch=3, nc=self.nc, anchors=self.hyp.get('anchors'))
+        if not model.dynamic:
+            raise TrainOptionError(f'--cfg {self.opt.cfg}: not a step-2 config (no router); use cfg/*-step2.yaml')
+        ckpt = load_detector(model, self.opt.weight) if self.opt.weight else {}
+        return model.to(self.device), ckpt
+
+    def restorable(self, ckpt: dict) -> dict:
+        """Only a resumed step-2 run continues its optimizer / epoch / EMA; a step-1 checkpoint brings weights."""
+        return ckpt if self.opt.resume else {}
+
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """--freeze as step 1, then everything but the router frozen."""
+        super().prepare_model(model)
+        for name, p in model.named_parameters():
+            p.requires_grad_(ROUTER in name)
+
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """AdamW (--adam) or Nesterov SGD over the router: weights with decay, then biases."""
+        router = de_parallel(model).router
+        weights = [p for n, p in router.named_parameters() if not n.endswith('bias')]
+        biases = [p for n, p in router.named_parameters() if n.endswith('bias')]
+        decay = scaled_weight_decay(self.hyp['weight_decay'], self.opt.total_batch_size, self.nbs)
+        h = self.hyp
+        if self.opt.adam:
+            optimizer = torch.optim.AdamW(weights, lr=h['lr0'], betas=(h['momentum'], 0.999), weight_decay=decay)
+        else:
+            optimizer = torch.optim.SGD(weights, lr=h['lr0'], momentum=h['momentum'], nesterov=True,
+                                        weight_decay=decay)
+        if biases:
+            optimizer.add_param_group({'params': biases, 'weight_decay': 0.0})
+        for group in optimizer.param_groups:
+            group.setdefault('initial_lr', group['lr'])
+        LOGGER.info(f'Optimizer groups: {len(biases)} .bias, {len(weights)} router weights')
+        return optimizer
+
+    def lr_function(self):
+        """Always linear (constant lr0 with the finetune hyp's lrf 1)."""
+        return lr_lambda(self.epochs, self.hyp['lrf'], linear=True)
+
+    def build_losses(self, model: torch.nn.Module) -> tuple:
+        """The adaptive router loss and, for validation, the plain loss on whichever head ran."""
+        from utils.loss import ComputeLoss, ComputeLossOTADy
+        return ComputeLossOTADy(model), ComputeLoss(model)
+
+    def on_epoch_start(self, model: torch.nn.Module) -> None:
+        """Train mode, then every BatchNorm back to eval: detector statistics are used and kept."""
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+    def val_batch_size(self) -> int:
+        """Batch 1, as the reference (each val image routed by its own score)."""
+        return 1
