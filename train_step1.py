@@ -15,7 +15,7 @@ import argparse
 import logging
 
 from utils.cli import run_cli
-from utils.train_options import add_train_flags
+from utils.train_options import parse_train_options
 from utils.trainer import train
 
 LOGGER = logging.getLogger('train_step1')
@@ -23,10 +23,7 @@ LOGGER = logging.getLogger('train_step1')
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """The reference's step-1 flags and our extensions."""
-    p = argparse.ArgumentParser(prog='train_step1.py', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_flags(p, step=1)
-    return p.parse_args(argv)
+    return parse_train_options('train_step1.py', 1, __doc__, argv)
 
 
 def main(argv: list[str] | None = None) -> None:

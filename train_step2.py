@@ -15,7 +15,7 @@ import argparse
 import logging
 
 from utils.cli import run_cli
-from utils.train_options import add_train_flags
+from utils.train_options import parse_train_options
 from utils.trainer import train
 from utils.trainer_step2 import Step2Trainer
 
@@ -24,10 +24,7 @@ LOGGER = logging.getLogger('train_step2')
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """The reference's step-2 flags (defaults: 2 epochs, batch 1) and our extensions."""
-    p = argparse.ArgumentParser(prog='train_step2.py', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_flags(p, step=2)
-    return p.parse_args(argv)
+    return parse_train_options('train_step2.py', 2, __doc__, argv)
 
 
 def run(opt: argparse.Namespace):

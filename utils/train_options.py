@@ -27,7 +27,9 @@ def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
     p.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
     p.add_argument('--hyp', type=str, default='hyp/hyp.scratch.p5.yaml', help='hyperparameters path')
     p.add_argument('--epochs', type=int, default=300 if step == 1 else 2)
-    p.add_argument('--batch-size', type=int, default=16 if step == 1 else 1, help='total batch size for all GPUs')
+    p.add_argument('--batch-size', type=int, default=16 if step == 1 else 1,
+                   help='total batch size for all GPUs' if step == 1 else
+                   'total batch size; 1 is the reference, B > 1 our extension (adaptive loss per image)')
     p.add_argument('--img-size', '--img', nargs='+', type=int, default=[640, 640], help='[train, test] image sizes')
     p.add_argument('--rect', action='store_true', help='rectangular training')
     p.add_argument('--resume', nargs='?', const=True, default=False, help='resume the most recent run or a last.pt')
@@ -65,6 +67,13 @@ def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
     p.add_argument('--allow-partial-weights', action='store_true',
                    help='accept --weight even when fewer than half of the model tensors match it')
     p.add_argument('--seed', type=int, default=0, help='base seed (each rank adds 2 + rank, as the reference)')
+
+
+def parse_train_options(prog: str, step: int, description: str, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line of train_step1.py / train_step2.py."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_flags(p, step)
+    return p.parse_args(argv)
 
 
 def distributed_env(opt: argparse.Namespace) -> None:
