@@ -97,8 +97,8 @@ def check_train_options(opt: argparse.Namespace) -> None:
                                'processes (GPUs): use a multiple of the process count')
     if not 1 <= len(opt.img_size) <= 2 or min(opt.img_size) < 32:
         raise TrainOptionError(f'--img-size {" ".join(map(str, opt.img_size))}: give one or two sizes >= 32')
-    if not opt.cfg and not opt.weight:
-        raise TrainOptionError('either --cfg or --weight must be specified, e.g. --cfg cfg/dy-yolov7-step1.yaml')
+    if not opt.cfg:  # our checkpoints hold weights only, so the architecture always comes from a config
+        raise TrainOptionError('--cfg is required, e.g. --cfg cfg/dy-yolov7-step1.yaml (--weight gives weights only)')
     if not Path(opt.hyp).is_file():
         raise TrainOptionError(f'--hyp {opt.hyp}: no such file (see hyp/ for the shipped ones)')
     opt.img_size.extend([opt.img_size[-1]] * (2 - len(opt.img_size)))
