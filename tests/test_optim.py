@@ -101,6 +101,12 @@ def test_freeze_maps_to_backbone_1(tiny):
     assert freeze_parameters(tiny, 0) == [] and all(p.requires_grad for p in tiny.parameters())
 
 
+def test_freeze_flag_forms_follow_the_reference(tiny):
+    assert freeze_parameters(tiny, [2]) == freeze_parameters(tiny, 2)  # one value: the first n layers
+    frozen = freeze_parameters(tiny, [0, 3])  # several values: exactly those layers
+    assert {n.split('.')[1] for n in frozen} == {'0', '3'} and all(n.startswith('model_b.') for n in frozen)
+
+
 # --------------------------------------------------------------------------------------------------- groups
 def _check_partition(model: nn.Module) -> tuple[list[str], list[str], list[str]]:
     """Assert the three groups partition model.parameters() and hold what they should; return their names."""

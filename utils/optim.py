@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,10 +34,14 @@ FREEZE_SECTION = 'model_b'  # `--freeze N` counts the layers of backbone 1
 IMPLICIT_ATTRS = ('im', 'ia')  # IDetect's implicit layers, in the reference's grouping order
 
 
-def freeze_parameters(model: nn.Module, n: int) -> list[str]:
-    """Make every parameter trainable, then freeze those of the first n backbone-1 layers; returns their names."""
+def freeze_parameters(model: nn.Module, freeze: int | Sequence[int]) -> list[str]:
+    """Make every parameter trainable, then freeze backbone-1 layers as --freeze says (the reference's rule: one
+    value n = the first n layers, several values = those layer indices); returns the frozen names."""
     model = de_parallel(model)
-    prefixes = tuple(f'{FREEZE_SECTION}.{i}.' for i in range(n))
+    indices = list(range(freeze)) if isinstance(freeze, int) else \
+        (list(range(freeze[0])) if len(freeze) == 1 else list(freeze))
+    n = max(indices, default=-1) + 1
+    prefixes = tuple(f'{FREEZE_SECTION}.{i}.' for i in indices)
     frozen = []
     for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith(prefixes))  # the reference first unfreezes everything too
@@ -45,10 +49,10 @@ def freeze_parameters(model: nn.Module, n: int) -> list[str]:
             frozen.append(name)
     layers = len(getattr(model, FREEZE_SECTION, ()))
     if n > layers:
-        LOGGER.warning('--freeze %d exceeds the %d layers of backbone 1 (%s); all of them are frozen',
-                       n, layers, FREEZE_SECTION)
+        LOGGER.warning('--freeze: backbone 1 (%s) has %d layers; indices from %d on match nothing',
+                       FREEZE_SECTION, layers, layers)
     if n > 0:
-        LOGGER.info('Froze %d parameters of the first %d %s layers: %s', len(frozen), n, FREEZE_SECTION,
+        LOGGER.info('Froze %d parameters of %s layers %s: %s', len(frozen), FREEZE_SECTION, indices,
                     ', '.join(frozen))
     return frozen
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import half_state_dict, read_checkpoint, save_checkpoint
+from models.checkpoint import half_state_dict, load_weights, read_checkpoint, save_checkpoint
 from utils.ema import ModelEMA, de_parallel
 
 LOGGER = logging.getLogger(__name__)
@@ -79,8 +79,7 @@ def restore_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, ema: Mo
         optimizer.load_state_dict(ckpt['optimizer'])
         state.best_fitness = float(ckpt.get('best_fitness') or 0.0)
     if ema is not None and ckpt.get('ema') is not None:
-        own = ema.ema.state_dict()
-        ema.ema.load_state_dict({k: v.to(own[k].dtype) for k, v in ckpt['ema'].items()})
+        load_weights(ema.ema, ckpt, entry='ema')
         ema.updates = int(ckpt.get('updates') or 0)
     state.results_text = ckpt.get('training_results')
     state.start_epoch = int(ckpt.get('epoch', -1)) + 1

@@ -68,7 +68,7 @@ class Trainer:
 
     def prepare_model(self, model: torch.nn.Module) -> None:
         """Freeze what --freeze names."""
-        freeze_parameters(model, self.opt.freeze[0] if len(self.opt.freeze) == 1 else max(self.opt.freeze) + 1)
+        freeze_parameters(model, self.opt.freeze)
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         """The three reference parameter groups with SGD or Adam."""

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from models.checkpoint import CheckpointError, read_checkpoint
+from models.checkpoint import CheckpointError, load_weights, read_checkpoint
 from models.yolo import Model
 from utils.ema import de_parallel
 from utils.optim import lr_lambda, scaled_weight_decay
@@ -24,24 +24,16 @@ ROUTER = 'router'
 
 
 def load_detector(model: Model, weights: str) -> dict:
-    """Copy every non-router tensor of --weight (strict: all present, same shapes) and the router if present."""
+    """Copy --weight's fitting tensors (the router's too when present); every detector tensor must be among them."""
     ckpt = read_checkpoint(weights)
-    state = ckpt.get('model') if isinstance(ckpt.get('model'), dict) else None
-    if state is None:
-        raise CheckpointError(f'{weights}: no model state_dict in this checkpoint')
-    own = model.state_dict()
-    detector = [k for k in own if ROUTER not in k]
-    missing = [k for k in detector if k not in state]
-    reshaped = [k for k in detector if k in state and state[k].shape != own[k].shape]
-    if missing or reshaped:
-        bad = (missing + reshaped)[:3]
-        raise CheckpointError(f'{weights} does not fit {model.yaml_file}: {len(missing)} detector tensors missing, '
-                              f'{len(reshaped)} of another shape (e.g. {", ".join(bad)}); use the step-2 config '
-                              'of the step-1 config it was trained with')
-    keys = [k for k in own if k in state and state[k].shape == own[k].shape]
-    model.load_state_dict({k: state[k].to(own[k].dtype) for k in keys}, strict=False)
-    routed = any(ROUTER in k for k in keys)
-    LOGGER.info(f'Transferred {len(keys)}/{len(own)} items from {weights}'
+    loaded = set(load_weights(model, ckpt, strict=False))
+    unfilled = [k for k in model.state_dict() if ROUTER not in k and k not in loaded]
+    if unfilled:
+        raise CheckpointError(f'{weights} does not fit {model.yaml_file}: {len(unfilled)} detector tensors missing '
+                              f'or of another shape (e.g. {", ".join(unfilled[:3])}); use the step-2 config of '
+                              'the step-1 config it was trained with')
+    routed = any(ROUTER in k for k in loaded)
+    LOGGER.info(f'Transferred {len(loaded)}/{len(model.state_dict())} items from {weights}'
                 f'{"" if routed else " (router absent: freshly initialised)"}')
     return ckpt
 
