@@ -45,6 +45,14 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path: Path, monkeypa
     assert cfg['nc'] == 2 and cfg['names'] == ['a', 'b']
 
 
+def test_a_relative_yaml_path_is_not_joined_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _touch(tmp_path / 'd' / 'sets' / 'train.txt', tmp_path / 'd' / 'sets' / 'val.txt')
+    monkeypatch.chdir(tmp_path)
+    _yaml(tmp_path / 'd' / 'sets', 'train: train.txt\nval: val.txt\nnc: 1\n')
+    cfg = load_data_config(Path('d/sets/data.yaml'))  # relative to the working directory
+    assert cfg['train'] == [str(tmp_path / 'd' / 'sets' / 'train.txt')]
+
+
 def test_path_key_and_lists_of_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = tmp_path / 'datasets' / 'x'
     _touch(base / 'a.txt', base / 'b.txt', base / 'v.txt', tmp_path / 'abs.txt')

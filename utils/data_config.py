@@ -61,9 +61,9 @@ def load_data_config(path: str | Path, required: tuple[str, ...] = ('train', 'va
         raise DataConfigError(f'{path}: missing {", ".join(missing)}; add `{missing[0]}: <txt list, image folder '
                               f'or list of them>`')
     _check_names(cfg, path)
-    base = Path(os.path.expanduser(str(cfg['path']))) if cfg.get('path') else path.parent
-    if not base.is_absolute():
-        base = (path.parent / base)
+    base = path.parent
+    if cfg.get('path'):  # a relative `path:` is relative to the YAML's folder
+        base = path.parent / Path(os.path.expanduser(str(cfg['path'])))
     for split in SPLITS:
         if cfg.get(split):
             entries = cfg[split] if isinstance(cfg[split], (list, tuple)) else [cfg[split]]
