@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-import numpy as np
-import torch
-
-from models.graph import ConfigError
-from models.inference import load_for_inference
-from utils.cli import add_split_flags, check_split_flags, increment_path, run_cli
-from utils.data_config import load_data_config
-from utils.evaluation import split_loader
-from utils.torch_utils import select_device
+from utils.cli import add_split_flags, check_split_flags, run_cli
+from utils.sweep import dynamic_thresholds, format_thresholds
 
 LOGGER = logging.getLogger('get_dynamic_thres')
 
@@ -38,52 +30,15 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     return opt
 
 
-def thresholds_from_scores(scores: np.ndarray) -> list[str]:
-    """'0', the 10th … 90th percentiles (numpy linear interpolation), '1': 11 strings, as the reference prints."""
-    return ['0'] + [str(np.percentile(scores, q)) for q in range(10, 100, 10)] + ['1']
-
-
-def format_thresholds(thresholds: list[str]) -> str:
-    """The reference's printout: stars, the thresholds on one line, one line per easy/hard share, stars."""
-    lines = ['', '*' * 51, ' '.join(thresholds)]
-    lines += [f'First: {100 - 10 * k}%\tSecond: {10 * k}%\tThreshold: {t}' for k, t in enumerate(thresholds)]
-    return '\n'.join(lines + ['*' * 51])
-
-
-def collect_scores(model, loader, device: torch.device, half: bool) -> np.ndarray:
-    """Router scores of every image of the loader (all B of each batch)."""
-    from tqdm import tqdm
-    model.get_score = True
-    scores = []
-    with torch.inference_mode():
-        for imgs, *_ in tqdm(loader, desc='Router scores'):
-            imgs = imgs.to(device, non_blocking=True)
-            imgs = (imgs.half() if half else imgs.float()) / 255.0
-            scores.append(model(imgs).float().view(-1).cpu())
-    model.get_score = False
-    return torch.cat(scores).numpy() if scores else np.zeros(0)
-
-
 def run(opt: argparse.Namespace) -> list[str]:
     """Scores → thresholds (printed); with --sweep, evaluation at each threshold."""
-    data = load_data_config(opt.data, required=(opt.task,))
-    device = select_device(opt.device, opt.batch_size)
-    model = load_for_inference(opt.cfg, opt.weight, data['nc'], device)
-    if not model.dynamic:
-        raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
-    loader, _, img_size, half = split_loader(model, opt, data, data['nc'], device)
-    thresholds = thresholds_from_scores(collect_scores(model, loader, device, half))
-    print(format_thresholds(thresholds))
-    if opt.sweep:
-        from utils.sweep import sweep_thresholds
-        save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
-        sweep_thresholds(model, loader, thresholds, data, img_size, half, save_dir)
-    return thresholds
+    return dynamic_thresholds(opt, lambda thresholds: print(format_thresholds(thresholds))).thresholds
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: one-line errors for bad input, never a traceback."""
     run_cli(run, parse_opt(argv), LOGGER)
+
 
 if __name__ == '__main__':
     main()

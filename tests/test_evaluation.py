@@ -192,4 +192,5 @@ def test_get_dynamic_thres_prints_11_ascending_thresholds_and_sweeps(tmp_path: P
     assert printed[3] == 'First: 100%\tSecond: 0%\tThreshold: 0'
     rows = (tmp_path / 'runs' / 'exp' / 'sweep.csv').read_text().splitlines()
     assert len(rows) == 12 and rows[1].startswith('0.0,1.0,')  # threshold 0: every image easy
+    assert rows[0].endswith(',ms_per_image') and all(float(r.split(',')[-1]) > 0 for r in rows[1:])
     assert rows[-1].startswith('1.0,0.0,') and (tmp_path / 'runs' / 'exp' / 'sweep.png').is_file()
