@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from utils.labels import IMG_FORMATS, read_label_file
 
 LOGGER = logging.getLogger(__name__)
-CACHE_VERSION = '0.2-npz'
+CACHE_VERSION = '0.3-npz'  # 0.3: empty label files no longer carry a message
 STATUSES = ('found', 'missing', 'empty', 'corrupt')
 MIN_IMAGE_SIDE = 10
 SCAN_THREADS = min(8, os.cpu_count() or 1)
@@ -86,9 +86,8 @@ def scan_one(img_path: str, label_path: str, nc: int | None) -> tuple:
     messages = [f'{label_path}: {m}' for m in result.messages]
     if result.status == 'corrupt':
         messages = [f'{label_path}: {m}; image {img_path} skipped' for m in result.messages]
-    elif result.status in ('missing', 'empty'):
-        what = 'no label file' if result.status == 'missing' else 'empty label file'
-        messages.append(f'{label_path}: {what}, image kept as a background image')
+    elif result.status == 'missing':  # an empty file is the YOLO way to mark a background image: counted only
+        messages.append(f'{label_path}: no label file, image kept as a background image')
     return result.labels, size, result.segments, result.status, messages
 
 
