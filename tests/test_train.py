@@ -93,6 +93,20 @@ def test_kill_and_resume_twice_leaves_no_gap_or_duplicate(tmp_path: Path, synthe
     assert again.returncode == 2 and 'nothing to resume' in again.stderr.strip().splitlines()[-1]
 
 
+def test_resume_keeps_the_run_options_but_takes_device_and_no_amp(tmp_path: Path) -> None:
+    from utils.train_options import resume_options
+    run = tmp_path / 'runs' / 'exp'
+    (run / 'weights').mkdir(parents=True)
+    (run / 'opt.yaml').write_text(yaml.safe_dump({'epochs': 7, 'device': '0', 'no_amp': False, 'hyp': 'h.yaml',
+                                                  'total_batch_size': 4, 'workers': 3}))
+    torch.save({'model': {}, 'epoch': 2, 'optimizer': {'state': {}, 'param_groups': []}}, run / 'weights' / 'last.pt')
+    opt = train_step1.parse_opt(['--cfg', 'x.yaml', '--resume', str(run / 'weights' / 'last.pt'), '--device', 'cpu',
+                                 '--no-amp', '--epochs', '99'])
+    resumed = resume_options(opt)
+    assert (resumed.epochs, resumed.workers, resumed.batch_size) == (7, 3, 4)  # the run's own
+    assert resumed.device == 'cpu' and resumed.no_amp is True and resumed.save_dir == str(run)
+
+
 def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path: Path, synthetic: dict) -> None:
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29533',

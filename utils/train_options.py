@@ -130,6 +130,8 @@ def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
                                'resume; fine-tune from it with --weight instead')
     saved = yaml.safe_load(opt_file.read_text())
     keep = {k: getattr(opt, k) for k in ('local_rank', 'global_rank', 'world_size', 'device') if hasattr(opt, k)}
+    if getattr(opt, 'no_amp', False):  # the way out of fp16 overflows must work on the run that overflowed
+        keep['no_amp'] = True
     resumed = argparse.Namespace(**{**vars(opt), **saved, **keep})
     resumed.resume, resumed.weight = True, str(ckpt_path)
     resumed.cfg = str(run_dir / 'cfg.yaml') if (run_dir / 'cfg.yaml').is_file() else saved.get('cfg', '')
