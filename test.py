@@ -64,8 +64,8 @@ def routing_line(model: Model, n_easy: int, n_routed: int, img_size: int) -> str
     flops = model.flops(img_size)
     share = n_easy / max(n_routed, 1)
     mean = share * flops['easy'] + (1 - share) * flops['hard']
-    return (f'Routing: {n_easy}/{n_routed} images easy ({100 * share:.1f}%), mean {mean:.1f} GFLOPs/image '
-            f'(easy {flops["easy"]:.1f}, hard {flops["hard"]:.1f}) at dy_thres {model.dy_thres:g}')
+    return (f'Routing: {n_easy}/{n_routed} images easy ({100 * share:.1f}%), mean {mean:.4g} GFLOPs/image '
+            f'(easy {flops["easy"]:.4g}, hard {flops["hard"]:.4g}) at dy_thres {model.dy_thres:g}')
 
 
 def write_json(opt: argparse.Namespace, rows: list, save_dir: Path, anno: Path | None, seen_ids: list) -> tuple | None:

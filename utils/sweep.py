@@ -26,9 +26,11 @@ COLUMNS = ('threshold', 'easy_share', 'gflops_per_image', 'mAP@.5', 'mAP@.5:.95'
 
 @dataclass
 class ThresholdResult:
-    """The 11 thresholds (as printed), the router scores they came from and, after a sweep, its rows and folder."""
+    """The 11 thresholds (as printed), the router scores they came from (with their image files, in the same
+    order) and, after a sweep, its rows and folder."""
     thresholds: list[str]
     scores: np.ndarray
+    files: list[str] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     save_dir: Path | None = None
 
@@ -67,9 +69,9 @@ def dynamic_thresholds(opt: argparse.Namespace,
     model = load_for_inference(opt.cfg, opt.weight, data['nc'], device)
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
-    loader, _, img_size, half = split_loader(model, opt, data, data['nc'], device)
+    loader, dataset, img_size, half = split_loader(model, opt, data, data['nc'], device)
     scores = collect_scores(model, loader, device, half)
-    result = ThresholdResult(thresholds_from_scores(scores), scores)
+    result = ThresholdResult(thresholds_from_scores(scores), scores, list(dataset.img_files))
     if on_thresholds is not None:
         on_thresholds(result.thresholds)
     if opt.sweep:
@@ -93,7 +95,7 @@ def sweep_thresholds(model, loader, thresholds: list[str], data: dict, img_size:
         share = out.n_easy / max(out.n_routed, 1)
         rows.append(dict(zip(COLUMNS, (float(t), share, share * flops['easy'] + (1 - share) * flops['hard'],
                                        map50, map_, per_image_ms(out)[2]))))
-        LOGGER.info(f'dy_thres {t}: {100 * share:.0f}% easy, {rows[-1]["gflops_per_image"]:.1f} GFLOPs/image, '
+        LOGGER.info(f'dy_thres {t}: {100 * share:.0f}% easy, {rows[-1]["gflops_per_image"]:.4g} GFLOPs/image, '
                     f'mAP@.5 {map50:.4f}, mAP@.5:.95 {map_:.4f}')
     with open(save_dir / 'sweep.csv', 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
