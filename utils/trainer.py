@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -206,7 +207,7 @@ class Trainer:
         batches = enumerate(self.loader)
         if self.ctx.main:
             LOGGER.info(progress_header(self.loss_names))
-            batches = tqdm(batches, total=self.nb, bar_format='{l_bar}{bar:10}{r_bar}')
+            batches = self.batch_progress(batches)
         self.optimizer.zero_grad()
         line = ''
         for i, (imgs, targets, paths, _) in batches:
@@ -217,10 +218,15 @@ class Trainer:
             if self.ctx.main:
                 line = progress_line(epoch, self.epochs, cuda_memory_gb(), mloss.tolist(), len(targets),
                                      imgs.shape[-1])
-                batches.set_description(line)
+                if hasattr(batches, 'set_description'):
+                    batches.set_description(line)
                 if ni < TRAIN_BATCH_PLOTS:
                     plot_train_batch(imgs, targets, paths, self.save_dir / f'train_batch{ni}.jpg', self.names)
         return mloss, line
+
+    def batch_progress(self, batches: Iterable) -> Iterable:
+        """The epoch's progress bar on rank 0 (set_description gets the progress line); hook for other displays."""
+        return tqdm(batches, total=self.nb, bar_format='{l_bar}{bar:10}{r_bar}')
 
     def train_step(self, ni: int, epoch: int, imgs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         """Forward, backward and (when due) an optimizer step; returns the loss items, None for a skipped step."""
@@ -316,14 +322,16 @@ class Trainer:
                     f'Results saved to {self.save_dir}')
 
 
-def train(opt: argparse.Namespace, trainer_cls: type[Trainer] = Trainer) -> Path:
-    """Options → distributed context → trainer; the process group is left however training ends."""
+def train(opt: argparse.Namespace, trainer_cls: type[Trainer] = Trainer, configure_logging: bool = True) -> Path:
+    """Options → distributed context → trainer; the process group is left however training ends. A caller with
+    its own logging set-up (the demo) passes configure_logging=False."""
     from utils.cli import setup_logging
     from utils.distributed import cleanup, init_distributed
     from utils.torch_utils import select_device
     from utils.train_options import prepare_options
     opt = prepare_options(opt)
-    setup_logging(verbose=opt.global_rank in (-1, 0))
+    if configure_logging:
+        setup_logging(verbose=opt.global_rank in (-1, 0))
     device = select_device(opt.device, opt.batch_size if opt.world_size == 1 else None)
     ctx = init_distributed(opt.global_rank, opt.local_rank, opt.world_size, device)
     try:
