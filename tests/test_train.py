@@ -176,26 +176,6 @@ def test_bad_training_input_is_one_line(tmp_path: Path, synthetic: dict, capsys,
     assert e.value.code == 2 and message in err[-1] and 'Traceback' not in '\n'.join(err)
 
 
-def test_tiny_model_learns_on_synthetic_images(tmp_path: Path) -> None:
-    """Loss falls and mAP@.5 rises above 0.02 (0.068 measured; an untrained model scores ~0.0003): 16 synthetic
-    images, validated on the same images, no augmentation, Adam, one optimizer step per batch (hyp nbs 16)."""
-    data = generate_dataset(tmp_path / 'data', 16, img_size=128, val_fraction=0.0, seed=1)
-    spec = yaml.safe_load(data.read_text())
-    data.write_text(yaml.safe_dump({**spec, 'val': 'train.txt'}))
-    hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
-    hyp.update(lr0=0.003, lrf=1.0, warmup_epochs=3, warmup_min_iterations=0, nbs=16, mosaic=0.0, mixup=0.0,
-               paste_in=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0, fliplr=0.0)
-    (tmp_path / 'hyp.yaml').write_text(yaml.safe_dump(hyp))
-    run = train_step1.train(train_step1.parse_opt([
-        '--cfg', TINY, '--data', str(data), '--hyp', str(tmp_path / 'hyp.yaml'), '--epochs', '250', '--batch-size',
-        '16', '--img', '128', '--device', 'cpu', '--workers', '0', '--noautoanchor', '--notest', '--adam',
-        '--project', str(tmp_path / 'runs')]))
-    rows = np.loadtxt(run / 'results.csv', delimiter=',', skiprows=1, ndmin=2)
-    first_loss, last_loss, map50 = rows[0, 4], rows[-1, 4], rows[-1, 7]
-    assert last_loss < 0.5 * first_loss, (first_loss, last_loss)
-    assert map50 > 0.02, map50
-
-
 @pytest.mark.parametrize('extra', [
     ['--image-weights', '--multi-scale', '--cache-images', '--linear-lr', '--freeze', '10'],
     ['--quad', '--rect', '--adam', '--label-smoothing', '0.1', '--single-cls', '--save_period', '1'],
