@@ -1,0 +1,140 @@
+"""Speed of the dynamic detector as users feel it: latency (batch 1) and throughput (larger batches) for the easy
+path, the hard path and 50/50 routing, with the achieved TFLOP/s, next to the reference's figures.
+
+    python benchmarks/bench_speed.py                                  # CPU: Dy-YOLOv7 at 640 and 320, batch 1 and 8
+    python benchmarks/bench_speed.py --device 0 --half --batches 1 32 --cfgs cfg/dy-yolov7-step2.yaml \
+        cfg/dy-yolov7x-step2.yaml cfg/dy-yolov7-w6-step2.yaml           # GPU: adds fp16 and the share of peak
+
+The model is the fused inference model the scripts use (channels_last, inference_mode; fp16 on CUDA). Weights are
+random (speed does not depend on them) except the router's, drawn wide so that images of different brightness get
+different scores: the mixed rows route half of each batch (batch 1: alternately one easy and one hard image).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.inference import prepare_for_inference, prepare_input  # noqa: E402
+from models.yolo import Model  # noqa: E402
+from utils.torch_utils import select_device, time_sync  # noqa: E402
+
+# The paper (SPEC §1.1): FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). The reference on this project's
+# 2-core CPU: fused Dy-YOLOv7 at 640, batch 1, fp32, seconds per image per path.
+REFERENCE_V100_FPS = {'dy-yolov7': (110, 83), 'dy-yolov7x': (98, 64), 'dy-yolov7-w6': (74, 46)}
+REFERENCE_CPU_S = {'easy': 0.83, 'hard': 1.56}
+# Dense (no sparsity) peak TFLOP/s (fp32, fp16 tensor cores), from NVIDIA's product data sheets.
+PEAK_TFLOPS = {'H100 SXM': (66.9, 989.4), 'H100 PCIe': (51.2, 756.0), 'H100': (66.9, 989.4), 'H200': (66.9, 989.4),
+               'A100': (19.5, 312.0), 'V100': (15.7, 125.0), 'L4': (30.3, 121.0), 'A10': (31.2, 125.0)}
+
+
+def device_peak(device: torch.device) -> tuple[float, float] | None:
+    """(fp32, fp16) dense peak TFLOP/s for a known GPU name, else None."""
+    if device.type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def build(cfg: str, device: torch.device, half: bool) -> Model:
+    """Fused inference model with a router whose scores spread over images."""
+    torch.manual_seed(0)
+    model = Model(cfg)
+    with torch.no_grad():
+        for p in model.router.parameters():
+            p.normal_(0, 1.0)
+    return prepare_for_inference(model, device, half=half)
+
+
+def batches_for(model: Model, path: str, batch: int, size: int) -> tuple[list[torch.Tensor], float]:
+    """The batches timed in turn and the threshold: all easy (0), all hard (2) or half of the images easy."""
+    n = max(batch, 2)
+    brightness = torch.linspace(0.05, 1.0, n).view(n, 1, 1, 1)
+    pool = prepare_input(torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * brightness,
+                         model)
+    if path != 'mixed':
+        return [pool[:batch]], (0.0 if path == 'easy' else 2.0)
+    with torch.inference_mode():
+        model.get_score = True
+        scores = model(pool)[:, 0].float()
+        model.get_score = False
+    order = scores.argsort()
+    if batch == 1:  # the lowest and the highest score, alternately, threshold between them
+        return [pool[order[:1]], pool[order[-1:]]], float(scores[order[:2]].mean())
+    lo, hi = scores[order[batch // 2 - 1]], scores[order[batch // 2]]
+    return [pool], float((lo + hi) / 2)
+
+
+def seconds_per_batch(model: Model, batches: list[torch.Tensor], thres: float, reps: int) -> float:
+    """Median seconds per batch of the routed eval forward (after a warm-up pass of each batch)."""
+    model.dy_thres = thres
+    device = batches[0].device
+    times = []
+    with torch.inference_mode():
+        for x in batches:
+            model(x)
+        for _ in range(reps):
+            for x in batches:
+                t0 = time_sync(device)
+                model(x)
+                times.append(time_sync(device) - t0)
+    return statistics.median(times) if len(batches) == 1 else sum(times) / len(times)
+
+
+def row(cfg: str, model: Model, size: int, batch: int, path: str, half: bool, reps: int,
+        peak: tuple[float, float] | None) -> str:
+    """One printed line of the table."""
+    batches, thres = batches_for(model, path, batch, size)
+    s = seconds_per_batch(model, batches, thres, reps)
+    flops = model.flops(size)
+    gflops = {'easy': flops['easy'], 'hard': flops['hard'], 'mixed': (flops['easy'] + flops['hard']) / 2}[path]
+    ips = batch / s
+    tflops = gflops * ips / 1e3
+    share = f'{100 * tflops / peak[1 if half else 0]:5.1f}%' if peak else '     -'
+    name = Path(cfg).stem.rsplit('-step', 1)[0]
+    ref = reference_figure(name, path, size, batch, model)
+    return (f'{name:<14} {size:>5} {batch:>5} {path:<6} {"fp16" if half else "fp32":<5} {1e3 * s / batch:>10.2f} '
+            f'{ips:>9.1f} {gflops:>8.4g} {tflops:>8.3f} {share} {ref}')
+
+
+def reference_figure(name: str, path: str, size: int, batch: int, model: Model) -> str:
+    """The reference's comparable figure, if any, and our speed-up over it."""
+    device = next(model.parameters()).device
+    if device.type == 'cpu' and name == 'dy-yolov7' and size == 640 and batch == 1 and path in REFERENCE_CPU_S:
+        return f'ref {1e3 * REFERENCE_CPU_S[path]:.0f} ms/img (CPU)'
+    if device.type == 'cuda' and batch == 1 and name in REFERENCE_V100_FPS and path in ('easy', 'hard'):
+        return f'paper {REFERENCE_V100_FPS[name][path == "hard"]} FPS (V100, {"90" if path == "easy" else "0"}% easy)'
+    return ''
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--cfgs', nargs='+', default=['cfg/dy-yolov7-step2.yaml'])
+    p.add_argument('--sizes', type=int, nargs='+', default=[640, 320])
+    p.add_argument('--batches', type=int, nargs='+', default=[1, 8])
+    p.add_argument('--reps', type=int, default=3, help='timed repetitions per cell')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
+    opt = p.parse_args()
+    device = select_device(opt.device)
+    peak = device_peak(device)
+    print(f'device: {torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
+          f'{torch.get_num_threads()} threads, torch {torch.__version__}; peak (fp32, fp16 TFLOP/s): {peak}')
+    print(f'{"model":<14} {"size":>5} {"batch":>5} {"path":<6} {"dtype":<5} {"ms/img":>10} {"img/s":>9} '
+          f'{"GFLOPs":>8} {"TFLOP/s":>8} {"peak":>6} reference')
+    for cfg in opt.cfgs:
+        for half in ([False, True] if opt.half and device.type == 'cuda' else [False]):
+            model = build(cfg, device, half)
+            for size in opt.sizes:
+                for batch in opt.batches:
+                    for path in ('easy', 'hard', 'mixed'):
+                        print(row(cfg, model, size, batch, path, half, opt.reps, peak), flush=True)
+
+
+if __name__ == '__main__':
+    main()

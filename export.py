@@ -1,0 +1,86 @@
+r"""Export a dynamic model (step 2) as three graphs — backbone 1 + router, head 1, backbone 2 + head 2 — and a
+manifest, so that a runtime without PyTorch can route per image (extension; the reference has no export).
+
+    python export.py --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --num-classes 80 \
+        --img-size 640 --include onnx torchscript
+
+Writes <weight stem>_part1/_easy/_hard.onnx (and .torchscript) and <weight stem>_export.yaml beside --weight (or
+in --out). Run them with models.exported.ExportedDynamicModel(manifest, 'onnx' | 'torchscript').
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+from pathlib import Path
+
+import yaml
+
+from models.export import export_onnx, export_torchscript, split_model
+from models.exported import ExportError
+from models.graph import ConfigError
+from models.inference import load_for_inference
+from utils.cli import check_img_size, fail, run_cli
+from utils.torch_utils import select_device
+
+LOGGER = logging.getLogger('export')
+FORMATS = ('onnx', 'torchscript')
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """Export flags."""
+    p = argparse.ArgumentParser(prog='export.py', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--cfg', default='', help='step-2 model.yaml path')
+    p.add_argument('--weight', '--weights', default='', help='model.pt path')
+    p.add_argument('--num-classes', type=int, default=80, help='number of classes')
+    p.add_argument('--img-size', nargs='+', type=int, default=[640], help='image size: one value or h w')
+    p.add_argument('--batch-size', type=int, default=1, help='example batch (the batch axis stays dynamic)')
+    p.add_argument('--static-batch', action='store_true', help='fix the batch axis to --batch-size')
+    p.add_argument('--dy-thres', type=float, default=0.5, help='default threshold written to the manifest')
+    p.add_argument('--include', nargs='+', default=['onnx'], choices=FORMATS, help='formats to write')
+    p.add_argument('--opset', type=int, default=17, help='ONNX opset')
+    p.add_argument('--device', default='cpu', help='device to trace on (cpu or a cuda index)')
+    p.add_argument('--out', default='', help='output folder (default: beside --weight)')
+    opt = p.parse_args(argv)
+    if len(opt.img_size) not in (1, 2) or min(opt.img_size) < 32 or opt.batch_size < 1:
+        p.error('--img-size takes one or two sizes of at least 32, --batch-size at least 1')
+    return opt
+
+
+def run(opt: argparse.Namespace) -> Path:
+    """Load strictly, split, export each format, write the manifest; returns the manifest path."""
+    device = select_device(opt.device)
+    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device)
+    model.dy_thres = opt.dy_thres
+    stride = int(model.stride.max())
+    size = [check_img_size(s, stride) for s in (opt.img_size * 2)[:2]]
+    if not model.dynamic:
+        raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); export a step-2 model')
+    parts, examples, manifest = split_model(model, tuple(size), opt.batch_size, not opt.static_batch)
+    folder = Path(opt.out) if opt.out else Path(opt.weight).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / Path(opt.weight).stem
+    written = []
+    if 'onnx' in opt.include:
+        if importlib.util.find_spec('onnx') is None:
+            raise ExportError('ONNX export needs the onnx package: pip install onnx (or --include torchscript)')
+        written += export_onnx(parts, examples, manifest, base, opt.opset)
+    if 'torchscript' in opt.include:
+        written += export_torchscript(parts, examples, manifest, base)
+    path = base.with_name(f'{base.name}_export.yaml')
+    path.write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False))
+    LOGGER.info('Exported %s and the manifest %s', ', '.join(str(p) for p in written), path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry: one-line errors for bad input, never a traceback."""
+    try:
+        run_cli(run, parse_opt(argv), LOGGER)
+    except ExportError as e:
+        fail(str(e))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,146 @@
+"""The dynamic model as three exportable graphs: backbone 1 + router, head 1 (easy), backbone 2 + head 2 (hard).
+
+A single graph cannot skip work per image, so export splits the model where the route is decided: part 1 runs
+on every image and returns the router score and the backbone-1 features the other parts read; the runner
+(models/exported.py) then feeds only the easy images' features to head 1 and only the hard images (and their
+features) to backbone 2 + head 2. Each part returns the decoded predictions (B, N, nc+5) like Model's eval forward.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .graph import INPUT
+from .yolo import Model
+
+LOGGER = logging.getLogger(__name__)
+PARTS = ('part1', 'easy', 'hard')
+
+
+def _b1_reads(section) -> set[int]:
+    return {r.index for refs in section.refs for r in refs if r.source == 'b1'}
+
+
+@dataclass
+class ExportManifest:
+    """What the runner needs besides the graphs; written as YAML beside them."""
+    cfg: str
+    img_size: list[int]
+    batch: int
+    dynamic_batch: bool
+    dy_thres: float
+    stride: list[float]
+    nc: int
+    features: list[int]  # backbone-1 layer indices returned by part 1, in order
+    easy_features: list[int]
+    hard_features: list[int]
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain types for yaml.safe_dump."""
+        return asdict(self)
+
+
+class _Part1(nn.Module):
+    def __init__(self, model: Model, features: list[int]) -> None:
+        super().__init__()
+        self.model, self.features = model, features
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b1 = self.model.model_b({INPUT: [x]})
+        score = self.model.router([b1[i] for i in self.model.router_ins])
+        return (score, *[b1[i] for i in self.features])
+
+
+def _as_b1(model: Model, features: list[int], tensors: tuple[torch.Tensor, ...]) -> list:
+    b1: list = [None] * len(model.model_b)
+    for i, t in zip(features, tensors):
+        b1[i] = t
+    return b1
+
+
+class _Easy(nn.Module):
+    def __init__(self, model: Model, features: list[int]) -> None:
+        super().__init__()
+        self.model, self.features = model, features
+
+    def forward(self, *feats: torch.Tensor) -> torch.Tensor:
+        return self.model.model_h({'b1': _as_b1(self.model, self.features, feats)})[-1][0]
+
+
+class _Hard(nn.Module):
+    def __init__(self, model: Model, features: list[int]) -> None:
+        super().__init__()
+        self.model, self.features = model, features
+
+    def forward(self, x: torch.Tensor, *feats: torch.Tensor) -> torch.Tensor:
+        b1 = _as_b1(self.model, self.features, feats)
+        return self.model.model_h2({'b2': self.model.model_b2({INPUT: [x], 'b1': b1})})[-1][0]
+
+
+def split_model(model: Model, img_size: tuple[int, int], batch: int, dynamic_batch: bool = True
+                ) -> tuple[dict[str, nn.Module], dict[str, tuple], ExportManifest]:
+    """The three parts of a fused, eval, dynamic model, example inputs for each, and the manifest."""
+    if not model.dynamic:
+        raise ValueError('export splits a dynamic (step-2) model; this config has no router')
+    easy_f, hard_f = sorted(_b1_reads(model.model_h)), sorted(_b1_reads(model.model_b2))
+    features = sorted(set(easy_f) | set(hard_f))
+    manifest = ExportManifest(str(getattr(model, 'yaml_file', '')), list(img_size), batch, dynamic_batch,
+                              float(model.dy_thres), [float(s) for s in model.stride], int(model.yaml['nc']), features,
+                              easy_f, hard_f)
+    parts = {'part1': _Part1(model, features), 'easy': _Easy(model, easy_f), 'hard': _Hard(model, hard_f)}
+    parts = {k: v.eval() for k, v in parts.items()}  # a new nn.Module is in train mode, and exporters restore it
+    param = next(model.parameters())
+    x = torch.zeros(batch, 3, *img_size, device=param.device, dtype=param.dtype)
+    with torch.inference_mode():
+        score, *feats = parts['part1'](x)
+    by_index = dict(zip(features, feats))
+    examples = {'part1': (x,), 'easy': tuple(by_index[i] for i in easy_f),
+                'hard': (x, *(by_index[i] for i in hard_f))}
+    return parts, examples, manifest
+
+
+def input_names(part: str, manifest: ExportManifest) -> list[str]:
+    """Graph input names: images and/or f<layer> features."""
+    feats = {'part1': [], 'easy': manifest.easy_features, 'hard': manifest.hard_features}[part]
+    return (['images'] if part != 'easy' else []) + [f'f{i}' for i in feats]
+
+
+def output_names(part: str, manifest: ExportManifest) -> list[str]:
+    """Graph output names: score and f<layer> features for part 1, detections for the heads."""
+    return ['score', *[f'f{i}' for i in manifest.features]] if part == 'part1' else ['detections']
+
+
+def export_onnx(parts: dict, examples: dict, manifest: ExportManifest, out: Path, opset: int = 17) -> list[Path]:
+    """One .onnx per part (legacy TorchScript-based exporter: no extra packages); batch axis dynamic if asked."""
+    written = []
+    for name, module in parts.items():
+        path = out.with_name(f'{out.name}_{name}.onnx')
+        ins, outs = input_names(name, manifest), output_names(name, manifest)
+        axes = {n: {0: 'batch'} for n in ins + outs} if manifest.dynamic_batch else None
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # tracer notes on Python floats from shapes: the batch axis stays free
+            torch.onnx.export(module.eval(), examples[name], str(path), input_names=ins, output_names=outs,
+                              dynamic_axes=axes, opset_version=opset, dynamo=False)
+        manifest.files[name] = path.name
+        written.append(path)
+    return written
+
+
+def export_torchscript(parts: dict, examples: dict, manifest: ExportManifest, out: Path) -> list[Path]:
+    """One traced .torchscript per part."""
+    written = []
+    for name, module in parts.items():
+        path = out.with_name(f'{out.name}_{name}.torchscript')
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # as above; TorchScript is deprecated upstream but still runs
+            traced = torch.jit.trace(module.eval(), examples[name], strict=False, check_trace=False)
+        traced.save(str(path))
+        manifest.files[f'{name}_torchscript'] = path.name
+        written.append(path)
+    return written
