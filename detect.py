@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from models.inference import load_for_inference
-from utils.cli import check_img_size, increment_path, run_cli
+from utils.cli import add_compile_flag, check_img_size, increment_path, run_cli
 from utils.data_config import load_data_config
 from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.drawing import class_colours, display_available, draw_detection, draw_status
@@ -52,6 +52,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--project', default='runs/detect', help='save results to project/name')
     p.add_argument('--name', default='exp', help='save results to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    add_compile_flag(p)
     p.add_argument('--dy-thres', type=float, default=0.5,
                    help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
     p.add_argument('--data', type=str, default='', help='optional data.yaml whose names label the drawings')
@@ -97,7 +98,7 @@ def draw(frame: Frame, det: np.ndarray, route: str, fps: float, names: list[str]
 def load_detector(opt: argparse.Namespace) -> Detector:
     """The strict-loaded, fused model with --dy-thres, fp16 on CUDA, wrapped with the NMS settings."""
     device = select_device(opt.device)
-    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device)
+    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device, opt.compile)
     if model.dynamic:
         model.dy_thres = opt.dy_thres
     if device.type == 'cuda':

@@ -75,6 +75,12 @@ def run_cli(run, opt, logger: logging.Logger):
 TASKS = ('train', 'val', 'test')
 
 
+def add_compile_flag(p) -> None:
+    """--compile (extension): torch.compile per model section; pays a one-off compile time per input shape."""
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile each model section (extension; first batches of each shape are slow)')
+
+
 def add_split_flags(p, run_note: str = '') -> None:
     """Flags shared by the scripts that run a checkpoint over a data split (reference names and defaults)."""
     p.add_argument('--cfg', type=str, default='', help='model.yaml path (a step-2 config for dynamic routing)')
@@ -87,6 +93,7 @@ def add_split_flags(p, run_note: str = '') -> None:
     p.add_argument('--project', default='runs/test', help=f'save to project/name{run_note}')
     p.add_argument('--name', default='exp', help=f'save to project/name{run_note}')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    add_compile_flag(p)
 
 
 def check_split_flags(p, opt) -> None:

@@ -66,7 +66,7 @@ def dynamic_thresholds(opt: argparse.Namespace,
     any sweep, so they show at once); with opt.sweep, the sweep too."""
     data = load_data_config(opt.data, required=(opt.task,))
     device = select_device(opt.device, opt.batch_size)
-    model = load_for_inference(opt.cfg, opt.weight, data['nc'], device)
+    model = load_for_inference(opt.cfg, opt.weight, data['nc'], device, opt.compile)
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
     loader, dataset, img_size, half = split_loader(model, opt, data, data['nc'], device)
