@@ -71,19 +71,21 @@ def batches_for(model: Model, path: str, batch: int, size: int) -> tuple[list[to
 
 
 def seconds_per_batch(model: Model, batches: list[torch.Tensor], thres: float, reps: int) -> float:
-    """Median seconds per batch of the routed eval forward (after a warm-up pass of each batch)."""
+    """Seconds per batch of the routed eval forward: the median of each batch (after two warm-up passes),
+    averaged over the batches."""
     model.dy_thres = thres
     device = batches[0].device
-    times = []
+    times: list[list[float]] = [[] for _ in batches]
     with torch.inference_mode():
-        for x in batches:
-            model(x)
-        for _ in range(reps):
+        for _ in range(2):  # oneDNN builds its kernels for a shape on the first calls
             for x in batches:
+                model(x)
+        for _ in range(reps):
+            for x, own in zip(batches, times):
                 t0 = time_sync(device)
                 model(x)
-                times.append(time_sync(device) - t0)
-    return statistics.median(times) if len(batches) == 1 else sum(times) / len(times)
+                own.append(time_sync(device) - t0)
+    return statistics.mean(statistics.median(own) for own in times)  # batch 1 mixed: one easy, one hard image
 
 
 def row(cfg: str, model: Model, size: int, batch: int, path: str, half: bool, reps: int,
