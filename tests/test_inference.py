@@ -1,0 +1,44 @@
+"""The inference preparation the scripts use (fused, channels_last, inference_mode) gives the plain model's
+routes and detections, batched and image by image."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from models.inference import prepare_for_inference, prepare_input
+from models.yolo import Model
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG2 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml')
+
+
+def _models() -> tuple[Model, Model]:
+    torch.manual_seed(0)
+    plain = Model(CFG2, nc=3).eval()
+    with torch.no_grad():
+        for p in plain.router.parameters():
+            p.normal_(0, 1.0)  # spread the scores so that a batch splits
+    return plain, prepare_for_inference(copy.deepcopy(plain), 'cpu')
+
+
+def test_prepared_model_equals_the_plain_model_batched_and_per_image() -> None:
+    plain, fast = _models()
+    x = torch.rand(6, 3, 96, 96, generator=torch.Generator().manual_seed(2)) * torch.linspace(0.1, 1, 6).view(6, 1, 1, 1)
+    with torch.no_grad():
+        plain.get_score = True
+        scores = plain(x)[:, 0]
+        plain.get_score = False
+    ordered = scores.sort().values
+    plain.dy_thres = fast.dy_thres = float((ordered[2] + ordered[3]) / 2)  # three easy, three hard
+    with torch.no_grad():
+        expected = plain(x)[0]
+        easy = plain.last_easy.clone()
+    with torch.inference_mode():
+        batched = fast(prepare_input(x, fast))[0]
+        assert torch.equal(fast.last_easy, easy) and int(easy.sum()) == 3
+        single = torch.cat([fast(prepare_input(x[i:i + 1], fast))[0] for i in range(len(x))])
+    scale = expected.abs().max()
+    torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(single, expected, rtol=1e-4, atol=1e-4 * scale)
