@@ -24,7 +24,7 @@ from utils.cli import add_compile_flag, check_img_size, increment_path, run_cli
 from utils.data_config import load_data_config
 from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.drawing import class_colours, display_available, draw_detection, draw_status
-from utils.sources import Frame, is_stream, iterate_batches, list_sources, read_stream_list
+from utils.sources import Frame, is_stream, iterate_batches, list_sources, prefetch, read_stream_list
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('detect')
@@ -122,8 +122,12 @@ def run_detect(opt: argparse.Namespace) -> Path:
     outputs = DetectionOutputs(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.save_crop)
     fps_meter, t_start = FpsMeter(), time.perf_counter()
     try:
-        for frames in iterate_batches(opt.source, opt.batch_size):
-            result = detector(frames)
+        batches = iterate_batches(opt.source, opt.batch_size)
+        # files: read and letterbox the next batches while the model runs; live streams: always the newest frame
+        prepared = ((frames, None) for frames in batches) if is_stream(opt.source) else \
+            prefetch(batches, detector.letterbox)
+        for frames, boxed in prepared:
+            result = detector(frames, boxed)
             fps = fps_meter.update(len(frames))
             t_inf, t_nms = result.inference_s / len(frames), result.nms_s / len(frames)  # per image
             for frame, det, route in zip(frames, result.detections, result.routes):

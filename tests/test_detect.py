@@ -190,3 +190,22 @@ def test_view_img_without_a_display_warns_and_saves(tmp_path: Path, tiny: list, 
     run = detect.run_detect(detect.parse_opt(tiny + ['--source', str(video), '--project', str(tmp_path / 'runs'),
                                                      '--view-img']))
     assert 'cannot open windows' in caplog.text and (run / 'clip.mp4').is_file()
+
+
+def test_prefetch_keeps_order_prepares_ahead_and_raises_in_order() -> None:
+    from utils.sources import SourceError, prefetch
+    assert list(prefetch(iter(range(5)), lambda i: i * i)) == [(i, i * i) for i in range(5)]
+
+    def failing():
+        yield 1
+        raise SourceError('bad.mp4: cannot open this video')
+    got = []
+    with pytest.raises(SourceError, match='bad.mp4'):
+        for item in prefetch(failing(), str):
+            got.append(item)
+    assert got == [(1, '1')]
+    early = prefetch(iter(range(100)), str, depth=1)
+    assert next(early) == (0, '0')
+    early.close()  # stopping early ends the worker thread
+    import threading
+    assert not any(t.name == 'prefetch' and t.is_alive() for t in threading.enumerate())

@@ -8,12 +8,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from queue import Empty, Queue
+from typing import Callable, Iterator, TypeVar
 
 import cv2
 import numpy as np
 
 from utils.labels import IMG_FORMATS, VID_FORMATS
+
+T = TypeVar('T')
+U = TypeVar('U')
 
 LOGGER = logging.getLogger(__name__)
 STREAM_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
@@ -176,3 +180,38 @@ def iterate_frames(source: str) -> Iterator[Frame]:
             LOGGER.warning(f'WARNING: {path}: cannot be decoded as an image, skipped')
             continue
         yield Frame(path, image, 'image')
+
+
+def prefetch(items: Iterator[T], prepare: Callable[[T], U], depth: int = 2) -> Iterator[tuple[T, U]]:
+    """(item, prepare(item)) pairs, read and prepared up to `depth` items ahead in a thread, so that reading and
+    letterboxing overlap the model; errors raised there are raised here, in order."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                queue.put(('item', (item, prepare(item))))
+            queue.put(('end', None))
+        except Exception as e:  # noqa: BLE001  (handed to the consumer, which raises it)
+            queue.put(('error', e))
+
+    thread = threading.Thread(target=work, daemon=True, name='prefetch')
+    thread.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == 'end':
+                return
+            if kind == 'error':
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # a worker blocked on a full queue needs room to see the stop
+            try:
+                queue.get_nowait()
+            except Empty:
+                thread.join(0.05)
