@@ -2,6 +2,7 @@
 path, the hard path and 50/50 routing, with the achieved TFLOP/s, next to the reference's figures.
 
     python benchmarks/bench_speed.py                                  # CPU: Dy-YOLOv7 at 640 and 320, batch 1 and 8
+    python benchmarks/bench_speed.py --onnx                           # + the exported graphs on ONNX Runtime
     python benchmarks/bench_speed.py --device 0 --half --batches 1 32 --cfgs cfg/dy-yolov7-step2.yaml \
         cfg/dy-yolov7x-step2.yaml cfg/dy-yolov7-w6-step2.yaml           # GPU: adds fp16 and the share of peak
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -70,29 +73,53 @@ def batches_for(model: Model, path: str, batch: int, size: int) -> tuple[list[to
     return [pool], float((lo + hi) / 2)
 
 
-def seconds_per_batch(model: Model, batches: list[torch.Tensor], thres: float, reps: int) -> float:
-    """Seconds per batch of the routed eval forward: the median of each batch (after two warm-up passes),
-    averaged over the batches."""
-    model.dy_thres = thres
+def seconds_per_batch(forward: Callable, batches: list[torch.Tensor], thres: float, reps: int) -> float:
+    """Seconds per batch of forward(x, thres): the median of each batch (after two warm-up passes), averaged over
+    the batches."""
     device = batches[0].device
     times: list[list[float]] = [[] for _ in batches]
     with torch.inference_mode():
         for _ in range(2):  # oneDNN builds its kernels for a shape on the first calls
             for x in batches:
-                model(x)
+                forward(x, thres)
         for _ in range(reps):
             for x, own in zip(batches, times):
                 t0 = time_sync(device)
-                model(x)
+                forward(x, thres)
                 own.append(time_sync(device) - t0)
     return statistics.mean(statistics.median(own) for own in times)  # batch 1 mixed: one easy, one hard image
 
 
-def row(cfg: str, model: Model, size: int, batch: int, path: str, half: bool, reps: int,
-        peak: tuple[float, float] | None) -> str:
+def torch_forward(model: Model) -> Callable:
+    """The routed eval forward of the PyTorch model."""
+    def forward(x: torch.Tensor, thres: float):
+        model.dy_thres = thres
+        return model(x)
+    return forward
+
+
+def onnx_forward(model: Model, size: int, folder: Path) -> Callable:
+    """The same model exported (export.py's three graphs) and routed by models.exported on ONNX Runtime."""
+    import yaml
+    from models.export import export_onnx, split_model
+    from models.exported import ExportedDynamicModel
+    parts, examples, manifest = split_model(model, (size, size), 1, True)
+    export_onnx(parts, examples, manifest, folder / f'bench{size}')
+    path = folder / f'bench{size}_export.yaml'
+    path.write_text(yaml.safe_dump(manifest.to_dict()))
+    runner = ExportedDynamicModel(path, 'onnx')
+
+    def forward(x: torch.Tensor, thres: float):
+        runner.dy_thres = thres
+        return runner(x)
+    return forward
+
+
+def row(cfg: str, model: Model, forward: tuple[str, Callable], size: int, batch: int, path: str, half: bool,
+        reps: int, peak: tuple[float, float] | None) -> str:
     """One printed line of the table."""
     batches, thres = batches_for(model, path, batch, size)
-    s = seconds_per_batch(model, batches, thres, reps)
+    s = seconds_per_batch(forward[1], batches, thres, reps)
     flops = model.flops(size)
     gflops = {'easy': flops['easy'], 'hard': flops['hard'], 'mixed': (flops['easy'] + flops['hard']) / 2}[path]
     ips = batch / s
@@ -100,7 +127,8 @@ def row(cfg: str, model: Model, size: int, batch: int, path: str, half: bool, re
     share = f'{100 * tflops / peak[1 if half else 0]:5.1f}%' if peak else '     -'
     name = Path(cfg).stem.rsplit('-step', 1)[0]
     ref = reference_figure(name, path, size, batch, model)
-    return (f'{name:<14} {size:>5} {batch:>5} {path:<6} {"fp16" if half else "fp32":<5} {1e3 * s / batch:>10.2f} '
+    return (f'{name:<14} {size:>5} {batch:>5} {path:<6} {"fp16" if half else "fp32":<5} {forward[0]:<6} '
+            f'{1e3 * s / batch:>10.2f} '
             f'{ips:>9.1f} {gflops:>8.4g} {tflops:>8.3f} {share} {ref}')
 
 
@@ -122,20 +150,25 @@ def main() -> None:
     p.add_argument('--reps', type=int, default=3, help='timed repetitions per cell')
     p.add_argument('--device', default='cpu')
     p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
+    p.add_argument('--onnx', action='store_true', help='also the exported graphs on ONNX Runtime (fp32)')
     opt = p.parse_args()
     device = select_device(opt.device)
     peak = device_peak(device)
     print(f'device: {torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
           f'{torch.get_num_threads()} threads, torch {torch.__version__}; peak (fp32, fp16 TFLOP/s): {peak}')
-    print(f'{"model":<14} {"size":>5} {"batch":>5} {"path":<6} {"dtype":<5} {"ms/img":>10} {"img/s":>9} '
+    print(f'{"model":<14} {"size":>5} {"batch":>5} {"path":<6} {"dtype":<5} {"engine":<6} {"ms/img":>10} {"img/s":>9} '
           f'{"GFLOPs":>8} {"TFLOP/s":>8} {"peak":>6} reference')
     for cfg in opt.cfgs:
         for half in ([False, True] if opt.half and device.type == 'cuda' else [False]):
             model = build(cfg, device, half)
             for size in opt.sizes:
+                engines = [('torch', torch_forward(model))]
+                if opt.onnx and not half:
+                    engines.append(('ort', onnx_forward(model, size, Path(tempfile.mkdtemp()))))
                 for batch in opt.batches:
                     for path in ('easy', 'hard', 'mixed'):
-                        print(row(cfg, model, size, batch, path, half, opt.reps, peak), flush=True)
+                        for engine in engines:
+                            print(row(cfg, model, engine, size, batch, path, half, opt.reps, peak), flush=True)
 
 
 if __name__ == '__main__':
