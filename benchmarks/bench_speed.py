@@ -13,6 +13,7 @@ different scores: the mixed rows route half of each batch (batch 1: alternately 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.inference import prepare_for_inference, prepare_input  # noqa: E402
+from models.inference import compile_paths, prepare_for_inference, prepare_input  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
@@ -151,6 +152,7 @@ def main() -> None:
     p.add_argument('--device', default='cpu')
     p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
     p.add_argument('--onnx', action='store_true', help='also the exported graphs on ONNX Runtime (fp32)')
+    p.add_argument('--compile', action='store_true', help='also the torch.compile-d stages (--compile of the scripts)')
     opt = p.parse_args()
     device = select_device(opt.device)
     peak = device_peak(device)
@@ -163,6 +165,9 @@ def main() -> None:
             model = build(cfg, device, half)
             for size in opt.sizes:
                 engines = [('torch', torch_forward(model))]
+                if opt.compile:
+                    compiled = compile_paths(copy.copy(model))  # a shallow copy: same weights, own compiled stages
+                    engines.append(('compil', torch_forward(compiled)))
                 if opt.onnx and not half:
                     engines.append(('ort', onnx_forward(model, size, Path(tempfile.mkdtemp()))))
                 for batch in opt.batches:

@@ -78,7 +78,7 @@ class IDetect(nn.Module):
                                     torch.arange(nx, device=raw.device, dtype=raw.dtype), indexing='ij')
             grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
             y = raw.sigmoid()
-            xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * float(self.stride[i])
+            xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * self.stride[i]  # a 0-dim tensor: no .item(), one compiled graph
             wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i]
             out.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, self.no))
         return torch.cat(out, 1)

@@ -27,23 +27,21 @@ def prepare_input(images: torch.Tensor, model: Model) -> torch.Tensor:
     return images.to(param.device, param.dtype, non_blocking=True).contiguous(memory_format=fmt)
 
 
-SECTIONS = ('model_b', 'router', 'model_h', 'model_b2', 'model_h2')
+PATH_STAGES = ('_backbone', '_easy', '_hard')  # backbone 1 + router, head 1, backbone 2 + head 2
 
 
-def compile_sections(model: Model) -> Model:
-    """torch.compile each section in place (backbone 1, router, head 1, backbone 2, head 2), not the whole model:
-    the per-image routing stays eager Python between compiled graphs, and the batch axis is dynamic because the
-    easy and hard sub-batches change size. State_dict keys are unchanged."""
-    for name in SECTIONS:
-        module = getattr(model, name, None)
-        if module is not None:
-            module.compile(dynamic=True)
+def compile_paths(model: Model) -> Model:
+    """torch.compile the three stages of the routed forward (backbone 1 + router, head 1, backbone 2 + head 2),
+    each one graph with a dynamic batch axis; the per-image routing between them stays eager Python. Compiled
+    callables live on the instance: parameters and state_dict keys are unchanged."""
+    for name in PATH_STAGES:
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
     return model
 
 
 def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device, compile: bool = False) -> Model:
     """Model from a config with a checkpoint loaded strictly (weights_only), float, fused, eval, no gradients;
-    `compile` (extension, --compile) adds torch.compile per section.
+    `compile` (extension, --compile) compiles the three stages of the routed forward.
 
     Raises ConfigError / CheckpointError with one-line messages for a missing or mismatched cfg or checkpoint.
     """
@@ -58,4 +56,4 @@ def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device, co
     for p in model.parameters():
         p.requires_grad_(False)
     model = prepare_for_inference(model.float(), device)
-    return compile_sections(model) if compile else model
+    return compile_paths(model) if compile else model

@@ -133,8 +133,7 @@ class Model(nn.Module):
         path each image's score selects; `get_score`: the (B, 1) scores only."""
         if augment:
             return self._forward_augment(x)
-        b1 = self.model_b({INPUT: [x]})
-        score = self.router([b1[i] for i in self.router_ins]) if self.dynamic else None
+        b1, score = self._backbone(x)
         if self.get_score:
             return score
         if self.training:
@@ -151,14 +150,16 @@ class Model(nn.Module):
         Used for profiling and by callers that already know the route."""
         if path not in PATHS:
             raise ValueError(f'path must be one of {PATHS}, got {path!r}')
-        b1 = self.model_b({INPUT: [x]})
-        if self.dynamic:
-            self.router([b1[i] for i in self.router_ins])
+        b1, _ = self._backbone(x)
         if path == 'easy':
             return self._easy(b1)
         if path == 'hard':
             return self._hard(x, b1)
         return self._hard(x, b1), self._easy(b1)
+
+    def _backbone(self, x: torch.Tensor) -> tuple[list, torch.Tensor | None]:
+        b1 = self.model_b({INPUT: [x]})
+        return b1, (self.router([b1[i] for i in self.router_ins]) if self.dynamic else None)
 
     def _easy(self, b1: list) -> Any:
         return self.model_h({'b1': b1})[-1]

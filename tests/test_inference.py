@@ -42,3 +42,25 @@ def test_prepared_model_equals_the_plain_model_batched_and_per_image() -> None:
     scale = expected.abs().max()
     torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-4 * scale)
     torch.testing.assert_close(single, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_compiled_paths_give_the_same_routes_and_detections() -> None:
+    """--compile: backbone 1 + router, head 1 and backbone 2 + head 2 each compile without a graph break (a break
+    falls back to per-layer frames and is slower than eager); a mixed batch routes and detects as eager (~1 min)."""
+    from torch._dynamo.utils import counters
+    from models.inference import compile_paths
+    _, fast = _models()
+    x = prepare_input(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+                      * torch.linspace(0.1, 1, 4).view(4, 1, 1, 1), fast)
+    with torch.inference_mode():
+        fast.get_score = True
+        ordered = fast(x)[:, 0].sort().values
+        fast.get_score = False
+        fast.dy_thres = float((ordered[1] + ordered[2]) / 2)
+        expected, easy = fast(x)[0], fast.last_easy.clone()
+        torch._dynamo.reset()
+        counters.clear()
+        got = compile_paths(fast)(x)[0]
+    assert not counters['graph_break'], dict(counters['graph_break'])
+    assert torch.equal(fast.last_easy, easy) and int(easy.sum()) == 2
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)

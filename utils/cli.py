@@ -76,9 +76,9 @@ TASKS = ('train', 'val', 'test')
 
 
 def add_compile_flag(p) -> None:
-    """--compile (extension): torch.compile per model section; pays a one-off compile time per input shape."""
+    """--compile (extension): torch.compile of the routed forward's three stages; pays a one-off compile time per input shape."""
     p.add_argument('--compile', action='store_true',
-                   help='torch.compile each model section (extension; first batches of each shape are slow)')
+                   help='torch.compile the three stages of the routed forward (extension; first batches of each shape are slow)')
 
 
 def add_split_flags(p, run_note: str = '') -> None:
