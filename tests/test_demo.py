@@ -16,12 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MAP50_FLOOR = 0.20  # README: default demo, seed 0, 128 validation images; measured 0.269 (all easy) to 0.326
 
 
-def _demo(tmp_path: Path, *flags: str, threads: str | None = '1') -> subprocess.CompletedProcess:
+def _demo(tmp_path: Path, *flags: str, threads: str | None = '1', timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ}
     if threads:
         env.setdefault('OMP_NUM_THREADS', threads)  # two spinning OpenMP threads on 2 shared cores crawl
     return subprocess.run([sys.executable, str(ROOT / 'demo.py'), *flags], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, env=env)
+                          text=True, timeout=timeout, env=env)
 
 
 def _table(log: list[str]) -> list[list[str]]:
@@ -67,7 +67,7 @@ def test_bad_demo_flags_are_one_line(tmp_path: Path) -> None:
 def test_default_demo_reaches_the_readme_floor(tmp_path: Path) -> None:
     """The README's first command as a user runs it (4 min on 2 cores), validated on held-out images: the test
     that the detector learns (an untrained tiny model scores about 0.0003 mAP@.5)."""
-    done = _demo(tmp_path, threads=None)
+    done = _demo(tmp_path, threads=None, timeout=1800)  # 4 min alone; a busy machine must not fail it
     assert done.returncode == 0, done.stderr[-3000:]
     table = _table(done.stderr.replace('\r', '\n').splitlines())
     map50 = [float(row[3]) for row in table]
