@@ -14,8 +14,6 @@ import importlib.util
 import logging
 from pathlib import Path
 
-import yaml
-
 from models.export import export_onnx, export_torchscript, split_model
 from models.exported import ExportError
 from models.graph import ConfigError
@@ -68,8 +66,7 @@ def run(opt: argparse.Namespace) -> Path:
         written += export_onnx(parts, examples, manifest, base, opt.opset)
     if 'torchscript' in opt.include:
         written += export_torchscript(parts, examples, manifest, base)
-    path = base.with_name(f'{base.name}_export.yaml')
-    path.write_text(yaml.safe_dump(manifest.to_dict(), sort_keys=False))
+    path = manifest.save(base.with_name(f'{base.name}_export.yaml'))
     LOGGER.info('Exported %s and the manifest %s', ', '.join(str(p) for p in written), path)
     return path
 

@@ -101,14 +101,11 @@ def torch_forward(model: Model) -> Callable:
 
 def onnx_forward(model: Model, size: int, folder: Path) -> Callable:
     """The same model exported (export.py's three graphs) and routed by models.exported on ONNX Runtime."""
-    import yaml
     from models.export import export_onnx, split_model
     from models.exported import ExportedDynamicModel
     parts, examples, manifest = split_model(model, (size, size), 1, True)
     export_onnx(parts, examples, manifest, folder / f'bench{size}')
-    path = folder / f'bench{size}_export.yaml'
-    path.write_text(yaml.safe_dump(manifest.to_dict()))
-    runner = ExportedDynamicModel(path, 'onnx')
+    runner = ExportedDynamicModel(manifest.save(folder / f'bench{size}_export.yaml'), 'onnx')
 
     def forward(x: torch.Tensor, thres: float):
         runner.dy_thres = thres

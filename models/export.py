@@ -41,9 +41,11 @@ class ExportManifest:
     hard_features: list[int]
     files: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        """Plain types for yaml.safe_dump."""
-        return asdict(self)
+    def save(self, path: Path) -> Path:
+        """Write as YAML (plain types only, safe to read back); returns path."""
+        import yaml
+        path.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
+        return path
 
 
 class _Part1(nn.Module):
@@ -105,9 +107,9 @@ def split_model(model: Model, img_size: tuple[int, int], batch: int, dynamic_bat
     return parts, examples, manifest
 
 
-def input_names(part: str, manifest: ExportManifest) -> list[str]:
+def input_names(part: str, easy_features: list[int], hard_features: list[int]) -> list[str]:
     """Graph input names: images and/or f<layer> features."""
-    feats = {'part1': [], 'easy': manifest.easy_features, 'hard': manifest.hard_features}[part]
+    feats = {'part1': [], 'easy': easy_features, 'hard': hard_features}[part]
     return (['images'] if part != 'easy' else []) + [f'f{i}' for i in feats]
 
 
@@ -121,7 +123,8 @@ def export_onnx(parts: dict, examples: dict, manifest: ExportManifest, out: Path
     written = []
     for name, module in parts.items():
         path = out.with_name(f'{out.name}_{name}.onnx')
-        ins, outs = input_names(name, manifest), output_names(name, manifest)
+        ins = input_names(name, manifest.easy_features, manifest.hard_features)
+        outs = output_names(name, manifest)
         axes = {n: {0: 'batch'} for n in ins + outs} if manifest.dynamic_batch else None
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # tracer notes on Python floats from shapes: the batch axis stays free

@@ -80,7 +80,7 @@ class ExportedDynamicModel:
         for part, mask in (('easy', easy), ('hard', ~easy)):
             if mask.any():
                 idx = np.nonzero(mask)[0]
-                names = input_names(part, _Names(self.spec))
+                names = input_names(part, self.spec['easy_features'], self.spec['hard_features'])
                 arrays = [x[idx] if n == 'images' else by_index[int(n[1:])][idx] for n in names]
                 outputs[part] = (idx, self.parts[part](*arrays)[0])
         first = next(iter(outputs.values()))[1]
@@ -89,9 +89,3 @@ class ExportedDynamicModel:
             decoded[idx] = out
         return decoded, easy
 
-
-class _Names:
-    """The manifest's feature lists with attribute access, for export.input_names."""
-
-    def __init__(self, spec: dict) -> None:
-        self.easy_features, self.hard_features = spec['easy_features'], spec['hard_features']
