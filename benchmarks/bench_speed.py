@@ -113,12 +113,11 @@ def onnx_forward(model: Model, size: int, folder: Path) -> Callable:
     return forward
 
 
-def row(cfg: str, model: Model, forward: tuple[str, Callable], size: int, batch: int, path: str, half: bool,
-        reps: int, peak: tuple[float, float] | None) -> str:
-    """One printed line of the table."""
+def row(cfg: str, model: Model, forward: tuple[str, Callable], size: int, flops: dict[str, float], batch: int,
+        path: str, half: bool, reps: int, peak: tuple[float, float] | None) -> str:
+    """One printed line of the table (flops: the model's GFLOPs per path at size)."""
     batches, thres = batches_for(model, path, batch, size)
     s = seconds_per_batch(forward[1], batches, thres, reps)
-    flops = model.flops(size)
     gflops = {'easy': flops['easy'], 'hard': flops['hard'], 'mixed': (flops['easy'] + flops['hard']) / 2}[path]
     ips = batch / s
     tflops = gflops * ips / 1e3
@@ -161,7 +160,7 @@ def main() -> None:
         for half in ([False, True] if opt.half and device.type == 'cuda' else [False]):
             model = build(cfg, device, half)
             for size in opt.sizes:
-                engines = [('torch', torch_forward(model))]
+                engines, flops = [('torch', torch_forward(model))], model.flops(size)
                 if opt.compile:
                     compiled = compile_paths(copy.copy(model))  # a shallow copy: same weights, own compiled stages
                     engines.append(('compil', torch_forward(compiled)))
@@ -170,7 +169,7 @@ def main() -> None:
                 for batch in opt.batches:
                     for path in ('easy', 'hard', 'mixed'):
                         for engine in engines:
-                            print(row(cfg, model, engine, size, batch, path, half, opt.reps, peak), flush=True)
+                            print(row(cfg, model, engine, size, flops, batch, path, half, opt.reps, peak), flush=True)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from .graph import INPUT
@@ -43,7 +44,6 @@ class ExportManifest:
 
     def save(self, path: Path) -> Path:
         """Write as YAML (plain types only, safe to read back); returns path."""
-        import yaml
         path.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
         return path
 

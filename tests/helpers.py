@@ -128,3 +128,15 @@ def coco128_view(folder: Path) -> Path:
             (folder / name).symlink_to(COCO128 / name, target_is_directory=True)
     (folder / 'train2017.txt').write_text((COCO128 / 'train2017.txt').read_text())
     return folder / 'train2017.txt'
+
+
+def quick_step1_files(folder: Path, n: int, seed: int) -> tuple[Path, Path]:
+    """n synthetic 96-px images (a quarter for val) and the p5 hyp with a short warmup and no mosaic/mixup/paste-in,
+    for fast CPU training tests; returns (data YAML, hyp YAML)."""
+    import yaml
+    from utils.synthetic import generate_dataset
+    data = generate_dataset(folder / 'data', n, img_size=96, val_fraction=0.25, seed=seed)
+    hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
+    hyp.update(warmup_epochs=1, warmup_min_iterations=0, mosaic=0.0, mixup=0.0, paste_in=0.0)
+    (folder / 'hyp1.yaml').write_text(yaml.safe_dump(hyp))
+    return data, folder / 'hyp1.yaml'

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MAP50_FLOOR = 0.20  # README: default demo, seed 0, 128 validation images; measured 0.269 (all easy) to 0.326
 
 
-def _demo(tmp_path: Path, *flags: str, threads: str | None = '1', timeout: float = 600) -> subprocess.CompletedProcess:
+def _demo(tmp_path: Path, *flags: str, threads: str | None = '1',
+          timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ}
     if threads:
         env.setdefault('OMP_NUM_THREADS', threads)  # two spinning OpenMP threads on 2 shared cores crawl

@@ -15,7 +15,7 @@ import yaml
 
 import train_step1
 from models.checkpoint import read_checkpoint
-from utils.synthetic import generate_dataset
+from tests.helpers import quick_step1_files
 from utils.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,12 +25,8 @@ TINY = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step1.yaml')
 @pytest.fixture(scope='module')
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """32 synthetic 96-px images (24 train, 8 val) and a quick hyp (short warmup, no mosaic)."""
-    folder = tmp_path_factory.mktemp('synthetic')
-    data = generate_dataset(folder / 'data', 32, img_size=96, val_fraction=0.25, seed=0)
-    hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
-    hyp.update(warmup_epochs=1, warmup_min_iterations=0, mosaic=0.0, mixup=0.0, paste_in=0.0)
-    (folder / 'hyp.yaml').write_text(yaml.safe_dump(hyp))
-    return {'data': str(data), 'hyp': str(folder / 'hyp.yaml')}
+    data, hyp = quick_step1_files(tmp_path_factory.mktemp('synthetic'), 32, seed=0)
+    return {'data': str(data), 'hyp': str(hyp)}
 
 
 def _flags(synthetic: dict, project: Path, epochs: int = 2, *extra: str) -> list[str]:

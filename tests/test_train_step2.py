@@ -17,7 +17,7 @@ from models.yolo import Model
 from tests.test_train import ROOT, _kill_after_epochs, _results_epochs
 from utils.dataloaders import create_dataloader
 from utils.loss import ComputeLossOTADy
-from utils.synthetic import generate_dataset
+from tests.helpers import quick_step1_files
 from utils.train_setup import init_seeds, scale_hyp
 
 TINY1 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step1.yaml')
@@ -28,12 +28,9 @@ TINY2 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml')
 def step1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A 1-epoch step-1 run of the tiny config on 24 synthetic images, and a quick step-2 hyp."""
     folder = tmp_path_factory.mktemp('step1')
-    data = generate_dataset(folder / 'data', 24, img_size=96, val_fraction=0.25, seed=2)
-    hyp1 = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
-    hyp1.update(warmup_epochs=1, warmup_min_iterations=0, mosaic=0.0, mixup=0.0, paste_in=0.0)
-    (folder / 'hyp1.yaml').write_text(yaml.safe_dump(hyp1))
+    data, hyp1 = quick_step1_files(folder, 24, seed=2)
     run = train_step1.train(train_step1.parse_opt([
-        '--cfg', TINY1, '--data', str(data), '--hyp', str(folder / 'hyp1.yaml'), '--epochs', '1', '--batch-size',
+        '--cfg', TINY1, '--data', str(data), '--hyp', str(hyp1), '--epochs', '1', '--batch-size',
         '6', '--img', '64', '--device', 'cpu', '--workers', '0', '--noautoanchor', '--project', str(folder / 'r')]))
     hyp2 = yaml.safe_load((ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml').read_text())
     hyp2.update(lr0=0.01, warmup_min_iterations=0, nbs=2)  # a router step every batch of 2

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from models.graph import ConfigError
-from models.inference import load_for_inference
+from models.inference import load_for_inference, prepare_input
 from utils.cli import increment_path
 from utils.data_config import load_data_config
 from utils.evaluation import EvalOptions, evaluate, per_image_ms, split_loader, summarize
@@ -47,15 +47,13 @@ def format_thresholds(thresholds: list[str]) -> str:
     return '\n'.join(lines + ['*' * 51])
 
 
-def collect_scores(model, loader, device: torch.device, half: bool) -> np.ndarray:
+def collect_scores(model, loader) -> np.ndarray:
     """Router scores of every image of the loader (all B of each batch)."""
     model.get_score = True
     scores = []
     with torch.inference_mode():
         for imgs, *_ in tqdm(loader, desc='Router scores'):
-            imgs = imgs.to(device, non_blocking=True)
-            imgs = (imgs.half() if half else imgs.float()) / 255.0
-            scores.append(model(imgs).float().view(-1).cpu())
+            scores.append(model(prepare_input(imgs, model) / 255.0).float().view(-1).cpu())
     model.get_score = False
     return torch.cat(scores).numpy() if scores else np.zeros(0)
 
@@ -70,7 +68,7 @@ def dynamic_thresholds(opt: argparse.Namespace,
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
     loader, dataset, img_size, half = split_loader(model, opt, data, data['nc'], device)
-    scores = collect_scores(model, loader, device, half)
+    scores = collect_scores(model, loader)
     result = ThresholdResult(thresholds_from_scores(scores), scores, list(dataset.img_files))
     if on_thresholds is not None:
         on_thresholds(result.thresholds)
