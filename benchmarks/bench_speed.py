@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.inference import compile_paths, prepare_for_inference, prepare_input  # noqa: E402
 from models.yolo import Model  # noqa: E402
+from utils.cli import add_compile_flag  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
 # The paper (SPEC §1.1): FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). The reference on this project's
@@ -148,7 +149,7 @@ def main() -> None:
     p.add_argument('--device', default='cpu')
     p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
     p.add_argument('--onnx', action='store_true', help='also the exported graphs on ONNX Runtime (fp32)')
-    p.add_argument('--compile', action='store_true', help='also the torch.compile-d stages (--compile of the scripts)')
+    add_compile_flag(p)  # also rows for the torch.compile-d stages (the scripts' --compile [MODE])
     opt = p.parse_args()
     device = select_device(opt.device)
     peak = device_peak(device)
@@ -162,7 +163,7 @@ def main() -> None:
             for size in opt.sizes:
                 engines, flops = [('torch', torch_forward(model))], model.flops(size)
                 if opt.compile:
-                    compiled = compile_paths(copy.copy(model))  # a shallow copy: same weights, own compiled stages
+                    compiled = compile_paths(copy.copy(model), opt.compile)  # a shallow copy: same weights, own compiled stages
                     engines.append(('compil', torch_forward(compiled)))
                 if opt.onnx and not half:
                     engines.append(('ort', onnx_forward(model, size, Path(tempfile.mkdtemp()))))

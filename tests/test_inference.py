@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.inference import prepare_for_inference, prepare_input
@@ -64,3 +65,23 @@ def test_compiled_paths_give_the_same_routes_and_detections() -> None:
     assert not counters['graph_break'], dict(counters['graph_break'])
     assert torch.equal(fast.last_easy, easy) and int(easy.sum()) == 2
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_compile_flag_modes_reach_torch_compile(monkeypatch) -> None:
+    """--compile alone is mode 'default', --compile reduce-overhead (CUDA graphs per path) is passed through to each
+    of the three stages, no flag compiles nothing, and an unknown mode is an argparse error."""
+    import argparse
+    from models import inference
+    from utils.cli import add_compile_flag
+    p = argparse.ArgumentParser()
+    add_compile_flag(p)
+    assert p.parse_args([]).compile is None
+    assert p.parse_args(['--compile']).compile == 'default'
+    assert p.parse_args(['--compile', 'reduce-overhead']).compile == 'reduce-overhead'
+    with pytest.raises(SystemExit):
+        p.parse_args(['--compile', 'fastest'])
+    seen = []
+    monkeypatch.setattr(inference.torch, 'compile', lambda fn, **kw: seen.append(kw) or fn)
+    _, fast = _models()
+    inference.compile_paths(fast, 'reduce-overhead')
+    assert seen == [{'dynamic': True, 'mode': 'reduce-overhead'}] * 3

@@ -75,10 +75,16 @@ def run_cli(run, opt, logger: logging.Logger):
 TASKS = ('train', 'val', 'test')
 
 
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune')
+
+
 def add_compile_flag(p) -> None:
-    """--compile (extension): torch.compile of the routed forward's three stages; pays a one-off compile time per input shape."""
-    p.add_argument('--compile', action='store_true',
-                   help='torch.compile the three stages of the routed forward (extension; first batches of each shape are slow)')
+    """--compile [MODE] (extension): torch.compile of the routed forward's three stages; 'reduce-overhead' also
+    captures each stage as CUDA graphs (one per batch size met) on a GPU; pays a one-off compile time per shape."""
+    p.add_argument('--compile', nargs='?', const='default', default=None, choices=COMPILE_MODES, metavar='MODE',
+                   help='torch.compile the three stages of the routed forward (extension; first batches of each '
+                        'shape are slow); MODE reduce-overhead adds CUDA-graph capture per path on a GPU, '
+                        f'one of {", ".join(COMPILE_MODES)} (default: default)')
 
 
 def add_split_flags(p, run_note: str = '') -> None:
