@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
-from utils.yaml_io import read_yaml
+from utils.yaml_io import read_yaml_mapping
 
 from .graph import ConfigError, SECTIONS
 
@@ -48,13 +48,9 @@ def load_config(cfg: str | Path | dict) -> tuple[dict, str]:
     if isinstance(cfg, dict):
         data, source = copy.deepcopy(cfg), '<dict config>'
     else:
-        path = Path(cfg)
         source = str(cfg)
-        if not path.is_file():
-            raise ConfigError(f'{source}: model config not found; pass --cfg with a file such as cfg/dy-yolov7-step2.yaml')
-        data = read_yaml(path, ConfigError, 'a model config')
-    if not isinstance(data, dict):
-        raise ConfigError(f'{source}: a model config must be a mapping of keys, got {type(data).__name__}')
+        data = read_yaml_mapping(cfg, ConfigError, 'a model config',
+                                 f'{source}: model config not found; pass --cfg with a file such as cfg/dy-yolov7-step2.yaml')
     validate_config(data, source)
     return data, source
 

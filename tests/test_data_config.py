@@ -85,7 +85,7 @@ def test_working_directory_is_the_fallback_for_reference_yamls(tmp_path: Path,
     ('train: t.txt\nnc: 1\n', 'missing val; add `val:'),
     ('nc: 1\n', 'missing train, val'),
     ('train: t.txt\nval: ""\nnc: 1\n', 'missing val'),
-    ('- train\n- val\n', 'expected a mapping with train/val/nc/names, got list'),
+    ('- train\n- val\n', 'a data config (train/val/nc/names) must be a mapping of keys, got list'),
     ('', 'got NoneType'),
     ('train: [t.txt\nval: v.txt\n', 'not valid YAML for a data config'),
 ])

@@ -181,3 +181,28 @@ def test_recipe_flags_train_an_epoch(tmp_path: Path, synthetic: dict, extra: lis
     assert _results_epochs(run) == [0]
     rows = np.loadtxt(run / 'results.csv', delimiter=',', skiprows=1, ndmin=2)
     assert np.isfinite(rows).all()
+
+
+@pytest.mark.parametrize('text, message', [
+    ('- 1\n', 'hyperparameters must be a mapping of keys, got list'),
+    ('lr0: [0.01\n', 'not valid YAML for hyperparameters'),
+    ('{drop}', 'missing lr0, mosaic; start from a shipped file'),
+    ('{lr0: fast}', 'lr0 must be a number'),
+])
+def test_bad_hyp_files_are_one_line(tmp_path: Path, text: str, message: str) -> None:
+    """A hyp YAML that is not a mapping, does not parse, lacks a key the recipe reads or holds a non-number is one
+    TrainOptionError line naming the file; every shipped hyp passes."""
+    from utils.train_options import TrainOptionError
+    from utils.train_setup import load_hyp
+    root = Path(__file__).resolve().parents[1]
+    for shipped in (root / 'hyp').glob('*.yaml'):
+        load_hyp(str(shipped))
+    hyp = yaml.safe_load((root / 'hyp/hyp.scratch.p5.yaml').read_text())
+    if text == '{drop}':
+        text = yaml.safe_dump({k: v for k, v in hyp.items() if k not in ('lr0', 'mosaic')})
+    elif text == '{lr0: fast}':
+        text = yaml.safe_dump({**hyp, 'lr0': 'fast'})
+    (tmp_path / 'h.yaml').write_text(text)
+    with pytest.raises(TrainOptionError, match=message) as e:
+        load_hyp(str(tmp_path / 'h.yaml'))
+    assert str(tmp_path / 'h.yaml') in str(e.value) and '\n' not in str(e.value)

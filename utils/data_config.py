@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from utils.labels import IMG_FORMATS
-from utils.yaml_io import read_yaml
+from utils.yaml_io import read_yaml_mapping
 
 LOGGER = logging.getLogger(__name__)
 SPLITS = ('train', 'val', 'test')
@@ -51,11 +51,8 @@ def _check_names(cfg: dict, path: Path) -> None:
 def load_data_config(path: str | Path, required: tuple[str, ...] = ('train', 'val')) -> dict:
     """Read a data YAML: check its keys, resolve split paths to absolute strings (a list per split)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataConfigError(f'data YAML {path} not found; pass --data with the path of an existing YAML file')
-    cfg = read_yaml(path, DataConfigError, 'a data config')
-    if not isinstance(cfg, dict):
-        raise DataConfigError(f'{path}: expected a mapping with train/val/nc/names, got {type(cfg).__name__}')
+    cfg = read_yaml_mapping(path, DataConfigError, 'a data config (train/val/nc/names)',
+                            f'data YAML {path} not found; pass --data with the path of an existing YAML file')
     missing = [k for k in required if not cfg.get(k)]
     if missing:
         raise DataConfigError(f'{path}: missing {", ".join(missing)}; add `{missing[0]}: <txt list, image folder '

@@ -30,10 +30,9 @@ from utils.sampling import epoch_image_weights, labels_to_class_weights, multi_s
 from utils.train_checkpoint import restore_training_state, save_epoch, strip_checkpoint, training_checkpoint
 from utils.train_logging import ResultsLog, TrainWriter, cuda_memory_gb, plot_labels, plot_lr_schedule, \
     plot_results, plot_train_batch, progress_header, progress_line
-from utils.train_setup import build_train_model, check_label_classes, init_seeds, scale_hyp, train_loader, \
+from utils.train_setup import build_train_model, check_label_classes, init_seeds, load_hyp, scale_hyp, train_loader, \
     val_loader, write_run_files
 from utils.train_options import TrainOptionError
-from utils.yaml_io import read_yaml
 
 LOGGER = logging.getLogger(__name__)
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
@@ -105,7 +104,7 @@ class Trainer:
         """Data, model, optimizer, schedule, EMA, restored state, loaders, losses."""
         opt, ctx = self.opt, self.ctx
         init_seeds(opt.seed + 2 + ctx.rank)
-        self.hyp = read_yaml(opt.hyp, TrainOptionError, 'hyperparameters')
+        self.hyp = load_hyp(opt.hyp)
         self.nbs = int(self.hyp.get('nbs', 64))  # nominal batch per optimizer step (hyp `nbs`: our extension)
         self.data = load_data_config(opt.data, required=('train', 'val'))
         self.nc = 1 if opt.single_cls else int(self.data['nc'])
