@@ -49,11 +49,28 @@ def device_peak(device: torch.device) -> tuple[float, float] | None:
 def build(cfg: str, device: torch.device, half: bool) -> Model:
     """Fused inference model with a router whose scores spread over images."""
     torch.manual_seed(0)
-    model = Model(cfg)
+    model = Model(cfg).eval()
     with torch.no_grad():
         for p in model.router.parameters():
             p.normal_(0, 1.0)
+        spread_router(model)
     return prepare_for_inference(model, device, half=half)
+
+
+def spread_router(model: Model, size: int = 256, gap: float = 4.0) -> None:
+    """Rescale the router's last layer so that a dark and a bright random image score `gap` logits apart around 0:
+    random weights alone saturate the sigmoid on the wide models (every score 1.0, no mixed routing)."""
+    logits = []
+    hook = model.router.layer2.register_forward_hook(lambda module, args, out: logits.append(out.flatten()))
+    probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    model.get_score = True
+    model(probe * torch.tensor([0.05, 1.0]).view(2, 1, 1, 1))
+    model.get_score = False
+    hook.remove()
+    z, layer = logits[0].double(), model.router.layer2
+    factor = gap / float(z[1] - z[0])
+    layer.weight.mul_(factor)
+    layer.bias.copy_(factor * (layer.bias - z.mean()))
 
 
 def batches_for(model: Model, path: str, batch: int, size: int) -> tuple[list[torch.Tensor], float]:
@@ -72,6 +89,8 @@ def batches_for(model: Model, path: str, batch: int, size: int) -> tuple[list[to
     if batch == 1:  # the lowest and the highest score, alternately, threshold between them
         return [pool[order[:1]], pool[order[-1:]]], float(scores[order[:2]].mean())
     lo, hi = scores[order[batch // 2 - 1]], scores[order[batch // 2]]
+    if not lo < hi:
+        raise SystemExit(f'error: router scores tie at the median ({float(lo)}): no 50/50 split to time')
     return [pool], float((lo + hi) / 2)
 
 
