@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from models.inference import load_for_inference
-from utils.cli import add_compile_flag, check_img_size, increment_path, run_cli
+from utils.cli import add_compile_flag, add_detection_flags, check_img_size, increment_path, run_cli
 from utils.data_config import load_data_config
 from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.drawing import class_colours, display_available, draw_detection, draw_status
@@ -39,22 +39,16 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--num-classes', type=int, default=80, help='number of classes the checkpoint was trained for')
     p.add_argument('--source', type=str, default='inference/images', help='file, folder, glob, video, 0 for webcam')
     p.add_argument('--img-size', type=int, default=640, help='inference size (pixels)')
-    p.add_argument('--conf-thres', type=float, default=0.25, help='object confidence threshold')
-    p.add_argument('--iou-thres', type=float, default=0.45, help='IOU threshold for NMS')
+    add_detection_flags(p, 0.25, 0.45)
     p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
     p.add_argument('--view-img', action='store_true', help='display results')
-    p.add_argument('--save-txt', action='store_true', help='save results to *.txt')
-    p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
     p.add_argument('--nosave', action='store_true', help='do not save images/videos')
     p.add_argument('--classes', nargs='+', type=int, help='filter by class: --classes 0, or --classes 0 2 3')
     p.add_argument('--agnostic-nms', action='store_true', help='class-agnostic NMS')
-    p.add_argument('--augment', action='store_true', help='augmented inference')
     p.add_argument('--project', default='runs/detect', help='save results to project/name')
     p.add_argument('--name', default='exp', help='save results to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     add_compile_flag(p)
-    p.add_argument('--dy-thres', type=float, default=0.5,
-                   help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
     p.add_argument('--data', type=str, default='', help='optional data.yaml whose names label the drawings')
     p.add_argument('--batch-size', type=int, default=1,
                    help='images (or video frames) per forward pass; live streams batch one frame per stream')

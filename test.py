@@ -17,7 +17,7 @@ import torch
 
 from models.inference import load_for_inference
 from models.yolo import Model
-from utils.cli import add_split_flags, check_split_flags, increment_path, run_cli
+from utils.cli import add_detection_flags, add_split_flags, check_split_flags, increment_path, run_cli
 from utils.coco_eval import CocoIds, annotation_path, evaluate_json
 from utils.data_config import load_data_config
 from utils.evaluation import EvalOptions, evaluate, per_image_ms, split_loader, summarize
@@ -30,18 +30,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """The reference's flags (`--conf`/`--iou` work as prefixes); `--weights` is accepted for `--weight`."""
     p = argparse.ArgumentParser(prog='test.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_split_flags(p)
-    p.add_argument('--conf-thres', type=float, default=0.001, help='object confidence threshold')
-    p.add_argument('--iou-thres', type=float, default=0.65, help='IOU threshold for NMS')
+    add_detection_flags(p, 0.001, 0.65)
     p.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
-    p.add_argument('--augment', action='store_true', help='augmented inference')
     p.add_argument('--verbose', action='store_true', help='report mAP by class')
-    p.add_argument('--save-txt', action='store_true', help='save results to *.txt')
     p.add_argument('--save-hybrid', action='store_true', help='save label+prediction hybrid results to *.txt')
-    p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
     p.add_argument('--save-json', action='store_true', help='save a cocoapi-compatible JSON results file')
     p.add_argument('--v5-metric', action='store_true', help='assume maximum recall as 1.0 in AP calculation')
-    p.add_argument('--dy-thres', type=float, default=0.5,
-                   help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
     p.add_argument('--save-results', action='store_true', help='append mAP, dy_thres and speed to a results file')
     opt = p.parse_args(argv)
     check_split_flags(p, opt)

@@ -87,6 +87,17 @@ def add_compile_flag(p) -> None:
                         f'one of {", ".join(COMPILE_MODES)} (default: default)')
 
 
+def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:
+    """Flags test.py and detect.py share (reference names; the NMS defaults differ between them)."""
+    p.add_argument('--conf-thres', type=float, default=conf_thres, help='object confidence threshold')
+    p.add_argument('--iou-thres', type=float, default=iou_thres, help='IOU threshold for NMS')
+    p.add_argument('--augment', action='store_true', help='augmented inference')
+    p.add_argument('--save-txt', action='store_true', help='save results to *.txt')
+    p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
+    p.add_argument('--dy-thres', type=float, default=0.5,
+                   help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
+
+
 def add_split_flags(p, run_note: str = '') -> None:
     """Flags shared by the scripts that run a checkpoint over a data split (reference names and defaults)."""
     p.add_argument('--cfg', type=str, default='', help='model.yaml path (a step-2 config for dynamic routing)')
