@@ -164,6 +164,7 @@ def main() -> None:
     p.add_argument('--cfgs', nargs='+', default=['cfg/dy-yolov7-step2.yaml'])
     p.add_argument('--sizes', type=int, nargs='+', default=[640, 320])
     p.add_argument('--batches', type=int, nargs='+', default=[1, 8])
+    p.add_argument('--paths', nargs='+', choices=('easy', 'hard', 'mixed'), default=['easy', 'hard', 'mixed'])
     p.add_argument('--reps', type=int, default=3, help='timed repetitions per cell')
     p.add_argument('--device', default='cpu')
     p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
@@ -187,7 +188,7 @@ def main() -> None:
                 if opt.onnx and not half:
                     engines.append(('ort', onnx_forward(model, size, Path(tempfile.mkdtemp()))))
                 for batch in opt.batches:
-                    for path in ('easy', 'hard', 'mixed'):
+                    for path in opt.paths:
                         for engine in engines:
                             print(row(cfg, model, engine, size, flops, batch, path, half, opt.reps, peak), flush=True)
 

@@ -28,7 +28,8 @@ class Model(nn.Module):
     """A DynamicDet detector built from a YAML config (path or dict).
 
     Attributes: `dynamic` (has a router), `dy_thres` (images with score ≥ dy_thres take the easy path),
-    `get_score` (forward returns only the (B, 1) router scores), `stride` (head strides), `names`.
+    `get_score` (forward returns only the (B, 1) router scores), `stride` (head strides), `names`,
+    `chunk_pixels` (extension: eval batches run in chunks of at most this many pixels; 0 = whole batch).
     """
 
     def __init__(self, cfg: str | Path | dict = 'cfg/dy-yolov7-step2.yaml', ch: int = 3, nc: int | None = None,
@@ -45,6 +46,7 @@ class Model(nn.Module):
         self.dy_thres = 0.5
         self.get_score = False
         self.last_easy: torch.Tensor | None = None  # (B,) bool: which images of the last routed batch took the easy path
+        self.chunk_pixels = 0  # set for the CPU by models.inference.prepare_for_inference
         if self.dynamic:  # created first: the reference's state_dict lists the router first
             self.router = AdaptiveRouter(self.yaml['router_channels'], 1, self.yaml.get('router_reduction', 4))
             self.router_ins = list(self.yaml['router_ins'])
@@ -131,6 +133,10 @@ class Model(nn.Module):
     def forward(self, x: torch.Tensor, augment: bool = False):
         """Train: raw maps of both heads (+ router score when dynamic). Eval: (decoded, raw maps) of the
         path each image's score selects; `get_score`: the (B, 1) scores only."""
+        if not self.training and self.chunk_pixels and x.shape[0] > 1:
+            chunk = max(1, self.chunk_pixels // (x.shape[-2] * x.shape[-1]))
+            if x.shape[0] > chunk:
+                return self._forward_chunks(x, chunk, augment)
         if augment:
             return self._forward_augment(x)
         b1, score = self._backbone(x)
@@ -143,6 +149,16 @@ class Model(nn.Module):
         if not self.dynamic:
             return self._hard(x, b1)
         return self._route(x, b1, score)
+
+    def _forward_chunks(self, x: torch.Tensor, chunk: int, augment: bool):
+        """The eval forward chunk by chunk, outputs and `last_easy` concatenated in input order."""
+        outputs, easy = [], []
+        for part in x.split(chunk):
+            self.last_easy = None
+            outputs.append(self.forward(part, augment))
+            easy.append(self.last_easy)
+        self.last_easy = None if any(e is None for e in easy) else torch.cat(easy)
+        return _cat(outputs)
 
     def forward_path(self, x: torch.Tensor, path: str):
         """Run one path for the whole batch whatever the scores: 'easy' (backbone 1 + router + head 1),
@@ -226,6 +242,16 @@ def _check_anchor_order(det: IDetect) -> None:
 def _take(outputs: list, idx: torch.Tensor) -> list:
     """Select batch rows idx from every stored section output (None stays None)."""
     return [None if t is None else t.index_select(0, idx) for t in outputs]
+
+
+def _cat(outputs: list):
+    """Concatenate along the batch axis outputs of the same structure (tensors, tuples/lists of them, None)."""
+    first = outputs[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs)
+    return type(first)(_cat(list(parts)) for parts in zip(*outputs))
 
 
 def _merge(batch: int, *parts: tuple[torch.Tensor, Any]):

@@ -85,3 +85,29 @@ def test_compile_flag_modes_reach_torch_compile(monkeypatch) -> None:
     _, fast = _models()
     inference.compile_paths(fast, 'reduce-overhead')
     assert seen == [{'dynamic': True, 'mode': 'reduce-overhead'}] * 3
+
+
+def test_cpu_chunks_give_the_whole_batch_outputs_routes_and_scores() -> None:
+    """Eval batches larger than `chunk_pixels` run chunk by chunk (the CPU default: one 640x640 image's pixels):
+    detections, raw maps, routes and router scores equal the whole-batch forward, uneven last chunk included."""
+    from models.inference import CPU_CHUNK_PIXELS
+    _, fast = _models()
+    assert fast.chunk_pixels == CPU_CHUNK_PIXELS
+    x = prepare_input(torch.rand(7, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+                      * torch.linspace(0.1, 1, 7).view(7, 1, 1, 1), fast)
+    outputs = {}
+    with torch.inference_mode():
+        for chunk_pixels in (0, 2 * 64 * 64):  # whole batch, then chunks of 2, 2, 2, 1
+            fast.chunk_pixels = chunk_pixels
+            fast.get_score = True
+            scores = fast(x)
+            fast.get_score = False
+            fast.dy_thres = float(scores.median())
+            decoded, maps = fast(x)
+            outputs[chunk_pixels] = scores, decoded, maps, fast.last_easy.clone()
+    (s0, d0, m0, e0), (s1, d1, m1, e1) = outputs.values()
+    assert 0 < int(e0.sum()) < 7 and torch.equal(e0, e1)
+    torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(d1, d0, rtol=1e-4, atol=1e-3)
+    for a, b in zip(m1, m0, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
