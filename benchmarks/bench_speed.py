@@ -169,6 +169,7 @@ def main() -> None:
     p.add_argument('--device', default='cpu')
     p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
     p.add_argument('--onnx', action='store_true', help='also the exported graphs on ONNX Runtime (fp32)')
+    p.add_argument('--whole-batch', action='store_true', help='also rows without CPU chunking (chunk_pixels 0)')
     add_compile_flag(p)  # also rows for the torch.compile-d stages (the scripts' --compile [MODE])
     opt = p.parse_args()
     device = select_device(opt.device)
@@ -182,6 +183,10 @@ def main() -> None:
             model = build(cfg, device, half)
             for size in opt.sizes:
                 engines, flops = [('torch', torch_forward(model))], model.flops(size)
+                if opt.whole_batch and model.chunk_pixels:
+                    whole = copy.copy(model)  # a shallow copy: same weights, own chunk setting
+                    whole.chunk_pixels = 0
+                    engines.append(('whole', torch_forward(whole)))
                 if opt.compile:
                     compiled = compile_paths(copy.copy(model), opt.compile)  # a shallow copy: same weights, own compiled stages
                     engines.append(('compil', torch_forward(compiled)))
