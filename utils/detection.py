@@ -62,15 +62,17 @@ class Detector:
         with torch.inference_mode():
             return self.model(x, augment=self.options.augment)[0]
 
-    def letterbox(self, frames: list[Frame]) -> np.ndarray:
-        """The batch as the model takes it (uint8, B×3×H×W); may run ahead in another thread."""
-        return letterbox_batch([f.image for f in frames], self.img_size, self.stride)
+    def letterbox(self, frames: list[Frame]) -> torch.Tensor:
+        """The batch as the model takes it (uint8, B×3×H×W; in pinned memory for a CUDA model, so that the copy
+        to the device does not block); may run ahead in another thread."""
+        boxed = torch.from_numpy(letterbox_batch([f.image for f in frames], self.img_size, self.stride))
+        return boxed.pin_memory() if next(self.model.parameters()).is_cuda else boxed
 
-    def __call__(self, frames: list[Frame], boxed: np.ndarray | None = None) -> BatchResult:
-        """Detect on a batch of frames (letterboxed here unless `boxed` is given); each image is routed by its
-        own router score."""
+    def __call__(self, frames: list[Frame], boxed: torch.Tensor | None = None) -> BatchResult:
+        """Detect on a batch of frames (letterboxed here unless `boxed`, from letterbox(), is given); each image is
+        routed by its own router score."""
         boxed = self.letterbox(frames) if boxed is None else boxed
-        x = prepare_input(torch.from_numpy(boxed), self.model) / 255.0
+        x = prepare_input(boxed, self.model) / 255.0
         if x.device.type == 'cuda' and x.shape != self.last_shape:
             for _ in range(CUDA_WARMUP_PASSES):
                 self._forward(x)
