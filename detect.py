@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from models.inference import load_for_inference
-from utils.cli import add_compile_flag, add_detection_flags, check_img_size, increment_path, run_cli
+from utils.cli import add_engine_flags, add_detection_flags, check_img_size, increment_path, run_cli
 from utils.data_config import load_data_config
 from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.drawing import class_colours, display_available, draw_detection, draw_status
@@ -48,7 +48,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--project', default='runs/detect', help='save results to project/name')
     p.add_argument('--name', default='exp', help='save results to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
-    add_compile_flag(p)
+    add_engine_flags(p)
     p.add_argument('--data', type=str, default='', help='optional data.yaml whose names label the drawings')
     p.add_argument('--batch-size', type=int, default=1,
                    help='images (or video frames) per forward pass; live streams batch one frame per stream')
@@ -92,7 +92,7 @@ def draw(frame: Frame, det: np.ndarray, route: str, fps: float, names: list[str]
 def load_detector(opt: argparse.Namespace) -> Detector:
     """The strict-loaded, fused model with --dy-thres, fp16 on CUDA, wrapped with the NMS settings."""
     device = select_device(opt.device)
-    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device, opt.compile)
+    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device, opt.compile, opt.bf16)
     if model.dynamic:
         model.dy_thres = opt.dy_thres
     if device.type == 'cuda':

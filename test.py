@@ -46,7 +46,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_model(opt: argparse.Namespace, nc: int, device: torch.device) -> Model:
     """Model from --cfg with --weight loaded strictly, fused, in eval mode, threshold set."""
-    model = load_for_inference(opt.cfg, opt.weight, nc, device, opt.compile)
+    model = load_for_inference(opt.cfg, opt.weight, nc, device, opt.compile, opt.bf16)
     if model.dynamic:
         model.dy_thres = opt.dy_thres
         LOGGER.info('Set dynamic threshold to %f', opt.dy_thres)
@@ -88,12 +88,12 @@ def run_test(opt: argparse.Namespace) -> tuple:
     nc = 1 if opt.single_cls else data['nc']
     names = ['item'] if opt.single_cls else [str(n) for n in data['names']]
     model = load_model(opt, nc, device)
-    loader, dataset, img_size, half = split_loader(model, opt, data, nc, device)
+    loader, dataset, img_size = split_loader(model, opt, data, nc, device)
     anno = annotation_path(data, data[opt.task])
     coco_ids = CocoIds(nc, anno, opt.data.endswith('coco.yaml')) if opt.save_json else None
     eval_opt = EvalOptions(opt.conf_thres, opt.iou_thres, save_dir, names, opt.verbose, plots=True,
                            save_txt=opt.save_txt, save_hybrid=opt.save_hybrid, save_conf=opt.save_conf,
-                           coco_ids=coco_ids, v5_metric=opt.v5_metric, augment=opt.augment, half=half)
+                           coco_ids=coco_ids, v5_metric=opt.v5_metric, augment=opt.augment)
     out, confusion = evaluate(model, loader, eval_opt)
     metrics, maps = summarize(out, eval_opt, confusion)
     t = per_image_ms(out)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.inference import compile_paths, prepare_for_inference, prepare_input  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.cli import add_compile_flag  # noqa: E402
+from utils.cli import add_engine_flags  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
 # The paper (SPEC §1.1): FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). The reference on this project's
@@ -46,7 +46,7 @@ def device_peak(device: torch.device) -> tuple[float, float] | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def build(cfg: str, device: torch.device, half: bool) -> Model:
+def build(cfg: str, device: torch.device, precision: str = 'fp32') -> Model:
     """Fused inference model with a router whose scores spread over images."""
     torch.manual_seed(0)
     model = Model(cfg).eval()
@@ -54,7 +54,7 @@ def build(cfg: str, device: torch.device, half: bool) -> Model:
         for p in model.router.parameters():
             p.normal_(0, 1.0)
         spread_router(model)
-    return prepare_for_inference(model, device, half=half)
+    return prepare_for_inference(model, device, half=precision == 'fp16', bf16=precision == 'bf16')
 
 
 def spread_router(model: Model, size: int = 256, gap: float = 4.0) -> None:
@@ -134,17 +134,17 @@ def onnx_forward(model: Model, size: int, folder: Path) -> Callable:
 
 
 def row(cfg: str, model: Model, forward: tuple[str, Callable], size: int, flops: dict[str, float], batch: int,
-        path: str, half: bool, reps: int, peak: tuple[float, float] | None) -> str:
+        path: str, precision: str, reps: int, peak: tuple[float, float] | None) -> str:
     """One printed line of the table (flops: the model's GFLOPs per path at size)."""
     batches, thres = batches_for(model, path, batch, size)
     s = seconds_per_batch(forward[1], batches, thres, reps)
     gflops = {'easy': flops['easy'], 'hard': flops['hard'], 'mixed': (flops['easy'] + flops['hard']) / 2}[path]
     ips = batch / s
     tflops = gflops * ips / 1e3
-    share = f'{100 * tflops / peak[1 if half else 0]:5.1f}%' if peak else '     -'
+    share = f'{100 * tflops / peak[precision == "fp16"]:5.1f}%' if peak and precision != 'bf16' else '     -'
     name = Path(cfg).stem.rsplit('-step', 1)[0]
     ref = reference_figure(name, path, size, batch, model)
-    return (f'{name:<14} {size:>5} {batch:>5} {path:<6} {"fp16" if half else "fp32":<5} {forward[0]:<6} '
+    return (f'{name:<14} {size:>5} {batch:>5} {path:<6} {precision:<5} {forward[0]:<6} '
             f'{1e3 * s / batch:>10.2f} '
             f'{ips:>9.1f} {gflops:>8.4g} {tflops:>8.3f} {share} {ref}')
 
@@ -159,6 +159,12 @@ def reference_figure(name: str, path: str, size: int, batch: int, model: Model) 
     return ''
 
 
+def precisions(opt: argparse.Namespace, device: torch.device) -> list[str]:
+    """fp32, plus fp16 (--half, CUDA) and bf16 (--bf16, CPU)."""
+    cuda = device.type == 'cuda'
+    return ['fp32'] + (['fp16'] if opt.half and cuda else []) + (['bf16'] if opt.bf16 and not cuda else [])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--cfgs', nargs='+', default=['cfg/dy-yolov7-step2.yaml'])
@@ -170,7 +176,7 @@ def main() -> None:
     p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
     p.add_argument('--onnx', action='store_true', help='also the exported graphs on ONNX Runtime (fp32)')
     p.add_argument('--whole-batch', action='store_true', help='also rows without CPU chunking (chunk_pixels 0)')
-    add_compile_flag(p)  # also rows for the torch.compile-d stages (the scripts' --compile [MODE])
+    add_engine_flags(p)  # --compile [MODE]: also compiled rows; --bf16: also bfloat16 rows (CPU)
     opt = p.parse_args()
     device = select_device(opt.device)
     peak = device_peak(device)
@@ -179,8 +185,8 @@ def main() -> None:
     print(f'{"model":<14} {"size":>5} {"batch":>5} {"path":<6} {"dtype":<5} {"engine":<6} {"ms/img":>10} {"img/s":>9} '
           f'{"GFLOPs":>8} {"TFLOP/s":>8} {"peak":>6} reference')
     for cfg in opt.cfgs:
-        for half in ([False, True] if opt.half and device.type == 'cuda' else [False]):
-            model = build(cfg, device, half)
+        for precision in precisions(opt, device):
+            model = build(cfg, device, precision)
             for size in opt.sizes:
                 engines, flops = [('torch', torch_forward(model))], model.flops(size)
                 if opt.whole_batch and model.chunk_pixels:
@@ -190,12 +196,12 @@ def main() -> None:
                 if opt.compile:
                     compiled = compile_paths(copy.copy(model), opt.compile)  # a shallow copy: same weights, own compiled stages
                     engines.append(('compil', torch_forward(compiled)))
-                if opt.onnx and not half:
+                if opt.onnx and precision == 'fp32':
                     engines.append(('ort', onnx_forward(model, size, Path(tempfile.mkdtemp()))))
                 for batch in opt.batches:
                     for path in opt.paths:
                         for engine in engines:
-                            print(row(cfg, model, engine, size, flops, batch, path, half, opt.reps, peak), flush=True)
+                            print(row(cfg, model, engine, size, flops, batch, path, precision, opt.reps, peak), flush=True)
 
 
 if __name__ == '__main__':

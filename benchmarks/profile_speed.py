@@ -1,8 +1,8 @@
 """What bounds a routed path's speed: a torch.profiler run of one path at one batch, its time split into kinds of
 work (convolutions, element-wise, memory moves, ...), the busy share of the device and the top operators.
 
-    python benchmarks/profile_speed.py                                   # CPU: Dy-YOLOv7 hard path, 640, batch 8
-    python benchmarks/profile_speed.py --device 0 --half --batch 32      # GPU: the fp16 batched hard path
+    python benchmarks/profile_speed.py                                         # CPU: Dy-YOLOv7 hard path, 640, batch 8
+    python benchmarks/profile_speed.py --device 0 --precision fp16 --batch 32   # GPU: the fp16 batched hard path
 
 On a GPU, a kernel-busy share well below 100 % of the wall time means the path is bound by launches and Python
 (what CUDA graphs, `--compile reduce-overhead`, remove); a busy device with convolutions far below the peak
@@ -85,17 +85,17 @@ def main() -> None:
     p.add_argument('--reps', type=int, default=3, help='profiled calls')
     p.add_argument('--top', type=int, default=15, help='operators listed')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--half', action='store_true', help='fp16 (CUDA)')
+    p.add_argument('--precision', choices=('fp32', 'fp16', 'bf16'), default='fp32', help='fp16: CUDA; bf16: CPU (--bf16)')
     opt = p.parse_args()
     device = select_device(opt.device)
     cuda = device.type == 'cuda'
-    model = build(opt.cfg, device, opt.half and cuda)
+    model = build(opt.cfg, device, opt.precision)
     batches, thres = batches_for(model, opt.path, opt.batch, opt.size)
     wall, events = profile_path(torch_forward(model), batches[0], thres, cuda, opt.reps)
     gflops = model.flops(opt.size)
     gflops = (gflops['easy'] + gflops['hard']) / 2 if opt.path == 'mixed' else gflops[opt.path]
     print(f'{Path(opt.cfg).stem} {opt.path} path, {opt.size} px, batch {opt.batch}, '
-          f'{"fp16" if opt.half and cuda else "fp32"}, {device}: {gflops * opt.batch / wall / 1e3:.3f} TFLOP/s')
+          f'{opt.precision}, {device}: {gflops * opt.batch / wall / 1e3:.3f} TFLOP/s')
     print('\n'.join(report(events, wall, cuda, opt.reps, opt.top)))
 
 

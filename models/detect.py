@@ -64,6 +64,7 @@ class IDetect(nn.Module):
         """Per level: (B, na, H, W, nc+5) logits."""
         maps = []
         for i, x in enumerate(xs):
+            x = x.to(self.m[i].weight.dtype)  # fp32 heads on bfloat16 backbones (--bf16): boxes keep pixel precision
             y = self.m[i](x) if self.fused else self.im[i](self.m[i](self.ia[i](x)))
             bs, _, ny, nx = y.shape
             maps.append(y.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())

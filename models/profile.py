@@ -37,7 +37,7 @@ def count_gflops(model: nn.Module, path: str, height: int, width: int) -> float:
     with warnings.catch_warnings():  # thop imports distutils-era version helpers
         warnings.simplefilter('ignore', DeprecationWarning)
         import thop  # imported lazily: only profiling needs it
-    probe = _PathProbe(meta_copy(model), path)
+    probe = _PathProbe(meta_copy(model).float(), path)  # counts do not depend on the dtype (fp16 on CUDA, --bf16)
     ch = model.yaml['ch']
     macs, _ = thop.profile(probe, inputs=(torch.zeros(1, ch, height, width, device='meta'),), verbose=False)
     return float(macs) * 2 / 1e9

@@ -23,5 +23,6 @@ class AdaptiveRouter(nn.Module):
         self.layer2 = nn.Conv2d(c // reduction, out_channels, kernel_size=1)
 
     def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        pooled = torch.cat([x.mean((2, 3), keepdim=True) for x in xs], 1)
+        dtype = self.layer1.weight.dtype  # fp32 when the backbones run in bfloat16 (--bf16): routes stay exact
+        pooled = torch.cat([x.mean((2, 3), keepdim=True, dtype=dtype) for x in xs], 1)
         return self.layer2(self.relu(self.layer1(pooled))).flatten(1).sigmoid()

@@ -72,9 +72,9 @@ def test_compile_flag_modes_reach_torch_compile(monkeypatch) -> None:
     of the three stages, no flag compiles nothing, and an unknown mode is an argparse error."""
     import argparse
     from models import inference
-    from utils.cli import add_compile_flag
+    from utils.cli import add_engine_flags
     p = argparse.ArgumentParser()
-    add_compile_flag(p)
+    add_engine_flags(p)
     assert p.parse_args([]).compile is None
     assert p.parse_args(['--compile']).compile == 'default'
     assert p.parse_args(['--compile', 'reduce-overhead']).compile == 'reduce-overhead'
@@ -111,3 +111,34 @@ def test_cpu_chunks_give_the_whole_batch_outputs_routes_and_scores() -> None:
     torch.testing.assert_close(d1, d0, rtol=1e-4, atol=1e-3)
     for a, b in zip(m1, m0, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_backbones_keep_routes_and_boxes_of_fp32() -> None:
+    """--bf16 (CPU): backbones and necks in bfloat16, router and both heads in fp32 (decoded boxes in fp32 pixels);
+    routes equal fp32's away from the threshold, boxes and confidences within bfloat16's error."""
+    _, fast = _models()
+    half = prepare_for_inference(copy.deepcopy(fast), 'cpu', bf16=True)
+    assert next(half.model_b.parameters()).dtype == torch.bfloat16
+    assert {p.dtype for m in (half.router, half.model_h[-1], half.model_h2[-1]) for p in m.parameters()} == {torch.float32}
+    x = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(5)) * torch.linspace(0.1, 1, 6).view(6, 1, 1, 1)
+    with torch.inference_mode():
+        fast.get_score = half.get_score = True
+        scores, scores16 = fast(prepare_input(x, fast))[:, 0], half(prepare_input(x, half))[:, 0]
+        fast.get_score = half.get_score = False
+        ordered = scores.sort().values
+        fast.dy_thres = half.dy_thres = float((ordered[2] + ordered[3]) / 2)
+        expected, got = fast(prepare_input(x, fast))[0], half(prepare_input(x, half))[0]
+    assert scores16.dtype == got.dtype == torch.float32
+    torch.testing.assert_close(scores16, scores, rtol=0.05, atol=1e-3)
+    assert torch.equal(half.last_easy, fast.last_easy) and int(fast.last_easy.sum()) == 3
+    assert (got[..., :4] - expected[..., :4]).abs().max() < 0.02 * 64  # pixels, on a 64 px image
+    assert (got[..., 4:] - expected[..., 4:]).abs().max() < 0.02
+
+
+def test_gflops_count_any_dtype() -> None:
+    """test.py's routing line counts GFLOPs of the model it ran: fp16 (CUDA) and --bf16 models count as fp32 ones
+    (the meta-device count fed them a float input and failed)."""
+    _, fast = _models()
+    expected = fast.flops(64)
+    assert copy.deepcopy(fast).half().flops(64) == expected
+    assert prepare_for_inference(copy.deepcopy(fast), 'cpu', bf16=True).flops(64) == expected

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.inference import prepare_input
 from utils.batch_plots import plot_batch, targets_to_boxes
 from utils.cli import check_img_size
 from utils.coco_eval import CocoIds
@@ -46,7 +47,6 @@ class EvalOptions:
     coco_ids: CocoIds | None = None  # set to collect --save-json rows
     v5_metric: bool = False
     augment: bool = False
-    half: bool = False
 
 
 @dataclass
@@ -94,10 +94,7 @@ def _run_batch(model, imgs: torch.Tensor, targets: torch.Tensor, opt: EvalOption
                compute_loss) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Forward and NMS of one batch; returns detections per image and the targets in padded-image pixels."""
     device = next(model.parameters()).device
-    imgs = imgs.to(device, non_blocking=True)
-    imgs = (imgs.half() if opt.half else imgs.float()) / 255.0
-    if getattr(model, 'input_format', None) is not None:  # channels_last models (inference) want it on input too
-        imgs = imgs.contiguous(memory_format=model.input_format)
+    imgs = prepare_input(imgs, model) / 255.0  # the model's device, dtype (fp16, bf16) and memory layout
     targets = targets.to(device).clone()
     t0 = time_sync(device)
     model.last_easy = None
@@ -121,16 +118,15 @@ def _run_batch(model, imgs: torch.Tensor, targets: torch.Tensor, opt: EvalOption
 
 def split_loader(model, opt, data: dict, nc: int, device: torch.device) -> tuple:
     """For a loaded inference model: the checked image size, fp16 on CUDA (with a warm-up pass) and the rect val
-    loader of `opt.task` → (loader, dataset, img_size, half)."""
+    loader of `opt.task` → (loader, dataset, img_size)."""
     gs = max(int(model.stride.max()), 32)
     img_size = check_img_size(opt.img_size, gs)
-    half = device.type == 'cuda'
-    if half:
+    if device.type == 'cuda':
         model.half()
-        model(torch.zeros(1, 3, img_size, img_size, device=device).half())
+        model(prepare_input(torch.zeros(1, 3, img_size, img_size), model))
     loader, dataset = create_dataloader(data[opt.task], img_size, opt.batch_size, gs, opt, pad=0.5, rect=True,
                                         prefix=f'{opt.task}: ', nc=nc)
-    return loader, dataset, img_size, half
+    return loader, dataset, img_size
 
 
 def evaluate(model, dataloader, opt: EvalOptions, compute_loss=None) -> tuple[EvalStats, ConfusionMatrix]:

@@ -64,21 +64,21 @@ def dynamic_thresholds(opt: argparse.Namespace,
     any sweep, so they show at once); with opt.sweep, the sweep too."""
     data = load_data_config(opt.data, required=(opt.task,))
     device = select_device(opt.device, opt.batch_size)
-    model = load_for_inference(opt.cfg, opt.weight, data['nc'], device, opt.compile)
+    model = load_for_inference(opt.cfg, opt.weight, data['nc'], device, opt.compile, opt.bf16)
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
-    loader, dataset, img_size, half = split_loader(model, opt, data, data['nc'], device)
+    loader, dataset, img_size = split_loader(model, opt, data, data['nc'], device)
     scores = collect_scores(model, loader)
     result = ThresholdResult(thresholds_from_scores(scores), scores, list(dataset.img_files))
     if on_thresholds is not None:
         on_thresholds(result.thresholds)
     if opt.sweep:
         result.save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
-        result.rows = sweep_thresholds(model, loader, result.thresholds, data, img_size, half, result.save_dir)
+        result.rows = sweep_thresholds(model, loader, result.thresholds, data, img_size, result.save_dir)
     return result
 
 
-def sweep_thresholds(model, loader, thresholds: list[str], data: dict, img_size: int, half: bool,
+def sweep_thresholds(model, loader, thresholds: list[str], data: dict, img_size: int,
                      save_dir: Path) -> list[dict]:
     """Evaluate at every threshold; write sweep.csv and sweep.png into save_dir; return the rows."""
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,7 @@ def sweep_thresholds(model, loader, thresholds: list[str], data: dict, img_size:
     rows = []
     for t in tqdm(thresholds, desc='Sweep', unit='threshold'):
         model.dy_thres = float(t)
-        opt = EvalOptions(names=names, plots=False, save_dir=save_dir, training=True, half=half)
+        opt = EvalOptions(names=names, plots=False, save_dir=save_dir, training=True)
         out, confusion = evaluate(model, loader, opt)
         (_, _, map50, map_), _ = summarize(out, opt, confusion)
         share = out.n_easy / max(out.n_routed, 1)
