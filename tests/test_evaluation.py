@@ -138,6 +138,25 @@ def test_test_py_end_to_end_with_save_json(tmp_path: Path, tiny_checkpoint: tupl
     assert len(metrics) == 4 and maps.shape == (80,)
 
 
+@requires_coco128
+def test_test_py_bf16_matches_fp32(tmp_path: Path, tiny_checkpoint: tuple, caplog) -> None:
+    """--bf16 (CPU): the same evaluation in bfloat16 backbones gives fp32's metrics within bfloat16's error, and the
+    routing line still counts GFLOPs."""
+    coco128_view(tmp_path / 'coco128')
+    (tmp_path / 'data.yaml').write_text(yaml.safe_dump({'train': 'coco128/train2017.txt', 'nc': 80,
+                                                        'val': 'coco128/train2017.txt', 'path': str(tmp_path)}))
+    cfg, weights = tiny_checkpoint
+    caplog.set_level(logging.INFO)
+    results = []
+    for extra in ([], ['--bf16']):
+        results.append(test_script.run_test(test_script.parse_opt([
+            '--img-size', '64', '--batch-size', '16', '--device', 'cpu', '--cfg', str(cfg), '--weight', str(weights),
+            '--data', str(tmp_path / 'data.yaml'), '--dy-thres', '2', '--project', str(tmp_path / 'runs'), *extra]))[0])
+    assert results[0][1] > 0  # something is found
+    np.testing.assert_allclose(results[1], results[0], atol=0.02)
+    assert caplog.text.count('Routing: 0/128 images easy') == 2
+
+
 @pytest.mark.parametrize('args,message', [
     (['--weight', 'missing.pt'], 'missing.pt'),
     (['--cfg', 'cfg/nope.yaml'], 'cfg/nope.yaml'),
