@@ -88,7 +88,7 @@ def add_engine_flags(p) -> None:
                         f'one of {", ".join(COMPILE_MODES)} (default: default)')
     p.add_argument('--bf16', action='store_true',
                    help='CPU: run backbones and necks in bfloat16, router and heads in fp32 (extension; ~2x faster '
-                        'on CPUs with AVX512-BF16 or AMX, boxes within ~0.5 px, see README)')
+                        'on CPUs with AVX512-BF16 or AMX; boxes within ~1 px at 640, see README)')
 
 
 def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:
