@@ -192,8 +192,7 @@ def test_recipe_flags_train_an_epoch(tmp_path: Path, synthetic: dict, extra: lis
 def test_bad_hyp_files_are_one_line(tmp_path: Path, text: str, message: str) -> None:
     """A hyp YAML that is not a mapping, does not parse, lacks a key the recipe reads or holds a non-number is one
     TrainOptionError line naming the file; every shipped hyp passes."""
-    from utils.train_options import TrainOptionError
-    from utils.train_setup import load_hyp
+    from utils.train_options import TrainOptionError, load_hyp
     root = Path(__file__).resolve().parents[1]
     for shipped in (root / 'hyp').glob('*.yaml'):
         load_hyp(str(shipped))

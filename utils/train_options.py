@@ -14,10 +14,31 @@ import yaml
 
 from models.checkpoint import read_checkpoint
 from utils.cli import increment_path
+from utils.yaml_io import read_yaml_mapping
 
 
 class TrainOptionError(ValueError):
     """A flag combination that cannot train: one line."""
+
+
+# The hyperparameters the recipe reads without a default (the shipped hyp/*.yaml have all of them).
+HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr',
+            'box', 'cls', 'cls_pw', 'obj', 'obj_pw', 'anchor_t', 'hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate',
+            'scale', 'shear', 'perspective', 'flipud', 'fliplr', 'mosaic', 'mixup')
+
+
+def load_hyp(path: str) -> dict:
+    """Hyperparameters from a YAML mapping holding every key of HYP_KEYS as a number; one-line TrainOptionError."""
+    hyp = read_yaml_mapping(path, TrainOptionError, 'hyperparameters',
+                            f'--hyp {path}: no such file (see hyp/ for the shipped ones)')
+    missing = [k for k in HYP_KEYS if k not in hyp]
+    if missing:
+        raise TrainOptionError(f'--hyp {path}: missing {", ".join(missing)}; start from a shipped file such as '
+                               f'hyp/hyp.scratch.p5.yaml')
+    bad = [k for k, v in hyp.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
+    if bad:
+        raise TrainOptionError(f'--hyp {path}: {bad[0]} must be a number, got {hyp[bad[0]]!r}')
+    return hyp
 
 
 def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
@@ -99,8 +120,7 @@ def check_train_options(opt: argparse.Namespace) -> None:
         raise TrainOptionError(f'--img-size {" ".join(map(str, opt.img_size))}: give one or two sizes >= 32')
     if not opt.cfg:  # our checkpoints hold weights only, so the architecture always comes from a config
         raise TrainOptionError('--cfg is required, e.g. --cfg cfg/dy-yolov7-step1.yaml (--weight gives weights only)')
-    if not Path(opt.hyp).is_file():
-        raise TrainOptionError(f'--hyp {opt.hyp}: no such file (see hyp/ for the shipped ones)')
+    load_hyp(opt.hyp)  # a bad hyp file fails here, before the run folder exists
     opt.img_size.extend([opt.img_size[-1]] * (2 - len(opt.img_size)))
     opt.total_batch_size = opt.batch_size
 

@@ -20,14 +20,10 @@ from models.checkpoint import load_weights, read_checkpoint
 from models.yolo import Model
 from utils.dataloaders import create_dataloader
 from utils.train_options import TrainOptionError
-from utils.yaml_io import read_yaml, read_yaml_mapping
+from utils.yaml_io import read_yaml
 
 LOGGER = logging.getLogger(__name__)
 MIN_TRANSFER_SHARE = 0.5  # below this the checkpoint is for another architecture
-# The hyperparameters the recipe reads without a default (the shipped hyp/*.yaml have all of them).
-HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr',
-            'box', 'cls', 'cls_pw', 'obj', 'obj_pw', 'anchor_t', 'hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate',
-            'scale', 'shear', 'perspective', 'flipud', 'fliplr', 'mosaic', 'mixup')
 
 
 def init_seeds(seed: int) -> None:
@@ -35,20 +31,6 @@ def init_seeds(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def load_hyp(path: str) -> dict:
-    """Hyperparameters from a YAML mapping holding every key of HYP_KEYS as a number; one-line TrainOptionError."""
-    hyp = read_yaml_mapping(path, TrainOptionError, 'hyperparameters',
-                            f'--hyp {path}: no such file (see hyp/ for the shipped ones)')
-    missing = [k for k in HYP_KEYS if k not in hyp]
-    if missing:
-        raise TrainOptionError(f'--hyp {path}: missing {", ".join(missing)}; start from a shipped file such as '
-                               f'hyp/hyp.scratch.p5.yaml')
-    bad = [k for k, v in hyp.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
-    if bad:
-        raise TrainOptionError(f'--hyp {path}: {bad[0]} must be a number, got {hyp[bad[0]]!r}')
-    return hyp
 
 
 def write_run_files(opt: argparse.Namespace, hyp: dict, save_dir: Path) -> None:

@@ -30,9 +30,9 @@ from utils.sampling import epoch_image_weights, labels_to_class_weights, multi_s
 from utils.train_checkpoint import restore_training_state, save_epoch, strip_checkpoint, training_checkpoint
 from utils.train_logging import ResultsLog, TrainWriter, cuda_memory_gb, plot_labels, plot_lr_schedule, \
     plot_results, plot_train_batch, progress_header, progress_line
-from utils.train_setup import build_train_model, check_label_classes, init_seeds, load_hyp, scale_hyp, train_loader, \
+from utils.train_setup import build_train_model, check_label_classes, init_seeds, scale_hyp, train_loader, \
     val_loader, write_run_files
-from utils.train_options import TrainOptionError
+from utils.train_options import TrainOptionError, load_hyp
 
 LOGGER = logging.getLogger(__name__)
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
