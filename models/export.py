@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from .graph import INPUT
+from .inference import prepare_input
 from .yolo import Model
 
 LOGGER = logging.getLogger(__name__)
@@ -54,8 +54,7 @@ class _Part1(nn.Module):
         self.model, self.features = model, features
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        b1 = self.model.model_b({INPUT: [x]})
-        score = self.model.router([b1[i] for i in self.model.router_ins])
+        b1, score = self.model._backbone(x)
         return (score, *[b1[i] for i in self.features])
 
 
@@ -72,7 +71,7 @@ class _Easy(nn.Module):
         self.model, self.features = model, features
 
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
-        return self.model.model_h({'b1': _as_b1(self.model, self.features, feats)})[-1][0]
+        return self.model._easy(_as_b1(self.model, self.features, feats))[0]
 
 
 class _Hard(nn.Module):
@@ -81,8 +80,7 @@ class _Hard(nn.Module):
         self.model, self.features = model, features
 
     def forward(self, x: torch.Tensor, *feats: torch.Tensor) -> torch.Tensor:
-        b1 = _as_b1(self.model, self.features, feats)
-        return self.model.model_h2({'b2': self.model.model_b2({INPUT: [x], 'b1': b1})})[-1][0]
+        return self.model._hard(x, _as_b1(self.model, self.features, feats))[0]
 
 
 def split_model(model: Model, img_size: tuple[int, int], batch: int, dynamic_batch: bool = True
@@ -97,8 +95,7 @@ def split_model(model: Model, img_size: tuple[int, int], batch: int, dynamic_bat
                               easy_f, hard_f)
     parts = {'part1': _Part1(model, features), 'easy': _Easy(model, easy_f), 'hard': _Hard(model, hard_f)}
     parts = {k: v.eval() for k, v in parts.items()}  # a new nn.Module is in train mode, and exporters restore it
-    param = next(model.parameters())
-    x = torch.zeros(batch, 3, *img_size, device=param.device, dtype=param.dtype)
+    x = prepare_input(torch.zeros(batch, 3, *img_size), model)
     with torch.inference_mode():
         score, *feats = parts['part1'](x)
     by_index = dict(zip(features, feats))
