@@ -4,11 +4,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_step1  # noqa: E402
+from tests.test_train import skip_run_plots  # noqa: E402
 from utils.distributed import cleanup, init_distributed  # noqa: E402
 from utils.ema import de_parallel  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
@@ -21,6 +23,7 @@ def main() -> None:
     out = Path(sys.argv[1])
     opt = prepare_options(train_step1.parse_opt(sys.argv[2:]))
     ctx = init_distributed(opt.global_rank, opt.local_rank, opt.world_size, select_device(opt.device))
+    skip_run_plots(pytest.MonkeyPatch())  # the test compares weights; figures would only cost rank 0 time
     trainer = Trainer(opt, ctx)
     trainer.run()
     params = {k: v.detach().cpu() for k, v in de_parallel(trainer.model).named_parameters()}

@@ -1,12 +1,17 @@
-"""Step-1 training on the CPU: a run's files, kill-and-resume, 2-process DDP (gloo), bad input in one line."""
+"""Step-1 training on the CPU: a run's files, kill-and-resume, 2-process DDP (gloo), bad input in one line.
+
+The runs train the small two-level model of tests/helpers.py (every module kind but ReOrg, a few layers each) on
+8 synthetic images at 64 px, one or two steps an epoch: what is checked here is the training loop, not an
+architecture (the pipeline test trains a shipped config end to end)."""
 from __future__ import annotations
 
+import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -15,31 +20,55 @@ import yaml
 
 import train_step1
 from models.checkpoint import read_checkpoint
-from tests.helpers import quick_step1_files
+from tests.helpers import quick_step1_files, tiny_config
+from utils.evaluation import EvalOptions
 from utils.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step1.yaml')
+
+
+def skip_run_plots(patch: pytest.MonkeyPatch) -> None:
+    """Make training skip its matplotlib figures (most of a tiny CPU run's time); the reference-outputs test is the
+    one that checks them, the other runs check what training does."""
+    import utils.trainer as trainer
+    for name in ('plot_results', 'plot_labels', 'plot_lr_schedule'):
+        patch.setattr(trainer, name, lambda *args, **kwargs: None)
+    patch.setattr(trainer, 'EvalOptions', lambda **kwargs: EvalOptions(**{**kwargs, 'plots': False}))
+
+
+@pytest.fixture
+def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process training without its figures, for tests that do not look at them."""
+    skip_run_plots(monkeypatch)
 
 
 @pytest.fixture(scope='module')
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """32 synthetic 96-px images (24 train, 8 val) and a quick hyp (short warmup, no mosaic)."""
-    data, hyp = quick_step1_files(tmp_path_factory.mktemp('synthetic'), 32, seed=0)
-    return {'data': str(data), 'hyp': str(hyp)}
+    """8 synthetic 96-px images (6 train, 2 val), a quick hyp (short warmup, no mosaic, a step every batch) and the
+    small step-1 model config."""
+    folder = tmp_path_factory.mktemp('synthetic')
+    data, hyp_file = quick_step1_files(folder, 8, seed=0)
+    hyp = yaml.safe_load(hyp_file.read_text())
+    hyp['nbs'] = 1  # an optimizer step every batch: the few batches here all move the weights (DDP compares them)
+    hyp_file.write_text(yaml.safe_dump(hyp))
+    (folder / 'small-step1.yaml').write_text(yaml.safe_dump(tiny_config(dynamic=False)))
+    return {'data': str(data), 'hyp': str(hyp_file), 'cfg': str(folder / 'small-step1.yaml')}
 
 
-def _flags(synthetic: dict, project: Path, epochs: int = 2, *extra: str) -> list[str]:
-    return ['--cfg', TINY, '--data', synthetic['data'], '--hyp', synthetic['hyp'], '--epochs', str(epochs),
-            '--batch-size', '8', '--img', '64', '--device', 'cpu', '--workers', '0', '--noautoanchor',
+def _flags(synthetic: dict, project: Path, epochs: int, *extra: str) -> list[str]:
+    """train_step1 flags for the synthetic set: 64 px, batch 6 (one step an epoch), CPU, no loader workers."""
+    return ['--cfg', synthetic['cfg'], '--data', synthetic['data'], '--hyp', synthetic['hyp'], '--epochs',
+            str(epochs), '--batch-size', '6', '--img', '64', '--device', 'cpu', '--workers', '0', '--noautoanchor',
             '--project', str(project), *extra]
 
 
 def _results_epochs(run: Path) -> list[int]:
+    """The epoch numbers of results.txt's lines, in order."""
     return [int(line.split()[0].split('/')[0]) for line in (run / 'results.txt').read_text().splitlines()]
 
 
 def test_training_run_writes_the_reference_outputs(tmp_path: Path, synthetic: dict) -> None:
+    """A 2-epoch run holds the reference's run files and plots, a stripped fp16 last.pt and full epoch checkpoints."""
     run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 2)))
     assert _results_epochs(run) == [0, 1]
     for name in ('opt.yaml', 'hyp.yaml', 'cfg.yaml', 'results.csv', 'results.png', 'LR.png', 'labels.png',
@@ -54,39 +83,49 @@ def test_training_run_writes_the_reference_outputs(tmp_path: Path, synthetic: di
                                                                       'last.pt']
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / 'train_step1.py'), *args], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def forked_training(main: Callable[[list[str]], None], argv: list[str]) -> multiprocessing.Process:
+    """Run a training CLI's main(argv) in a forked child: a real process to SIGKILL, without the seconds a fresh
+    interpreter spends importing torch."""
+    def child() -> None:
+        torch.set_num_threads(1)  # the parent's OpenMP thread pool does not survive fork; one thread needs none
+        main(argv)
+    process = multiprocessing.get_context('fork').Process(target=child, daemon=True)
+    process.start()
+    return process
 
 
-def _kill_after_epochs(process: subprocess.Popen, run: Path, done: int, timeout: float = 240) -> None:
+def kill_after_epochs(process: multiprocessing.Process, run: Path, done: int, timeout: float = 240) -> None:
+    """SIGKILL a training process once it has finished `done` epochs (early in the next one); then every checkpoint
+    on disk must load as a training checkpoint (none half-written) and results.txt list epochs 0..done-1."""
+    marker = run / 'weights' / f'epoch_{done - 1:03d}.pt'  # the last file an epoch writes (runs of <= 5 epochs)
     deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        if (run / 'results.txt').is_file() and len(_results_epochs(run)) >= done:
-            time.sleep(0.3)  # into the next epoch
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            return
-        time.sleep(0.1)
-    raise AssertionError(f'training did not reach {done} epochs: {process.stderr.read() if process.stderr else ""}')
-
-
-def test_kill_and_resume_twice_leaves_no_gap_or_duplicate(tmp_path: Path, synthetic: dict) -> None:
-    run = tmp_path / 'runs' / 'exp'
-    _kill_after_epochs(_start(_flags(synthetic, tmp_path / 'runs', 5), tmp_path), run, 1)
+    while time.time() < deadline and process.is_alive() and not marker.is_file():
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no handler, no clean-up; also ends a child that overran the deadline
+    process.join()
+    assert marker.is_file(), f'training ended (exit code {process.exitcode}) or timed out before {done} epochs'
     for p in (run / 'weights').glob('*.pt'):
-        assert read_checkpoint(p)['epoch'] >= 0  # every file on disk loads (none half-written)
-    _kill_after_epochs(_start(['--resume', str(run / 'weights' / 'last.pt')], tmp_path), run, 3)
-    done = subprocess.run([sys.executable, str(ROOT / 'train_step1.py'), '--resume'], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert _results_epochs(run) == [0, 1, 2, 3, 4]
+        assert read_checkpoint(p)['epoch'] >= 0, p
+    assert _results_epochs(run) == list(range(done))
+
+
+def test_kill_and_resume_twice_leaves_no_gap_or_duplicate(tmp_path: Path, synthetic: dict, no_plots, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3-epoch run SIGKILLed early in epoch 1 and again early in epoch 2, then finished by a bare --resume, logs
+    each epoch once (results.txt and .csv) and ends stripped; resuming it again is one 'nothing to resume' line."""
+    run = tmp_path / 'runs' / 'exp'
+    kill_after_epochs(forked_training(train_step1.main, _flags(synthetic, tmp_path / 'runs', 3)), run, 1)
+    kill_after_epochs(forked_training(train_step1.main, ['--resume', str(run / 'weights' / 'last.pt')]), run, 2)
+    monkeypatch.chdir(tmp_path)  # a bare --resume takes the newest last*.pt under the working directory
+    assert train_step1.train(train_step1.parse_opt(['--resume'])).resolve() == run  # last leg in-process: no kill
+    assert _results_epochs(run) == [0, 1, 2]
     rows = np.loadtxt(run / 'results.csv', delimiter=',', skiprows=1, ndmin=2)
-    assert rows[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert rows[:, 0].tolist() == [0, 1, 2]
     assert read_checkpoint(run / 'weights' / 'last.pt')['epoch'] == -1
-    again = subprocess.run([sys.executable, str(ROOT / 'train_step1.py'), '--resume', str(run / 'weights' / 'last.pt')],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and 'nothing to resume' in again.stderr.strip().splitlines()[-1]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as again:
+        train_step1.main(['--resume', str(run / 'weights' / 'last.pt')])
+    assert again.value.code == 2 and 'nothing to resume' in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_resume_keeps_the_run_options_but_takes_device_and_no_amp(tmp_path: Path) -> None:
@@ -104,9 +143,12 @@ def test_resume_keeps_the_run_options_but_takes_device_and_no_amp(tmp_path: Path
 
 
 def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path: Path, synthetic: dict) -> None:
+    """torchrun with 2 gloo processes, batch 4 (2 steps of 2 + 1 images per rank, each an optimizer step): every
+    parameter ends bit-identical on both ranks, and only rank 0 logs."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29533',
-           str(ROOT / 'tests' / 'ddp_train_worker.py'), str(tmp_path), *_flags(synthetic, tmp_path / 'runs', 1)]
+           str(ROOT / 'tests' / 'ddp_train_worker.py'), str(tmp_path),
+           *_flags(synthetic, tmp_path / 'runs', 1, '--batch-size', '4')]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
@@ -126,8 +168,11 @@ class _NanTrainer(Trainer):
         self.epoch_now = getattr(self, 'epoch_now', -1) + 1
 
 
-def test_nan_losses_stop_with_one_line_and_keep_the_last_checkpoint(tmp_path: Path, synthetic: dict) -> None:
-    opt = train_step1.parse_opt(_flags(synthetic, tmp_path, 3, '--batch-size', '2'))
+def test_nan_losses_stop_with_one_line_and_keep_the_last_checkpoint(tmp_path: Path, synthetic: dict,
+                                                                     no_plots) -> None:
+    """Losses NaN from epoch 1 on: training stops after 5 bad steps in a row (all within epoch 1's 6 batches of 1)
+    with one line, and last.pt is epoch 0's."""
+    opt = train_step1.parse_opt(_flags(synthetic, tmp_path, 3, '--batch-size', '1'))
     from utils.trainer import train
     with pytest.raises(TrainingError, match='NaN/inf for 5 steps in a row'):
         train(opt, _NanTrainer)
@@ -151,8 +196,8 @@ def test_bad_training_input_is_one_line(tmp_path: Path, synthetic: dict, capsys,
     if '{other}' in extra:
         from models.checkpoint import half_state_dict, save_checkpoint
         from models.yolo import Model
-        from tests.helpers import tiny_config
-        save_checkpoint({'model': half_state_dict(Model(tiny_config(dynamic=False)))}, tmp_path / 'other.pt')
+        other = Model({**tiny_config(dynamic=False), 'width_multiple': 2.0})  # twice as wide: 40 of 204 tensors fit
+        save_checkpoint({'model': half_state_dict(other)}, tmp_path / 'other.pt')
         extra = ['--weight', str(tmp_path / 'other.pt')]
     elif '{no val}' in extra or '{nc 1}' in extra:
         changed = {k: v for k, v in data.items() if k != 'val'} if '{no val}' in extra else {**data, 'nc': 1,
@@ -173,10 +218,10 @@ def test_bad_training_input_is_one_line(tmp_path: Path, synthetic: dict, capsys,
 
 
 @pytest.mark.parametrize('extra', [
-    ['--image-weights', '--multi-scale', '--cache-images', '--linear-lr', '--freeze', '10'],
+    ['--image-weights', '--multi-scale', '--cache-images', '--linear-lr', '--freeze', '2'],
     ['--quad', '--rect', '--adam', '--label-smoothing', '0.1', '--single-cls', '--save_period', '1'],
 ])
-def test_recipe_flags_train_an_epoch(tmp_path: Path, synthetic: dict, extra: list) -> None:
+def test_recipe_flags_train_an_epoch(tmp_path: Path, synthetic: dict, no_plots, extra: list) -> None:
     run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 1, *extra)))
     assert _results_epochs(run) == [0]
     rows = np.loadtxt(run / 'results.csv', delimiter=',', skiprows=1, ndmin=2)

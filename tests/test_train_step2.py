@@ -1,8 +1,6 @@
 """Step 2: the median tracker's schedule, a frozen detector (bit-identical), batched = batch-1 losses, resume."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,34 +12,51 @@ import train_step1
 import train_step2
 from models.checkpoint import load_weights, read_checkpoint
 from models.yolo import Model
-from tests.test_train import ROOT, _kill_after_epochs, _results_epochs
+from tests.test_train import ROOT, _results_epochs, forked_training, kill_after_epochs, skip_run_plots
 from utils.dataloaders import create_dataloader
 from utils.loss import ComputeLossOTADy
-from tests.helpers import quick_step1_files
+from tests.helpers import quick_step1_files, tiny_config
 from utils.train_setup import init_seeds, scale_hyp
 
-TINY1 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step1.yaml')
 TINY2 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml')
 
 
 @pytest.fixture(scope='module')
 def step1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A 1-epoch step-1 run of the tiny config on 24 synthetic images, and a quick step-2 hyp."""
+    """The small model's step-1 and step-2 configs, a 1-epoch step-1 run of it on 8 synthetic images (6 train,
+    2 val), and a quick step-2 hyp."""
     folder = tmp_path_factory.mktemp('step1')
-    data, hyp1 = quick_step1_files(folder, 24, seed=2)
-    run = train_step1.train(train_step1.parse_opt([
-        '--cfg', TINY1, '--data', str(data), '--hyp', str(hyp1), '--epochs', '1', '--batch-size',
-        '6', '--img', '64', '--device', 'cpu', '--workers', '0', '--noautoanchor', '--project', str(folder / 'r')]))
+    data, hyp1 = quick_step1_files(folder, 8, seed=2)
+    for step in (1, 2):
+        (folder / f'small-step{step}.yaml').write_text(yaml.safe_dump(tiny_config(dynamic=step == 2)))
+    with pytest.MonkeyPatch.context() as patch:
+        skip_run_plots(patch)  # no test here looks at the figures
+        run = train_step1.train(train_step1.parse_opt([
+            '--cfg', str(folder / 'small-step1.yaml'), '--data', str(data), '--hyp', str(hyp1), '--epochs', '1',
+            '--batch-size', '6', '--img', '64', '--device', 'cpu', '--workers', '0', '--noautoanchor', '--project',
+            str(folder / 'r')]))
     hyp2 = yaml.safe_load((ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml').read_text())
     hyp2.update(lr0=0.01, warmup_min_iterations=0, nbs=2)  # a router step every batch of 2
     (folder / 'hyp2.yaml').write_text(yaml.safe_dump(hyp2))
-    return {'data': str(data), 'weights': str(run / 'weights' / 'last.pt'), 'hyp': str(folder / 'hyp2.yaml')}
+    return {'data': str(data), 'weights': str(run / 'weights' / 'last.pt'), 'hyp': str(folder / 'hyp2.yaml'),
+            'cfg1': str(folder / 'small-step1.yaml'), 'cfg2': str(folder / 'small-step2.yaml')}
 
 
 def _flags(step1: dict, project: Path, epochs: int = 1, batch: int = 2, *extra: str) -> list[str]:
-    return ['--cfg', TINY2, '--weight', step1['weights'], '--data', step1['data'], '--hyp', step1['hyp'],
+    return ['--cfg', step1['cfg2'], '--weight', step1['weights'], '--data', step1['data'], '--hyp', step1['hyp'],
             '--epochs', str(epochs), '--batch-size', str(batch), '--img', '64', '--device', 'cpu', '--workers', '0',
             '--adam', '--noautoanchor', '--project', str(project), *extra]
+
+
+@pytest.fixture(scope='module')
+def step2_run(tmp_path_factory: pytest.TempPathFactory, step1: dict) -> Path:
+    """A 2-epoch step-2 run (3 router steps an epoch) SIGKILLed early in epoch 1, then resumed in-process;
+    epoch_000.pt is the uninterrupted first process's, last.pt the resumed run's final (stripped) one."""
+    project = tmp_path_factory.mktemp('step2')
+    with pytest.MonkeyPatch.context() as patch:
+        skip_run_plots(patch)
+        kill_after_epochs(forked_training(train_step2.main, _flags(step1, project, 2)), project / 'exp', 1)
+        return train_step2.run(train_step2.parse_opt(['--resume', str(project / 'exp' / 'weights' / 'last.pt')]))
 
 
 def test_median_tracker_updates_every_call_then_every_1000th() -> None:
@@ -56,25 +71,26 @@ def test_median_tracker_updates_every_call_then_every_1000th() -> None:
     assert seen[10499] != np.median(values[:10500])  # between refreshes the old value is kept
 
 
-def test_step2_trains_only_the_router(tmp_path: Path, step1: dict) -> None:
-    run = train_step2.run(train_step2.parse_opt(_flags(step1, tmp_path)))
+def test_step2_trains_only_the_router(step1: dict, step2_run: Path) -> None:
+    """Before and after the resume, every detector tensor (BN statistics included) is bit-identical to the step-1
+    weights, while the router has moved from the fresh one the run started with."""
     before = read_checkpoint(step1['weights'])['model']
-    after = read_checkpoint(run / 'weights' / 'last.pt')['model']
-    router = [k for k in after if 'router' in k]
-    assert router and all('router' not in k for k in before)
-    for k, v in before.items():  # every detector tensor, BN running statistics included
-        assert torch.equal(after[k], v), k
     init_seeds(1)  # the run's seed (0 + 2 + rank −1): the same fresh router it started from
-    start = Model(TINY2, nc=3).state_dict()
-    assert _results_epochs(run) == [0]
-    assert any(not torch.equal(after[k], start[k].half()) for k in router)
+    start = Model(step1['cfg2'], nc=3).state_dict()
+    for name in ('epoch_000.pt', 'last.pt'):
+        after = read_checkpoint(step2_run / 'weights' / name)['model']
+        router = [k for k in after if 'router' in k]
+        assert router and all('router' not in k for k in before)
+        for k, v in before.items():
+            assert torch.equal(after[k], v), (name, k)
+        assert any(not torch.equal(after[k], start[k].half()) for k in router), name
 
 
 def test_batched_step2_losses_equal_batch_1(step1: dict) -> None:
-    model = Model(TINY2, nc=3)
+    model = Model(step1['cfg2'], nc=3)
     load_weights(model, {'model': read_checkpoint(step1['weights'])['model']}, strict=False)
     hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml').read_text())
-    model.hyp, model.gr, model.nc = scale_hyp(hyp, 3, 3, 64, 0.0), 1.0, 3
+    model.hyp, model.gr, model.nc = scale_hyp(hyp, model.model_h2[-1].nl, 3, 64, 0.0), 1.0, 3
     model.train()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -94,22 +110,18 @@ def test_batched_step2_losses_equal_batch_1(step1: dict) -> None:
     assert batched.tracked_diff == pytest.approx(single.tracked_diff, rel=1e-4, abs=1e-6)
 
 
-def test_step2_kill_and_resume(tmp_path: Path, step1: dict) -> None:
-    run = tmp_path / 'runs' / 'exp'
-    args = [sys.executable, str(ROOT / 'train_step2.py'), *_flags(step1, tmp_path / 'runs', 3)]
-    _kill_after_epochs(subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        text=True), run, 1)
-    done = subprocess.run([sys.executable, str(ROOT / 'train_step2.py'), '--resume', str(run / 'weights' / 'last.pt')],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert _results_epochs(run) == [0, 1, 2]
+def test_step2_kill_and_resume(step2_run: Path) -> None:
+    """The step-2 run killed after epoch 0 and resumed logs each epoch once and ends stripped."""
+    assert _results_epochs(step2_run) == [0, 1]
+    assert read_checkpoint(step2_run / 'weights' / 'last.pt')['epoch'] == -1
 
 
-@pytest.mark.parametrize('cfg,message', [(TINY1, 'not a step-2 config'),
-                                         (str(ROOT / 'cfg' / 'dy-yolov7-step2.yaml'), 'detector tensors missing')])
+@pytest.mark.parametrize('cfg,message', [('{step 1}', 'not a step-2 config'),
+                                         (TINY2, 'detector tensors missing')])
 def test_step2_wrong_config_is_one_line(tmp_path: Path, step1: dict, capsys, cfg: str, message: str) -> None:
+    """The step-1 config (no router), or a step-2 config of another detector than --weight's, is one line."""
     flags = _flags(step1, tmp_path)
-    flags[flags.index('--cfg') + 1] = cfg
+    flags[flags.index('--cfg') + 1] = step1['cfg1'] if cfg == '{step 1}' else cfg
     with pytest.raises(SystemExit) as e:
         train_step2.main(flags)
     err = capsys.readouterr().err.strip().splitlines()
