@@ -9,65 +9,71 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import export
 from models.checkpoint import save_checkpoint
 from models.exported import ExportedDynamicModel, ExportError
 from models.inference import load_for_inference
 from models.yolo import Model
+from tests.helpers import ROOT, tiny_config
+from tests.test_inference import dark_to_bright, spread_router
 
-ROOT = Path(__file__).resolve().parents[1]
-CFG2 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml')
-IMG = 96
+IMG = 64
+THRESHOLDS = ('all easy', 'three easy', 'all hard')
 
 
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny step-2 checkpoint whose router spreads its scores, exported in both formats."""
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(config, checkpoint, manifest): the routed tiny config with a router that spreads its scores, exported in
+    both formats."""
     folder = tmp_path_factory.mktemp('export')
+    cfg = folder / 'tiny-step2.yaml'
+    cfg.write_text(yaml.safe_dump(tiny_config(nc=3)))
     torch.manual_seed(0)
-    model = Model(CFG2, nc=3)
-    with torch.no_grad():
-        for p in model.router.parameters():
-            p.normal_(0, 1.0)  # a fresh router gives every image nearly the same score
+    model = Model(cfg).eval()
+    spread_router(model)  # a fresh router gives every image nearly the same score
     save_checkpoint({'model': model.state_dict()}, folder / 'tiny.pt')
-    manifest = export.run(export.parse_opt(['--cfg', CFG2, '--weight', str(folder / 'tiny.pt'), '--num-classes', '3',
-                                            '--img-size', str(IMG), '--include', 'onnx', 'torchscript']))
-    return folder / 'tiny.pt', manifest
+    manifest = export.run(export.parse_opt(['--cfg', str(cfg), '--weight', str(folder / 'tiny.pt'),
+                                            '--num-classes', '3', '--img-size', str(IMG),
+                                            '--include', 'onnx', 'torchscript']))
+    return cfg, folder / 'tiny.pt', manifest
 
 
-def _reference(weights: Path, x: torch.Tensor, thres: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    model = load_for_inference(CFG2, str(weights), 3, torch.device('cpu'))
+@pytest.fixture(scope='module')
+def reference(exported: tuple) -> tuple[torch.Tensor, dict[str, tuple[float, np.ndarray, np.ndarray]]]:
+    """A dark-to-bright batch and, per threshold name, (threshold, Model's detections, Model's easy mask)."""
+    cfg, weights, _ = exported
+    model = load_for_inference(str(cfg), str(weights), 3, torch.device('cpu'))
+    x = dark_to_bright(6, IMG, seed=1)
     with torch.inference_mode():
         model.get_score = True
         scores = model(x)[:, 0].numpy()
         model.get_score = False
-        model.dy_thres = thres
-        decoded = model(x)[0].numpy()
-    return decoded, scores >= thres, scores
+        ordered = np.sort(scores)
+        assert ordered[3] - ordered[2] > 0.02, scores  # no score near the middle threshold
+        outputs = {}
+        for name, thres in zip(THRESHOLDS, (0.0, float((ordered[2] + ordered[3]) / 2), 2.0)):
+            model.dy_thres = thres
+            outputs[name] = thres, model(x)[0].numpy(), scores >= thres
+    return x, outputs
 
 
 @pytest.mark.parametrize('backend', ['torchscript', 'onnx'])
-def test_exported_model_routes_and_detects_as_the_model(exported: tuple, backend: str) -> None:
+def test_exported_model_routes_and_detects_as_the_model(exported: tuple, reference: tuple, backend: str) -> None:
     if backend == 'onnx':
         pytest.importorskip('onnxruntime', reason='onnxruntime not installed')
-    weights, manifest = exported
-    x = torch.rand(6, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
-    x = x * torch.linspace(0.1, 1.0, 6).view(6, 1, 1, 1)  # from dark to bright: different router scores
-    _, _, scores = _reference(weights, x, 0.5)
-    ordered = np.sort(scores)
-    assert ordered[-1] - ordered[0] > 1e-3, scores  # the router tells these images apart
-    middle = float((ordered[2] + ordered[3]) / 2)  # three easy, three hard, no score near the threshold
-    for thres in (0.0, middle, 2.0):
-        decoded, easy, _ = _reference(weights, x, thres)
-        out, out_easy = ExportedDynamicModel(manifest, backend, dy_thres=thres)(x)
+    x, outputs = reference
+    for name, (thres, decoded, easy) in outputs.items():
+        out, out_easy = ExportedDynamicModel(exported[2], backend, dy_thres=thres)(x)
+        assert int(easy.sum()) == {'all easy': 6, 'three easy': 3, 'all hard': 0}[name]
         np.testing.assert_array_equal(out_easy, easy)
+        assert out.shape == decoded.shape
         np.testing.assert_allclose(out, decoded, rtol=1e-4, atol=1e-3)
-    assert easy.sum() == 0 and out.shape == decoded.shape
 
 
 def test_manifest_lists_the_graphs_and_the_features(exported: tuple) -> None:
-    _, manifest = exported
+    manifest = exported[2]
     runner = ExportedDynamicModel(manifest, 'torchscript')
     spec = runner.spec
     assert spec['img_size'] == [IMG, IMG] and spec['nc'] == 3 and spec['dy_thres'] == 0.5
@@ -76,16 +82,24 @@ def test_manifest_lists_the_graphs_and_the_features(exported: tuple) -> None:
         assert (manifest.parent / name).is_file()
 
 
-def test_bad_export_input_is_one_line(tmp_path: Path, exported: tuple) -> None:
-    weights, _ = exported
-    step1 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step1.yaml')
+def test_bad_export_input_is_one_line(tmp_path: Path, exported: tuple, capsys) -> None:
+    """A step-1 config, a missing checkpoint (in process) and a too small --img-size (through the script, as a
+    user runs it) each end with exit code 2 and one line naming the problem; a missing manifest is an
+    ExportError."""
+    cfg, weights, _ = exported
+    step1 = tmp_path / 'tiny-step1.yaml'
+    step1.write_text(yaml.safe_dump(tiny_config(dynamic=False, nc=3)))
     torch.manual_seed(0)
-    save_checkpoint({'model': Model(step1, nc=3).state_dict()}, tmp_path / 's1.pt')
-    for args, expected in ((['--cfg', step1, '--weight', str(tmp_path / 's1.pt')], 'not a step-2 config'),
-                           (['--cfg', CFG2, '--weight', str(tmp_path / 'none.pt')], 'not found'),
-                           (['--cfg', CFG2, '--weight', str(weights), '--img-size', '8'], '--img-size')):
-        done = subprocess.run([sys.executable, str(ROOT / 'export.py'), '--num-classes', '3', *args],
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2 and expected in done.stderr.strip().splitlines()[-1], done.stderr[-500:]
+    save_checkpoint({'model': Model(step1).state_dict()}, tmp_path / 's1.pt')
+    for args, expected in (([str(step1), str(tmp_path / 's1.pt')], 'not a step-2 config'),
+                           ([str(cfg), str(tmp_path / 'none.pt')], 'not found')):
+        with pytest.raises(SystemExit) as e:
+            export.main(['--num-classes', '3', '--cfg', args[0], '--weight', args[1]])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and expected in err[-1] and 'Traceback' not in '\n'.join(err), err[-5:]
+    done = subprocess.run([sys.executable, str(ROOT / 'export.py'), '--num-classes', '3', '--cfg', str(cfg),
+                           '--weight', str(weights), '--img-size', '8'], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and '--img-size' in done.stderr.strip().splitlines()[-1], done.stderr[-500:]
+    assert 'Traceback' not in done.stderr
     with pytest.raises(ExportError, match='no such export manifest'):
         ExportedDynamicModel(tmp_path / 'missing.yaml')
