@@ -34,12 +34,13 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 def conv_with_bias(template: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-    """A Conv2d shaped like `template` (stride, padding, groups, dilation) holding the given tensors."""
+    """A Conv2d shaped like `template` (stride, padding, groups, dilation) taking over the given tensors (pass
+    fresh ones, such as fold_batchnorm's: they become its parameters without a copy)."""
+    # built on the meta device: the default initialisation would draw values that are replaced at once
     conv = nn.Conv2d(template.in_channels, template.out_channels, template.kernel_size, template.stride,
-                     template.padding, template.dilation, template.groups, bias=True,
-                     device=weight.device, dtype=weight.dtype)
-    conv.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-    conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+                     template.padding, template.dilation, template.groups, bias=True, device='meta')
+    conv.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    conv.bias = nn.Parameter(bias.detach(), requires_grad=False)
     return conv
 
 

@@ -16,6 +16,10 @@ from utils.loss import (ComputeLoss, ComputeLossOTA, ComputeLossOTADual, Compute
 HYP = {'box': 0.05, 'cls': 0.3, 'cls_pw': 1.0, 'obj': 0.7 * (128 / 640) ** 2, 'obj_pw': 1.0, 'fl_gamma': 0.0,
        'anchor_t': 4.0, 'label_smoothing': 0.0}
 RTOL = 1e-5
+# L1 − L2 (the step-2 difference) inherits the absolute rounding of two float32 head losses below 1 each, so it is
+# compared with an absolute tolerance: relative to a small difference (0.0033 in the fixture) one rounding step of
+# a loss is already more than RTOL.
+DIFF_ATOL = 2 * RTOL
 requires_loss_fixture = pytest.mark.skipif(
     not (REFERENCE / 'loss.npz').is_file(),
     reason=f'loss fixture not found at {REFERENCE / "loss.npz"} (it lives in ../shared; set DYNAMICDET_SHARED)')
@@ -39,8 +43,8 @@ def ref() -> dict:
     return d
 
 
-def _close(actual: torch.Tensor, expected: np.ndarray) -> None:
-    np.testing.assert_allclose(actual.detach().numpy().ravel(), expected.ravel(), rtol=RTOL)
+def _close(actual: torch.Tensor, expected: np.ndarray, atol: float = 0.0) -> None:
+    np.testing.assert_allclose(actual.detach().numpy().ravel(), expected.ravel(), rtol=RTOL, atol=atol)
 
 
 def _maps(batch: int, hw: tuple[int, int], heads: int = 1, seed: int = 0, grad: bool = True) -> list[torch.Tensor]:
@@ -90,10 +94,11 @@ def test_dy_steps_match_reference(model, ref) -> None:
         preds = ([p[b:b + 1] for p in ref['preds']], torch.tensor([[s]], dtype=torch.float32))
         loss, items = loss_fn(preds, rows, ref['imgs'][b:b + 1])
         _close(loss, ref[f'dy_step{b}_loss'])
-        _close(items, ref[f'dy_step{b}_items'])
+        _close(items[:1], ref[f'dy_step{b}_items'][:1], atol=DIFF_ATOL)  # L1 − L2
+        _close(items[1:], ref[f'dy_step{b}_items'][1:])
     diffs = [float(ref[f'dy_step{b}_items'][0]) for b in range(3)]
     assert loss_fn.iter_count == 3
-    assert loss_fn.tracked_diff == pytest.approx(float(np.median(diffs)), rel=RTOL)
+    assert loss_fn.tracked_diff == pytest.approx(float(np.median(diffs)), rel=0, abs=DIFF_ATOL)
 
 
 @requires_loss_fixture
@@ -120,12 +125,14 @@ def test_image_without_targets_and_batch_without_targets(model) -> None:
 def test_no_targets_gives_objectness_only(model) -> None:
     maps = _maps(2, (64, 64), grad=False)
     loss, items = ComputeLossOTA(model)(maps, torch.zeros(0, 6), torch.zeros(2, 3, 64, 64))
-    bce = [torch.nn.functional.binary_cross_entropy_with_logits(m[..., 4], torch.zeros_like(m[..., 4]))
-           for m in maps]
+    obj_logits = [m[..., 4].double() for m in maps]  # the expected value in float64, from the same logits
+    bce = [torch.nn.functional.binary_cross_entropy_with_logits(o, torch.zeros_like(o)) for o in obj_logits]
     expected = HYP['obj'] * (4.0 * bce[0] + 1.0 * bce[1] + 0.4 * bce[2])
     assert items[0] == 0 and items[2] == 0
-    assert items[1].item() == pytest.approx(expected.item(), rel=1e-6)
-    assert loss.item() == pytest.approx(2 * expected.item(), rel=1e-6)
+    # the loss runs in float32: means over up to 384 logits may round by ~1e-6 relative; 1e-5 still tells a
+    # wrong level weight (a change of 1 % or more) apart
+    assert items[1].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(2 * expected.item(), rel=1e-5)
 
 
 def test_non_square_input_scales_x_by_width(model) -> None:
@@ -175,12 +182,14 @@ def test_dy_batch_equals_consecutive_batch1_calls(model) -> None:
         score_grads.append(torch.autograd.grad(loss_b, s)[0])
     assert loss.shape == (1,)
     assert loss.item() == pytest.approx(torch.cat(losses).sum().item(), rel=1e-6)
-    torch.testing.assert_close(items, torch.stack(all_items).mean(0), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(grads[-1], torch.cat(score_grads), rtol=1e-6, atol=1e-7)
-    assert grads[-1][1:].abs().min() > 0  # the first image sees median = its own difference: zero gradient
+    # L1 − L2 and the score gradients (L1 − L2 − median) are differences of float32 losses below 1: absolute
+    # tolerances of a few of their rounding steps (one step of 0.7 is 6e-8); image 1's difference is only 0.0013
+    torch.testing.assert_close(items, torch.stack(all_items).mean(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[-1], torch.cat(score_grads), rtol=1e-6, atol=1e-6)
+    assert grads[-1][1:].abs().min() > 0.01  # the first image sees median = its own difference: zero gradient
     assert batched.iter_count == single.iter_count == 3
-    np.testing.assert_allclose(batched.diff_list, single.diff_list, rtol=1e-6)
-    assert batched.tracked_diff == pytest.approx(single.tracked_diff, rel=1e-6)
+    np.testing.assert_allclose(batched.diff_list, single.diff_list, rtol=0, atol=1e-6)
+    assert batched.tracked_diff == pytest.approx(single.tracked_diff, rel=0, abs=1e-6)
 
 
 def test_dual_is_the_sum_of_both_heads(model) -> None:
