@@ -1,5 +1,10 @@
-"""demo.py end to end: at a toy size (every stage, every output), and at its default size (the README's first
-command), where the trained model must reach the mAP floor the README states."""
+"""demo.py end to end at a toy size: every stage, every output, the equivalent commands, a learning floor an
+untrained model cannot reach, and the same table from the same seed.
+
+The default-size demo (the README's first command, 4-13 min on 2 cores) is not run here: its figures depend on
+float rounding that differs between CPUs, amplified by 960 training steps. `benchmarks/bench_demo.py` runs it
+over several seeds and prints each figure's mean and spread; the README quotes those.
+"""
 from __future__ import annotations
 
 import csv
@@ -8,21 +13,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+TOY = ('--images', '40', '--img', '64', '--epochs', '12', '--router-epochs', '1', '--batch-size', '8',
+       '--workers', '0', '--device', 'cpu')
+# Step 1's mean training loss in its last epoch over its first (which already includes the first steps), at the TOY
+# size: 0.79-0.82 over seeds 0-3 with 1 and 2 threads (see the closing note of issue 15). An untrained model's
+# ratio is ~1: the same model sees the same images, flipped or not, in both epochs.
+LOSS_RATIO_FLOOR = 0.90
+SCRIPTS = ('train_step1.py', 'train_step2.py', 'get_dynamic_thres.py', 'detect.py')
+OUTPUT_LINES = ('data ', 'step 1 ', 'step 2 ', 'thresholds ', 'sweep plot ', 'detections ')
 
 
-MAP50_FLOOR = 0.20  # README: default demo, seed 0, 128 validation images; measured 0.269 (all easy) to 0.326
-
-
-def _demo(tmp_path: Path, *flags: str, threads: str | None = '1',
-          timeout: float = 600) -> subprocess.CompletedProcess:
+def _demo(folder: Path, *flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ}
-    if threads:
-        env.setdefault('OMP_NUM_THREADS', threads)  # two spinning OpenMP threads on 2 shared cores crawl
-    return subprocess.run([sys.executable, str(ROOT / 'demo.py'), *flags], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    env.setdefault('OMP_NUM_THREADS', '1')  # two spinning OpenMP threads on 2 shared cores crawl
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, str(ROOT / 'demo.py'), *flags], cwd=folder, capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+def _log(done: subprocess.CompletedProcess) -> list[str]:
+    """stderr lines, tqdm's carriage returns as line breaks."""
+    return done.stderr.replace('\r', '\n').splitlines()
 
 
 def _table(log: list[str]) -> list[list[str]]:
@@ -31,46 +46,108 @@ def _table(log: list[str]) -> list[list[str]]:
     return [line.split() for line in log[header + 1:header + 4]]
 
 
-def test_demo_runs_every_stage_and_reports_where_outputs_are(tmp_path: Path) -> None:
-    done = _demo(tmp_path, '--images', '30', '--img', '64', '--epochs', '2', '--router-epochs', '1',
-                 '--batch-size', '8', '--device', 'cpu')
+def _sweep(out: Path) -> list[dict[str, float]]:
+    with open(out / 'sweep' / 'sweep.csv', newline='') as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One toy-size demo run (seed 0): its output folder and the finished process."""
+    folder = tmp_path_factory.mktemp('demo')
+    done = _demo(folder, *TOY)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = tmp_path / 'runs' / 'demo'
-    log = done.stderr.replace('\r', '\n').splitlines()
-    for script in ('train_step1.py', 'train_step2.py', 'get_dynamic_thres.py', 'detect.py'):
+    return folder / 'runs' / 'demo', done
+
+
+def test_demo_runs_every_stage_and_reports_where_outputs_are(toy) -> None:
+    out, done = toy
+    log = _log(done)
+    for script in SCRIPTS:
         assert any(line.startswith(f'  = python {script} ') for line in log), script  # the equivalent command
-    table = _table(log)
-    sweep = list(csv.DictReader(open(out / 'sweep' / 'sweep.csv')))
-    assert len(sweep) == 11 and len(set(r['threshold'] for r in sweep)) >= 2
-    assert [row[0] for row in table] == ['0', f'{float(sweep[5]["threshold"]):.4g}', '1']
-    assert table[0][1] == '100%' and table[2][1] == '0%'  # threshold 0: all easy; 1: all hard
-    assert float(table[0][2]) < float(table[2][2])  # the easy path costs less
-    assert all(0 <= float(v) <= 1 for row in table for v in row[3:5]) and all(float(r[5]) > 0 for r in table)
+    for line in OUTPUT_LINES:
+        assert any(entry.startswith(f'  {line}') for entry in log), line
+    assert (out / 'data' / 'data.yaml').is_file()
+    assert all((out / 'train' / 'step1' / name).is_file() for name in ('results.png', 'results.csv', 'weights/last.pt'))
+    step2 = torch.load(out / 'train' / 'step2' / 'weights' / 'last.pt', map_location='cpu', weights_only=True)
+    assert any('router' in k for k in step2['model'])
     thresholds = (out / 'sweep' / 'thresholds.txt').read_text().splitlines()
     assert thresholds[0] == '*' * 51 and len(thresholds[1].split()) == 11
     assert (out / 'sweep' / 'sweep.png').is_file()
     samples = sorted(p.name for p in (out / 'samples').glob('*.jpg'))
     assert samples and sorted(p.name for p in (out / 'detect').glob('*.jpg')) == samples
     assert sum(' path, Done.' in line for line in log) == len(samples)  # one line per image, route included
-    step2 = torch.load(out / 'train' / 'step2' / 'weights' / 'last.pt', map_location='cpu', weights_only=True)
-    assert any('router' in k for k in step2['model'])
-    for line in ('data ', 'step 1 ', 'step 2 ', 'thresholds ', 'sweep plot ', 'detections '):
-        assert any(entry.startswith(f'  {line}') for entry in log), line
 
 
-def test_bad_demo_flags_are_one_line(tmp_path: Path) -> None:
-    done = _demo(tmp_path, '--img', '100')
-    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(
-        '--img must be a multiple of 32 and at least 64, got 100')
+def test_demo_table_is_three_rows_of_its_sweep(toy) -> None:
+    """The printed rows are sweep rows 0, 5 and 10; their figures obey what holds for any trained model."""
+    out, done = toy
+    table, sweep = _table(_log(done)), _sweep(out)
+    assert len(sweep) == 11 and len({r['threshold'] for r in sweep}) >= 2
+    assert [row[0] for row in table] == ['0', f'{sweep[5]["threshold"]:.4g}', '1']
+    for row, picked in zip(table, (sweep[0], sweep[5], sweep[10])):
+        assert row[1:5] == [f'{100 * picked["easy_share"]:.0f}%', f'{picked["gflops_per_image"]:.3f}',
+                            f'{picked["mAP@.5"]:.3f}', f'{picked["mAP@.5:.95"]:.3f}']
+    shares = [r['easy_share'] for r in sweep]
+    assert shares[0] == 1 and shares == sorted(shares, reverse=True)  # score >= 0 always: threshold 0 is all easy
+    assert all(0 <= r[k] <= 1 for r in sweep for k in ('mAP@.5', 'mAP@.5:.95')) and all(float(r[5]) > 0 for r in table)
+    # GFLOPs/image = share * easy + (1 - share) * hard, with the easy path the cheaper one
+    flops = [r['gflops_per_image'] for r in sweep]
+    assert all((a < b) == (sa > sb) for a, b, sa, sb in zip(flops, flops[1:], shares, shares[1:]))
+    assert flops[0] < flops[-1] or shares[-1] == 1
+
+
+def test_demo_learns(toy) -> None:
+    """Step 1's mean training loss falls by more than an untrained model's could (floor measured over seeds and
+    thread counts, see LOSS_RATIO_FLOOR)."""
+    out, _ = toy
+    with open(out / 'train' / 'step1' / 'results.csv', newline='') as f:
+        losses = [float(row['train/total_loss']) for row in csv.DictReader(f)]
+    assert len(losses) == int(TOY[TOY.index('--epochs') + 1])
+    assert losses[-1] <= LOSS_RATIO_FLOOR * losses[0], losses
+
+
+def _train_both_steps(folder: Path, data: Path, cfgs: tuple[Path, Path]) -> list[dict]:
+    """The demo's two training calls (its hyps, Adam, --seed 0) on the small model; the
+    state_dicts of step 1's and step 2's last.pt."""
+    import train_step1
+    import train_step2
+    from demo import HYP1, HYP2
+    common = ['--img', '64', '--batch-size', '4', '--workers', '0', '--device', 'cpu', '--data', str(data),
+              '--project', str(folder), '--notest', '--seed', '0', '--adam', '--noautoanchor']
+    step1 = train_step1.train(train_step1.parse_opt(['--cfg', str(cfgs[0]), '--weight', '', '--hyp', str(HYP1),
+                                                     '--epochs', '1', '--name', 'step1', *common]))
+    step2 = train_step2.run(train_step2.parse_opt(['--cfg', str(cfgs[1]), '--weight', str(step1 / 'weights' / 'last.pt'),
+                                                   '--hyp', str(HYP2), '--epochs', '1', '--name', 'step2', *common]))
+    return [torch.load(run / 'weights' / 'last.pt', map_location='cpu', weights_only=True)['model']
+            for run in (step1, step2)]
+
+
+def test_same_seed_trains_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes the demo's table reproducible on one machine: with the same --seed, the demo's step 1 and step 2
+    (its hyps, shuffling, flips) give bit-identical weights. Its data (tests/test_synthetic.py) and
+    evaluation are deterministic too; the toy demo run twice printed the same table."""
+    import yaml
+    from tests.helpers import tiny_config
+    from tests.test_train import skip_run_plots
+    from utils.synthetic import generate_dataset
+    skip_run_plots(monkeypatch)
+    data = generate_dataset(tmp_path / 'data', 10, img_size=64, val_fraction=0.2, seed=0)
+    cfgs = (tmp_path / 'small-step1.yaml', tmp_path / 'small-step2.yaml')
+    for step, cfg in enumerate(cfgs, 1):
+        cfg.write_text(yaml.safe_dump(tiny_config(dynamic=step == 2)))
+    first, second = (_train_both_steps(tmp_path / name, data, cfgs) for name in ('a', 'b'))
+    for a, b in zip(first, second):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(v, first[0][k]) for k, v in first[1].items() if k in first[0])  # detector frozen
+
+
+def test_bad_demo_flags_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import demo
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        demo.main(['--img', '100'])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith('--img must be a multiple of 32 and at least 64, got 100') and 'Traceback' not in err
     assert not (tmp_path / 'runs').exists()
-
-
-def test_default_demo_reaches_the_readme_floor(tmp_path: Path) -> None:
-    """The README's first command as a user runs it (4 min on 2 cores), validated on held-out images: the test
-    that the detector learns (an untrained tiny model scores about 0.0003 mAP@.5)."""
-    done = _demo(tmp_path, threads=None, timeout=1800)  # 4 min alone; a busy machine must not fail it
-    assert done.returncode == 0, done.stderr[-3000:]
-    table = _table(done.stderr.replace('\r', '\n').splitlines())
-    map50 = [float(row[3]) for row in table]
-    assert min(map50) >= MAP50_FLOOR, table
-    assert [row[1] for row in table] == ['100%', '50%', '0%']
