@@ -1,5 +1,5 @@
-"""demo.py end to end at a toy size: every stage, every output, the equivalent commands, a learning floor an
-untrained model cannot reach, and the same table from the same seed.
+"""demo.py end to end at a toy size: every stage, every output, the equivalent commands and a learning floor an
+untrained model cannot reach; and the same seed training the same weights (what makes its table reproducible).
 
 The default-size demo (the README's first command, 4-13 min on 2 cores) is not run here: its figures depend on
 float rounding that differs between CPUs, amplified by 960 training steps. `benchmarks/bench_demo.py` runs it
