@@ -1,4 +1,4 @@
-"""Building blocks of the DynamicDet graphs (SPEC §3), with their fused (inference) forms.
+"""Building blocks of the DynamicDet graphs (as the reference's models/common.py), with their fused (inference) forms.
 
 Every block keeps the reference's attribute names, so state_dict keys match released checkpoints.
 """

@@ -1,4 +1,4 @@
-"""Test helpers: where ../shared lives, and the name-keyed deterministic weight fill of SPEC §14.3."""
+"""Test helpers: where ../shared lives, and the name-keyed deterministic weight fill the golden figures were made with."""
 from __future__ import annotations
 
 import json
@@ -41,7 +41,7 @@ def reference_npz(name: str) -> dict[str, np.ndarray]:
 
 
 def fill_value(key: str, tensor: torch.Tensor) -> torch.Tensor:
-    """The SPEC §14.3 value of one state_dict entry, in float64."""
+    """The fill value of one state_dict entry (seeded by the CRC32 of its key), in float64."""
     g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
     z = torch.randn(tensor.shape, generator=g, dtype=torch.float64)
     if key.endswith('running_var'):

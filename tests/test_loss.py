@@ -1,4 +1,4 @@
-"""Losses (SPEC §6) against the reference's loss.npz (§14.5), plus the fixed and extended behaviour."""
+"""Losses (the reference's utils/loss.py: ComputeLossOTA, -Dual, -Dy) against its golden loss.npz, plus the fixed and extended behaviour."""
 from __future__ import annotations
 
 import math

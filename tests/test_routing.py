@@ -1,4 +1,4 @@
-"""Batched routing (our extension, SPEC §4): each image takes its own path; easy images skip backbone 2."""
+"""Batched routing (our extension; the reference routes batch size 1 only): each image takes its own path; easy images skip backbone 2."""
 from __future__ import annotations
 
 import torch
