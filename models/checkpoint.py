@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+
+COPY_CHUNK = 16 << 20  # bytes per read when copying a checkpoint file
 
 
 class CheckpointError(ValueError):
@@ -131,12 +135,22 @@ def half_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:
     """torch.save atomically: write a temporary file beside `path`, fsync, then rename over it."""
+    _write_atomically(path, lambda f: torch.save(ckpt, f))
+
+
+def copy_checkpoint(source: str | Path, path: str | Path) -> None:
+    """Copy a saved checkpoint file to `path` atomically (a byte copy: no second serialisation)."""
+    with open(source, 'rb') as src:
+        _write_atomically(path, lambda f: shutil.copyfileobj(src, f, COPY_CHUNK))
+
+
+def _write_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(ckpt, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

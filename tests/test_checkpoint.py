@@ -161,3 +161,23 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path: Path) -> None:
         save_checkpoint({'model': {'w': torch.ones(1)}, 'bad': Unsaveable()}, path)
     assert read_checkpoint(path)['epoch'] == 1
     assert [p.name for p in tmp_path.iterdir()] == ['last.pt']
+
+
+def test_epoch_copies_and_stripping_from_memory_equal_the_written_checkpoint(tmp_path: Path) -> None:
+    """save_epoch serialises last.pt once and byte-copies it to best/epoch files; stripping the checkpoint the
+    trainer still holds writes the same file as stripping what is read back from disk."""
+    from utils.ema import ModelEMA
+    from utils.train_checkpoint import save_epoch, strip_checkpoint, training_checkpoint
+    model = Model(tiny_config(dynamic=False))
+    optimizer = torch.optim.Adam(model.parameters())
+    ckpt = training_checkpoint(0, 0.5, 'line', model, ModelEMA(model), optimizer)
+    save_epoch(ckpt, tmp_path, epoch=0, epochs=3, is_best=True)
+    names = sorted(p.name for p in tmp_path.glob('*.pt'))
+    assert names == ['best.pt', 'epoch_000.pt', 'last.pt']
+    assert len({(tmp_path / n).read_bytes() for n in names}) == 1
+    strip_checkpoint(tmp_path / 'best.pt')
+    strip_checkpoint(tmp_path / 'last.pt', ckpt)
+    from_disk, from_memory = read_checkpoint(tmp_path / 'best.pt'), read_checkpoint(tmp_path / 'last.pt')
+    assert from_disk.keys() == from_memory.keys() and from_memory['epoch'] == -1 and from_memory['optimizer'] is None
+    assert all(torch.equal(v, from_disk['model'][k]) for k, v in from_memory['model'].items())
+    assert ckpt['epoch'] == 0 and ckpt['optimizer'] is not None  # the held checkpoint is left as it was

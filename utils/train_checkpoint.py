@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import half_state_dict, load_weights, read_checkpoint, save_checkpoint
+from models.checkpoint import copy_checkpoint, half_state_dict, load_weights, read_checkpoint, save_checkpoint
 from utils.ema import ModelEMA, de_parallel
 
 LOGGER = logging.getLogger(__name__)
@@ -43,15 +43,18 @@ def checkpoint_names(epoch: int, epochs: int, is_best: bool, save_period: int = 
 
 
 def save_epoch(ckpt: dict, weights_dir: Path, epoch: int, epochs: int, is_best: bool, save_period: int = -1) -> None:
-    """last.pt, then best / epoch copies as the policy says; each written atomically."""
-    save_checkpoint(ckpt, weights_dir / 'last.pt')
+    """last.pt, then best / epoch copies as the policy says; each written atomically. The copies are byte copies
+    of last.pt: serialising a checkpoint costs ~25x copying its file."""
+    last = weights_dir / 'last.pt'
+    save_checkpoint(ckpt, last)
     for name in checkpoint_names(epoch, epochs, is_best, save_period):
-        save_checkpoint(ckpt, weights_dir / name)
+        copy_checkpoint(last, weights_dir / name)
 
 
-def strip_checkpoint(path: Path) -> None:
-    """Finished-run form: `model` ← `ema`, training state dropped, epoch −1 (what --weight and releases use)."""
-    ckpt = read_checkpoint(path)
+def strip_checkpoint(path: Path, saved: dict | None = None) -> None:
+    """Finished-run form: `model` ← `ema`, training state dropped, epoch −1 (what --weight and releases use).
+    `saved`: the checkpoint dict last written to `path`, when the caller still holds it (spares reading it back)."""
+    ckpt = dict(saved) if saved is not None else read_checkpoint(path)
     if ckpt.get('ema') is not None:
         ckpt['model'] = ckpt['ema']
     ckpt.update(optimizer=None, training_results=None, wandb_id=None, ema=None, updates=None, epoch=-1)

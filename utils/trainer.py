@@ -123,6 +123,7 @@ class Trainer:
                                 'is finished)')
         self.start_epoch, self.best_fitness = state.start_epoch, state.best_fitness
         self.best_epoch = int(ckpt.get('best_epoch', self.start_epoch - 1)) if ckpt else -1
+        self.last_saved: dict | None = None  # the checkpoint this process last wrote to last.pt
         self.lf = self.lr_function()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.scheduler.last_epoch = self.start_epoch - 1
@@ -310,13 +311,16 @@ class Trainer:
                                    self.optimizer)
         ckpt['best_epoch'] = self.best_epoch
         save_epoch(ckpt, self.weights_dir, epoch, self.epochs, is_best, self.opt.save_period)
+        self.last_saved = ckpt
 
     def finish(self, epochs_run: int, t0: float) -> None:
         """Plots, stripped final checkpoints and the reference's closing line."""
         plot_results(self.save_dir)
+        saved = self.last_saved  # also what best.pt holds when the best epoch is the last saved one
         for name in ('last.pt', 'best.pt'):
+            same = saved is not None and (name == 'last.pt' or self.best_epoch == saved['epoch'])
             if (self.weights_dir / name).is_file():
-                strip_checkpoint(self.weights_dir / name)
+                strip_checkpoint(self.weights_dir / name, saved if same else None)
         LOGGER.info(f'{epochs_run} epochs completed in {(time.time() - t0) / 3600:.3f} hours.\n'
                     f'Results saved to {self.save_dir}')
 
