@@ -14,6 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 MAX_LEGEND_CLASSES = 21  # per-class lines get a legend only when there are few classes
+# The reference drew at 200-250 dpi: 3000-px PNGs, ~1 s each to encode on a CPU core, read on screens at a third
+# of that; 150 dpi keeps every label sharp at a third of the time.
+PLOT_DPI = 150
 
 
 def _name(names: dict | list | tuple, i: int) -> str:
@@ -34,7 +37,7 @@ def plot_pr_curve(px: np.ndarray, py: list[np.ndarray], ap: np.ndarray, save_pat
         ax.plot(px, py.mean(1), linewidth=3, color='blue', label=f'all classes {ap[:, 0].mean():.3f} mAP@0.5')
     ax.set(xlabel='Recall', ylabel='Precision', xlim=(0, 1), ylim=(0, 1))
     ax.legend(bbox_to_anchor=(1.04, 1), loc='upper left')
-    fig.savefig(save_path, dpi=250)
+    fig.savefig(save_path, dpi=PLOT_DPI)
     plt.close(fig)
 
 
@@ -50,7 +53,7 @@ def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_path: Path, names: dict |
         ax.plot(px, y, linewidth=3, color='blue', label=f'all classes {y.max():.2f} at {px[y.argmax()]:.3f}')
     ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1))
     ax.legend(bbox_to_anchor=(1.04, 1), loc='upper left')
-    fig.savefig(save_path, dpi=250)
+    fig.savefig(save_path, dpi=PLOT_DPI)
     plt.close(fig)
 
 
@@ -71,5 +74,5 @@ def plot_confusion_matrix(matrix: np.ndarray, save_path: Path, names: dict | lis
                 ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=8,
                         color='white' if v > 0.5 else 'black')
     ax.set(xlabel='True', ylabel='Predicted')
-    fig.savefig(save_path, dpi=250)
+    fig.savefig(save_path, dpi=PLOT_DPI)
     plt.close(fig)

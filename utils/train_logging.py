@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-import utils.plots  # noqa: F401  (selects the Agg backend before pyplot is imported)
+from utils.plots import PLOT_DPI  # (importing utils.plots selects the Agg backend before pyplot)
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -173,8 +173,10 @@ def plot_results(save_dir: str | Path) -> Path | None:
         LOGGER.warning(f'plot_results: no epochs in {path}, results.png not drawn')
         return None
     cols = math.ceil((len(names) - 1) / 2)
-    fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.5), tight_layout=True)
+    fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.5))
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.07, top=0.92, wspace=0.45, hspace=0.4)  # tight_layout: +50 %
     for ax, name, y in zip(axes.ravel(), names[1:], data[:, 1:].T):
+        ax.tick_params(labelsize=7)
         ok = np.isfinite(y)
         ax.plot(data[ok, 0], y[ok], marker='.', linewidth=1, markersize=6, label='results')
         ax.plot(data[ok, 0], _smooth(y[ok]), ':', linewidth=2, label='smooth')
@@ -183,7 +185,7 @@ def plot_results(save_dir: str | Path) -> Path | None:
         ax.axis('off')
     axes.ravel()[0].legend(fontsize=7)
     out = Path(save_dir) / 'results.png'
-    fig.savefig(out, dpi=200)
+    fig.savefig(out, dpi=PLOT_DPI)
     plt.close(fig)
     return out
 
@@ -196,7 +198,7 @@ def plot_lr_schedule(lr_fn: Callable[[int], float], epochs: int, lr0: float, sav
     ax.set(xlabel='epoch', ylabel='LR', xlim=(0, max(epochs, 1)), ylim=(0, None))
     ax.grid()
     out = Path(save_dir) / 'LR.png'
-    fig.savefig(out, dpi=200)
+    fig.savefig(out, dpi=PLOT_DPI)
     plt.close(fig)
     return out
 
@@ -228,7 +230,7 @@ def plot_labels(labels: np.ndarray, names: Sequence[str], save_dir: str | Path) 
         a.hist2d(labels[:, i], labels[:, j], bins=50, range=[[0, 1], [0, 1]], cmap='Blues', cmin=1)
         a.set(xlabel=xl, ylabel=yl, xlim=(0, 1), ylim=(0, 1))
     out = Path(save_dir) / 'labels.png'
-    fig.savefig(out, dpi=200)
+    fig.savefig(out, dpi=PLOT_DPI)
     plt.close(fig)
     return out
 
