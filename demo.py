@@ -139,19 +139,26 @@ def run_demo(opt: argparse.Namespace) -> Path:
         logging.getLogger().setLevel(root_level)
 
 
+def training_argv(opt: argparse.Namespace, data: Path, out: Path) -> tuple[list[str], list[str]]:
+    """The demo's step-1 and step-2 command lines (step 2 reads step 1's last.pt under out/train/step1)."""
+    common = ['--img', str(opt.img), '--batch-size', str(opt.batch_size), '--workers', str(opt.workers),
+              '--device', opt.device, '--data', str(data), '--project', str(out / 'train'), '--notest',
+              '--seed', str(opt.seed), '--adam', '--nosave']  # the demo cannot resume: final checkpoints only
+    step1 = ['--cfg', str(CFG1), '--weight', '', '--hyp', str(HYP1), '--epochs', str(opt.epochs),
+             '--name', 'step1', '--noautoanchor', *common]
+    step2 = ['--cfg', str(CFG2), '--weight', str(out / 'train' / 'step1' / 'weights' / 'last.pt'), '--hyp', str(HYP2),
+             '--epochs', str(opt.router_epochs), '--name', 'step2', *common]
+    return step1, step2
+
+
 def _stages(opt: argparse.Namespace) -> Path:
     out = increment_path(opt.out).resolve()
     data = generate_dataset(out / 'data', opt.images, opt.img, VAL_FRACTION, opt.seed)
     LOGGER.info(f'Data: {opt.images} synthetic images at {opt.img} px in {out / "data"}')
-    common = ['--img', str(opt.img), '--batch-size', str(opt.batch_size), '--workers', str(opt.workers),
-              '--device', opt.device, '--data', str(data), '--project', str(out / 'train'), '--notest',
-              '--seed', str(opt.seed), '--adam']
-    step1 = train_stage('Step 1: both backbones and heads, from scratch', train_step1,
-                        ['--cfg', str(CFG1), '--weight', '', '--hyp', str(HYP1), '--epochs', str(opt.epochs),
-                         '--name', 'step1', '--noautoanchor', *common], Trainer, opt.epochs)
-    step2 = train_stage('Step 2: the router on the frozen detector', train_step2,
-                        ['--cfg', str(CFG2), '--weight', str(step1 / 'weights' / 'last.pt'), '--hyp', str(HYP2),
-                         '--epochs', str(opt.router_epochs), '--name', 'step2', *common], Step2Trainer,
+    step1_argv, step2_argv = training_argv(opt, data, out)
+    step1 = train_stage('Step 1: both backbones and heads, from scratch', train_step1, step1_argv, Trainer,
+                        opt.epochs)
+    step2 = train_stage('Step 2: the router on the frozen detector', train_step2, step2_argv, Step2Trainer,
                         opt.router_epochs)
     weights = str(step2 / 'weights' / 'last.pt')
     inference = ['--cfg', str(CFG2), '--weight', weights, '--device', opt.device]

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from models.yolo import Model
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get('DYNAMICDET_SHARED', ROOT.parent / 'shared'))
 REFERENCE = SHARED / 'reference'
@@ -140,3 +142,57 @@ def quick_step1_files(folder: Path, n: int, seed: int) -> tuple[Path, Path]:
     hyp.update(warmup_epochs=1, warmup_min_iterations=0, mosaic=0.0, mixup=0.0, paste_in=0.0)
     (folder / 'hyp1.yaml').write_text(yaml.safe_dump(hyp))
     return data, folder / 'hyp1.yaml'
+
+
+def dark_to_bright(n: int, size: int, seed: int) -> torch.Tensor:
+    """n random images from dark to bright (spread_router makes their scores rise with the brightness)."""
+    x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return x * torch.linspace(0.1, 1, n).view(n, 1, 1, 1)
+
+
+@torch.no_grad()
+def spread_router(model: Model) -> None:
+    """Make the router of an eval-mode model score how far an image's pooled features lie along the darkest-to-
+    brightest direction of a calibration batch, scaled so that its scores span sigmoid(-2)..sigmoid(2): a fresh
+    router scores all images alike, this one keeps their routes apart under bfloat16 backbones too."""
+    b1, _ = model._backbone(dark_to_bright(8, 64, seed=0))
+    pooled = torch.cat([b1[i].mean((2, 3)) for i in model.router_ins], 1)
+    direction = pooled[-1] - pooled[0]
+    along = pooled @ direction
+    low, span = float(along.min()), float(along.max() - along.min())
+    router = model.router
+    for conv in (router.layer1, router.layer2):
+        conv.weight.zero_()
+        conv.bias.zero_()
+    router.layer1.weight[0, :, 0, 0] = direction  # one hidden unit: span (darkest) .. 2 * span (brightest),
+    router.layer1.bias[0] = span - low             # a span's margin above the ReLU's 0
+    router.layer2.weight[0, 0] = 4 / span
+    router.layer2.bias[0] = -6.0  # logits -2 .. 2
+
+
+def lively_tiny_model(nc: int = 80) -> Model:
+    """A tiny dynamic model whose heads predict many boxes at conf 0.001 (objectness biases raised) and whose router
+    splits. Its class logits are about the same everywhere (untrained), so class biases falling with the index keep
+    NMS small: about the first 12 of 80 classes clear conf 0.001, ~1,000 candidates per 64-px image instead of
+    ~8,600 (NMS then took a third of this module's time)."""
+    torch.manual_seed(0)
+    model = Model(tiny_config(dynamic=True, nc=nc))
+    for det in model.detect_layers:
+        for conv in det.m:
+            bias = conv.bias.data.view(det.na, -1)
+            bias[:, 4] += 4.0
+            bias[:, 5:] -= torch.linspace(0, 4, nc)
+    return model.eval()
+
+
+def recording_scores(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """A list that receives the router scores get_dynamic_thres collects (one array per call), unchanged."""
+    import utils.sweep
+    recorded, collect = [], utils.sweep.collect_scores
+
+    def recording(model, loader) -> np.ndarray:
+        recorded.append(collect(model, loader))
+        return recorded[-1]
+
+    monkeypatch.setattr(utils.sweep, 'collect_scores', recording)
+    return recorded

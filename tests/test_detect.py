@@ -12,8 +12,7 @@ import yaml
 
 import detect
 from models.checkpoint import half_state_dict, save_checkpoint
-from tests.helpers import COCO128, requires_coco128, tiny_config
-from tests.test_evaluation import _lively_tiny_model
+from tests.helpers import COCO128, lively_tiny_model, requires_coco128, tiny_config
 from utils.detection import letterbox_batch
 
 
@@ -21,7 +20,7 @@ from utils.detection import letterbox_batch
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     folder = tmp_path_factory.mktemp('tiny_detect')
     (folder / 'tiny.yaml').write_text(yaml.safe_dump(tiny_config(dynamic=True, nc=80)))
-    save_checkpoint({'model': half_state_dict(_lively_tiny_model())}, folder / 'tiny.pt')
+    save_checkpoint({'model': half_state_dict(lively_tiny_model())}, folder / 'tiny.pt')
     return ['--cfg', str(folder / 'tiny.yaml'), '--weight', str(folder / 'tiny.pt'), '--device', 'cpu',
             '--img-size', '64', '--conf-thres', '0.5']
 

@@ -24,8 +24,7 @@ import yaml
 
 import test as test_script
 from models.checkpoint import half_state_dict, save_checkpoint
-from models.yolo import Model
-from tests.helpers import COCO128, coco128_view, requires_coco128, tiny_config
+from tests.helpers import COCO128, coco128_view, lively_tiny_model, recording_scores, requires_coco128, tiny_config
 from utils.coco_eval import CocoIds, evaluate_json
 from utils.dataloaders import create_dataloader
 from utils.evaluation import EvalOptions, evaluate, summarize, validate
@@ -59,21 +58,6 @@ def test_ground_truth_as_predictions_gives_map_1(tmp_path: Path) -> None:
     assert coco_map == pytest.approx(1.0, abs=1e-3) and coco_map50 == pytest.approx(1.0, abs=1e-3)
 
 
-def _lively_tiny_model(nc: int = 80) -> Model:
-    """A tiny dynamic model whose heads predict many boxes at conf 0.001 (objectness biases raised) and whose router
-    splits. Its class logits are about the same everywhere (untrained), so class biases falling with the index keep
-    NMS small: about the first 12 of 80 classes clear conf 0.001, ~1,000 candidates per 64-px image instead of
-    ~8,600 (NMS then took a third of this module's time)."""
-    torch.manual_seed(0)
-    model = Model(tiny_config(dynamic=True, nc=nc))
-    for det in model.detect_layers:
-        for conv in det.m:
-            bias = conv.bias.data.view(det.na, -1)
-            bias[:, 4] += 4.0
-            bias[:, 5:] -= torch.linspace(0, 4, nc)
-    return model.eval()
-
-
 @pytest.fixture(scope='module')
 def coco_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A writable view of coco128 (folder `coco128`) whose train2017.txt lists its first SUBSET images; the list."""
@@ -88,7 +72,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     folder = tmp_path_factory.mktemp('tiny')
     cfg = folder / 'tiny.yaml'
     cfg.write_text(yaml.safe_dump(tiny_config(dynamic=True, nc=80)))
-    save_checkpoint({'model': half_state_dict(_lively_tiny_model())}, folder / 'tiny.pt')
+    save_checkpoint({'model': half_state_dict(lively_tiny_model())}, folder / 'tiny.pt')
     return cfg, folder / 'tiny.pt'
 
 
@@ -152,7 +136,7 @@ def _widest_gap_threshold(scores: torch.Tensor) -> tuple[float, int]:
 @requires_coco128
 def test_batched_dynamic_evaluation_equals_batch_1(coco_subset: Path, tmp_path: Path) -> None:
     """Batches of 3 (a ragged last one too) route and score every image as batch 1 does."""
-    model = _lively_tiny_model()
+    model = lively_tiny_model()
     loader1, _ = create_dataloader(str(coco_subset), 64, 1, 32, pad=0.5, rect=False, workers=0)
     with torch.inference_mode():
         model.get_score = True
@@ -176,7 +160,7 @@ def test_batched_dynamic_evaluation_equals_batch_1(coco_subset: Path, tmp_path: 
 
 @requires_coco128
 def test_validate_in_memory_restores_train_mode_and_averages_losses(coco_subset: Path, tmp_path: Path) -> None:
-    model = _lively_tiny_model().train()
+    model = lively_tiny_model().train()
     loader, _ = create_dataloader(str(coco_subset), 64, SUBSET // 2, 32, pad=0.5, rect=True, workers=0)
     calls = []
 
@@ -267,19 +251,6 @@ def test_wrong_config_for_checkpoint_is_one_line(tmp_path: Path, tiny_checkpoint
     assert 'does not fit' in err or 'missing' in err
 
 
-def _recording_scores(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
-    """A list that receives the router scores get_dynamic_thres collects (one array per call), unchanged."""
-    import utils.sweep
-    recorded, collect = [], utils.sweep.collect_scores
-
-    def recording(model, loader) -> np.ndarray:
-        recorded.append(collect(model, loader))
-        return recorded[-1]
-
-    monkeypatch.setattr(utils.sweep, 'collect_scores', recording)
-    return recorded
-
-
 @requires_coco128
 def test_get_dynamic_thres_prints_11_ascending_thresholds_and_sweeps(coco_subset: Path, tmp_path: Path,
                                                                      tiny_checkpoint: tuple, capsys,
@@ -290,7 +261,7 @@ def test_get_dynamic_thres_prints_11_ascending_thresholds_and_sweeps(coco_subset
     (tmp_path / 'data.yaml').write_text(yaml.safe_dump({'train': 'train2017.txt', 'val': 'train2017.txt', 'nc': 80,
                                                         'path': str(coco_subset.parent)}))
     cfg, weights = tiny_checkpoint
-    recorded = _recording_scores(monkeypatch)
+    recorded = recording_scores(monkeypatch)
     thresholds = get_dynamic_thres.run(get_dynamic_thres.parse_opt([
         '--device', 'cpu', '--batch-size', '4', '--img-size', '64', '--cfg', str(cfg), '--weight', str(weights),
         '--data', str(tmp_path / 'data.yaml'), '--task', 'val', '--sweep', '--project', str(tmp_path / 'runs')]))

@@ -16,8 +16,7 @@ from models.checkpoint import save_checkpoint
 from models.exported import ExportedDynamicModel, ExportError
 from models.inference import load_for_inference
 from models.yolo import Model
-from tests.helpers import ROOT, tiny_config
-from tests.test_inference import dark_to_bright, spread_router
+from tests.helpers import ROOT, dark_to_bright, spread_router, tiny_config
 
 IMG = 64
 THRESHOLDS = ('all easy', 'three easy', 'all hard')

@@ -9,7 +9,7 @@ import torch
 
 from models.inference import compile_paths, prepare_for_inference, prepare_input
 from models.yolo import Model
-from tests.helpers import tiny_config
+from tests.helpers import dark_to_bright, spread_router, tiny_config
 
 # The smallest routed model: one conv per backbone, one CBLinear -> CBFuse link and one-level heads. Inductor
 # compiles one C++ kernel per fused group of ops, the bulk of its time: 8 here, about 30 for the tiny config.
@@ -23,32 +23,6 @@ MINIMAL_CONFIG = {
     'head2': [[[2], 1, 'IDetect', ['nc', 'anchors']]],
     'keep_input': True, 'dynamic': True, 'router_ins': [0], 'router_channels': [16],
 }
-
-
-def dark_to_bright(n: int, size: int, seed: int) -> torch.Tensor:
-    """n random images from dark to bright (spread_router makes their scores rise with the brightness)."""
-    x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-    return x * torch.linspace(0.1, 1, n).view(n, 1, 1, 1)
-
-
-@torch.no_grad()
-def spread_router(model: Model) -> None:
-    """Make the router of an eval-mode model score how far an image's pooled features lie along the darkest-to-
-    brightest direction of a calibration batch, scaled so that its scores span sigmoid(-2)..sigmoid(2): a fresh
-    router scores all images alike, this one keeps their routes apart under bfloat16 backbones too."""
-    b1, _ = model._backbone(dark_to_bright(8, 64, seed=0))
-    pooled = torch.cat([b1[i].mean((2, 3)) for i in model.router_ins], 1)
-    direction = pooled[-1] - pooled[0]
-    along = pooled @ direction
-    low, span = float(along.min()), float(along.max() - along.min())
-    router = model.router
-    for conv in (router.layer1, router.layer2):
-        conv.weight.zero_()
-        conv.bias.zero_()
-    router.layer1.weight[0, :, 0, 0] = direction  # one hidden unit: span (darkest) .. 2 * span (brightest),
-    router.layer1.bias[0] = span - low             # a span's margin above the ReLU's 0
-    router.layer2.weight[0, 0] = 4 / span
-    router.layer2.bias[0] = -6.0  # logits -2 .. 2
 
 
 def _routed_models(cfg: dict) -> tuple[Model, Model]:

@@ -52,7 +52,7 @@ import torch
 import train_step1
 import train_step2
 from models.checkpoint import half_state_dict, save_checkpoint
-from tests.test_evaluation import _recording_scores
+from tests.helpers import recording_scores
 from utils.synthetic import generate_dataset
 from utils.trainer import Trainer, train
 from utils.trainer_step2 import Step2Trainer
@@ -195,7 +195,7 @@ def step2(work: Path, step1: subprocess.CompletedProcess) -> subprocess.Complete
 def thresholds(work: Path, step2) -> tuple[list[str], np.ndarray, subprocess.CompletedProcess]:
     """get_dynamic_thres.py's 11 thresholds as printed (strings), the router scores it collected, and the run."""
     with pytest.MonkeyPatch.context() as patch:
-        recorded = _recording_scores(patch)
+        recorded = recording_scores(patch)
         done = _run(work, _argv(COMMANDS['thresholds']))
     out = done.stdout.splitlines()
     stars = [i for i, line in enumerate(out) if line.strip() == '*' * 51]

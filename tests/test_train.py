@@ -5,13 +5,10 @@ The runs train the small two-level model of tests/helpers.py (every module kind 
 architecture (the pipeline test trains a shipped config end to end)."""
 from __future__ import annotations
 
-import multiprocessing
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -21,19 +18,10 @@ import yaml
 import train_step1
 from models.checkpoint import read_checkpoint
 from tests.helpers import quick_step1_files, tiny_config
-from utils.evaluation import EvalOptions
+from tests.train_helpers import forked_training, kill_after_epochs, results_epochs, skip_run_plots
 from utils.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def skip_run_plots(patch: pytest.MonkeyPatch) -> None:
-    """Make training skip its matplotlib figures (most of a tiny CPU run's time); the reference-outputs test is the
-    one that checks them, the other runs check what training does."""
-    import utils.trainer as trainer
-    for name in ('plot_results', 'plot_labels', 'plot_lr_schedule'):
-        patch.setattr(trainer, name, lambda *args, **kwargs: None)
-    patch.setattr(trainer, 'EvalOptions', lambda **kwargs: EvalOptions(**{**kwargs, 'plots': False}))
 
 
 @pytest.fixture
@@ -62,15 +50,10 @@ def _flags(synthetic: dict, project: Path, epochs: int, *extra: str) -> list[str
             '--project', str(project), *extra]
 
 
-def _results_epochs(run: Path) -> list[int]:
-    """The epoch numbers of results.txt's lines, in order."""
-    return [int(line.split()[0].split('/')[0]) for line in (run / 'results.txt').read_text().splitlines()]
-
-
 def test_training_run_writes_the_reference_outputs(tmp_path: Path, synthetic: dict) -> None:
     """A 2-epoch run holds the reference's run files and plots, a stripped fp16 last.pt and full epoch checkpoints."""
     run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 2)))
-    assert _results_epochs(run) == [0, 1]
+    assert results_epochs(run) == [0, 1]
     for name in ('opt.yaml', 'hyp.yaml', 'cfg.yaml', 'results.csv', 'results.png', 'LR.png', 'labels.png',
                  'train_batch0.jpg', 'test_batch0_labels.jpg', 'confusion_matrix.png'):
         assert (run / name).is_file(), name
@@ -83,32 +66,6 @@ def test_training_run_writes_the_reference_outputs(tmp_path: Path, synthetic: di
                                                                       'last.pt']
 
 
-def forked_training(main: Callable[[list[str]], None], argv: list[str]) -> multiprocessing.Process:
-    """Run a training CLI's main(argv) in a forked child: a real process to SIGKILL, without the seconds a fresh
-    interpreter spends importing torch."""
-    def child() -> None:
-        torch.set_num_threads(1)  # the parent's OpenMP thread pool does not survive fork; one thread needs none
-        main(argv)
-    process = multiprocessing.get_context('fork').Process(target=child, daemon=True)
-    process.start()
-    return process
-
-
-def kill_after_epochs(process: multiprocessing.Process, run: Path, done: int, timeout: float = 240) -> None:
-    """SIGKILL a training process once it has finished `done` epochs (early in the next one); then every checkpoint
-    on disk must load as a training checkpoint (none half-written) and results.txt list epochs 0..done-1."""
-    marker = run / 'weights' / f'epoch_{done - 1:03d}.pt'  # the last file an epoch writes (runs of <= 5 epochs)
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.is_alive() and not marker.is_file():
-        time.sleep(0.05)
-    process.kill()  # SIGKILL: no handler, no clean-up; also ends a child that overran the deadline
-    process.join()
-    assert marker.is_file(), f'training ended (exit code {process.exitcode}) or timed out before {done} epochs'
-    for p in (run / 'weights').glob('*.pt'):
-        assert read_checkpoint(p)['epoch'] >= 0, p
-    assert _results_epochs(run) == list(range(done))
-
-
 def test_kill_and_resume_twice_leaves_no_gap_or_duplicate(tmp_path: Path, synthetic: dict, no_plots, capsys,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A 3-epoch run SIGKILLed early in epoch 1 and again early in epoch 2, then finished by a bare --resume, logs
@@ -118,7 +75,7 @@ def test_kill_and_resume_twice_leaves_no_gap_or_duplicate(tmp_path: Path, synthe
     kill_after_epochs(forked_training(train_step1.main, ['--resume', str(run / 'weights' / 'last.pt')]), run, 2)
     monkeypatch.chdir(tmp_path)  # a bare --resume takes the newest last*.pt under the working directory
     assert train_step1.train(train_step1.parse_opt(['--resume'])).resolve() == run  # last leg in-process: no kill
-    assert _results_epochs(run) == [0, 1, 2]
+    assert results_epochs(run) == [0, 1, 2]
     rows = np.loadtxt(run / 'results.csv', delimiter=',', skiprows=1, ndmin=2)
     assert rows[:, 0].tolist() == [0, 1, 2]
     assert read_checkpoint(run / 'weights' / 'last.pt')['epoch'] == -1
@@ -155,7 +112,7 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path: Path, synt
     assert rank0.keys() == rank1.keys()
     for k in rank0:  # parameters; BN running statistics are per rank between DDP's buffer broadcasts
         torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0, msg=k)
-    assert _results_epochs(tmp_path / 'runs' / 'exp') == [0]  # rank 0 alone logged (one line, not two)
+    assert results_epochs(tmp_path / 'runs' / 'exp') == [0]  # rank 0 alone logged (one line, not two)
 
 
 class _NanTrainer(Trainer):
@@ -223,7 +180,7 @@ def test_bad_training_input_is_one_line(tmp_path: Path, synthetic: dict, capsys,
 ])
 def test_recipe_flags_train_an_epoch(tmp_path: Path, synthetic: dict, no_plots, extra: list) -> None:
     run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 1, *extra)))
-    assert _results_epochs(run) == [0]
+    assert results_epochs(run) == [0]
     rows = np.loadtxt(run / 'results.csv', delimiter=',', skiprows=1, ndmin=2)
     assert np.isfinite(rows).all()
 

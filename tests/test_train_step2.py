@@ -12,10 +12,10 @@ import train_step1
 import train_step2
 from models.checkpoint import load_weights, read_checkpoint
 from models.yolo import Model
-from tests.test_train import ROOT, _results_epochs, forked_training, kill_after_epochs, skip_run_plots
+from tests.train_helpers import forked_training, kill_after_epochs, results_epochs, skip_run_plots
 from utils.dataloaders import create_dataloader
 from utils.loss import ComputeLossOTADy
-from tests.helpers import quick_step1_files, tiny_config
+from tests.helpers import ROOT, quick_step1_files, tiny_config
 from utils.train_setup import init_seeds, scale_hyp
 
 TINY2 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml')
@@ -112,7 +112,7 @@ def test_batched_step2_losses_equal_batch_1(step1: dict) -> None:
 
 def test_step2_kill_and_resume(step2_run: Path) -> None:
     """The step-2 run killed after epoch 0 and resumed logs each epoch once and ends stripped."""
-    assert _results_epochs(step2_run) == [0, 1]
+    assert results_epochs(step2_run) == [0, 1]
     assert read_checkpoint(step2_run / 'weights' / 'last.pt')['epoch'] == -1
 
 

@@ -1,0 +1,68 @@
+"""Helpers of the training tests: runs without their figures, forked runs to SIGKILL, and what a run logged."""
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from models.checkpoint import read_checkpoint
+from utils.evaluation import EvalOptions
+
+
+def skip_run_plots(patch: pytest.MonkeyPatch) -> None:
+    """Make training skip its matplotlib figures (most of a tiny CPU run's time); the reference-outputs test is the
+    one that checks them, the other runs check what training does."""
+    import utils.trainer as trainer
+    for name in ('plot_results', 'plot_labels', 'plot_lr_schedule'):
+        patch.setattr(trainer, name, lambda *args, **kwargs: None)
+    patch.setattr(trainer, 'EvalOptions', lambda **kwargs: EvalOptions(**{**kwargs, 'plots': False}))
+
+
+def results_epochs(run: Path) -> list[int]:
+    """The epoch numbers of results.txt's lines, in order."""
+    return [int(line.split()[0].split('/')[0]) for line in (run / 'results.txt').read_text().splitlines()]
+
+
+# Training children fork from a server process that has imported the trainers but never trained: forking the test
+# process itself fails once autograd has run there under pytest-xdist ("Unable to handle autograd's threading in
+# combination with fork-based multiprocessing"), and a fresh interpreter per child spends seconds importing torch.
+_FORKSERVER = multiprocessing.get_context('forkserver')
+_FORKSERVER.set_forkserver_preload(['torch', 'train_step1', 'train_step2', 'tests.train_helpers'])
+
+
+def _train_in_child(module: str, argv: list[str]) -> None:
+    """A training child: one thread, no figures, the CLI's main(argv)."""
+    import utils.trainer as trainer
+    torch.set_num_threads(1)
+    for name in ('plot_results', 'plot_labels', 'plot_lr_schedule'):
+        setattr(trainer, name, lambda *args, **kwargs: None)
+    trainer.EvalOptions = lambda **kwargs: EvalOptions(**{**kwargs, 'plots': False})
+    importlib.import_module(module).main(argv)
+
+
+def forked_training(main: Callable[[list[str]], None], argv: list[str]) -> multiprocessing.Process:
+    """Run a training CLI's main(argv) (without figures) in a child process forked from a server that has the
+    trainers imported: a real process to SIGKILL, started in a fraction of a second."""
+    process = _FORKSERVER.Process(target=_train_in_child, args=(main.__module__, argv), daemon=True)
+    process.start()
+    return process
+
+
+def kill_after_epochs(process: multiprocessing.Process, run: Path, done: int, timeout: float = 240) -> None:
+    """SIGKILL a training process once it has finished `done` epochs (early in the next one); then every checkpoint
+    on disk must load as a training checkpoint (none half-written) and results.txt list epochs 0..done-1."""
+    marker = run / 'weights' / f'epoch_{done - 1:03d}.pt'  # the last file an epoch writes (runs of <= 5 epochs)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.is_alive() and not marker.is_file():
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no handler, no clean-up; also ends a child that overran the deadline
+    process.join()
+    assert marker.is_file(), f'training ended (exit code {process.exitcode}) or timed out before {done} epochs'
+    for p in (run / 'weights').glob('*.pt'):
+        assert read_checkpoint(p)['epoch'] >= 0, p
+    assert results_epochs(run) == list(range(done))
