@@ -27,6 +27,7 @@ import train_step1
 import train_step2
 from utils.cli import increment_path, run_cli
 from utils.data_config import load_data_config
+from utils.routing_quality import format_quality
 from utils.sweep import ThresholdResult, dynamic_thresholds, format_thresholds
 from utils.synthetic import generate_dataset
 from utils.trainer import Trainer, train
@@ -39,6 +40,7 @@ HYP1, HYP2 = ROOT / 'hyp' / 'hyp.demo.step1.yaml', ROOT / 'hyp' / 'hyp.demo.step
 VAL_FRACTION = 0.2
 DETECT_IMAGES = 6
 TABLE_PICKS = (0, 5, 10)  # all easy, the median score (about half easy), all hard
+RANDOM_ORDERS = 20
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,11 +113,13 @@ def detect_stage(argv: list[str]) -> Path:
 
 
 def format_table(rows: list[dict]) -> str:
-    """The demo's table: one line per threshold."""
+    """The demo's table: one line per threshold, the router's mAP@.5:.95 beside random routing's and the oracle's."""
     lines = [f'{"threshold":>12} {"easy images":>12} {"GFLOPs/image":>13} {"mAP@.5":>8} {"mAP@.5:.95":>11} '
-             f'{"ms/image":>9}']
+             f'{"random":>15} {"oracle":>7} {"ms/image":>9}']
     lines += [f'{r["threshold"]:>12.4g} {100 * r["easy_share"]:>11.0f}% {r["gflops_per_image"]:>13.3f} '
-              f'{r["mAP@.5"]:>8.3f} {r["mAP@.5:.95"]:>11.3f} {r["ms_per_image"]:>9.1f}' for r in rows]
+              f'{r["mAP@.5"]:>8.3f} {r["mAP@.5:.95"]:>11.3f} '
+              f'{r["random_mAP@.5:.95"]:>9.3f}±{r["random_mAP@.5:.95_sd"]:.3f} {r["oracle_mAP@.5:.95"]:>7.3f} '
+              f'{r["ms_per_image"]:>9.1f}' for r in rows]
     return '\n'.join(lines)
 
 
@@ -163,7 +167,8 @@ def _stages(opt: argparse.Namespace) -> Path:
     weights = str(step2 / 'weights' / 'last.pt')
     inference = ['--cfg', str(CFG2), '--weight', weights, '--device', opt.device]
     result = sweep_stage([*inference, '--data', str(data), '--img-size', str(opt.img), '--batch-size', '1',
-                          '--task', 'val', '--sweep', '--project', str(out), '--name', 'sweep', '--exist-ok'])
+                          '--task', 'val', '--sweep', '--hyp', str(HYP2), '--random-orders', str(RANDOM_ORDERS),
+                          '--project', str(out), '--name', 'sweep', '--exist-ok'])
     middle = result.thresholds[TABLE_PICKS[1]]
     detections = detect_stage([*inference, '--num-classes', str(load_data_config(data)['nc']),
                                '--data', str(data), '--source', str(sample_images(result, out / 'samples')),
@@ -172,7 +177,9 @@ def _stages(opt: argparse.Namespace) -> Path:
     LOGGER.info(f'\nResults on {len(result.scores)} validation images (router scores '
                 f'{result.scores.min():.4g} to {result.scores.max():.4g}; score >= threshold takes the easy path; only the\n'
                 f'scores\' order matters: a threshold sets the share of easy images):\n'
-                + format_table([result.rows[k] for k in TABLE_PICKS]))
+                + format_table([result.rows[k] for k in TABLE_PICKS])
+                + f'\n(random: {RANDOM_ORDERS} random routings at the same easy share, mean±sd; oracle: images ranked by '
+                  f'head 1\'s minus head 2\'s loss)\n\n' + format_quality(result.quality, result.rows))
     LOGGER.info(f'\nOutputs in {out}:\n'
                 f'  data       {data}\n'
                 f'  step 1     {step1 / "weights" / "last.pt"}  (results.png, results.csv, ...)\n'

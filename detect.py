@@ -24,6 +24,7 @@ from utils.cli import add_engine_flags, add_detection_flags, check_img_size, inc
 from utils.data_config import load_data_config
 from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.drawing import class_colours, display_available, draw_detection, draw_status
+from utils.router_budget import resolve_dy_thres
 from utils.sources import Frame, is_stream, iterate_batches, list_sources, prefetch, read_stream_list
 from utils.torch_utils import select_device
 
@@ -94,7 +95,7 @@ def load_detector(opt: argparse.Namespace) -> Detector:
     device = select_device(opt.device)
     model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device, opt.compile, opt.bf16)
     if model.dynamic:
-        model.dy_thres = opt.dy_thres
+        model.dy_thres = opt.dy_thres = resolve_dy_thres(opt)
     if device.type == 'cuda':
         model.half()
     stride = int(model.stride.max())

@@ -21,6 +21,7 @@ from utils.cli import add_detection_flags, add_split_flags, check_split_flags, i
 from utils.coco_eval import CocoIds, annotation_path, evaluate_json
 from utils.data_config import load_data_config
 from utils.evaluation import EvalOptions, evaluate, per_image_ms, split_loader, summarize
+from utils.router_budget import resolve_dy_thres
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('test')
@@ -48,6 +49,7 @@ def load_model(opt: argparse.Namespace, nc: int, device: torch.device) -> Model:
     """Model from --cfg with --weight loaded strictly, fused, in eval mode, threshold set."""
     model = load_for_inference(opt.cfg, opt.weight, nc, device, opt.compile, opt.bf16)
     if model.dynamic:
+        opt.dy_thres = resolve_dy_thres(opt)
         model.dy_thres = opt.dy_thres
         LOGGER.info('Set dynamic threshold to %f', opt.dy_thres)
     return model

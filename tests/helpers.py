@@ -186,13 +186,20 @@ def lively_tiny_model(nc: int = 80) -> Model:
 
 
 def recording_scores(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
-    """A list that receives the router scores get_dynamic_thres collects (one array per call), unchanged."""
+    """A list that receives the router scores get_dynamic_thres collects (one array per call; with --sweep those of
+    its one pass over both paths), unchanged."""
     import utils.sweep
-    recorded, collect = [], utils.sweep.collect_scores
+    recorded, collect, collect_paths = [], utils.sweep.collect_scores, utils.sweep.collect_path_records
 
     def recording(model, loader) -> np.ndarray:
         recorded.append(collect(model, loader))
         return recorded[-1]
 
+    def recording_paths(*args, **kwargs):
+        records = collect_paths(*args, **kwargs)
+        recorded.append(records.scores.float().numpy())
+        return records
+
     monkeypatch.setattr(utils.sweep, 'collect_scores', recording)
+    monkeypatch.setattr(utils.sweep, 'collect_path_records', recording_paths)
     return recorded

@@ -80,7 +80,7 @@ def test_demo_runs_every_stage_and_reports_where_outputs_are(toy) -> None:
     assert any('router' in k for k in step2['model'])
     thresholds = (out / 'sweep' / 'thresholds.txt').read_text().splitlines()
     assert thresholds[0] == '*' * 51 and len(thresholds[1].split()) == 11
-    assert (out / 'sweep' / 'sweep.png').is_file()
+    assert all((out / 'sweep' / name).is_file() for name in ('sweep.png', 'router_quality.txt', 'router.json'))
     samples = sorted(p.name for p in (out / 'samples').glob('*.jpg'))
     assert samples and sorted(p.name for p in (out / 'detect').glob('*.jpg')) == samples
     assert sum(' path, Done.' in line for line in log) == len(samples)  # one line per image, route included
@@ -95,9 +95,13 @@ def test_demo_table_is_three_rows_of_its_sweep(toy) -> None:
     for row, picked in zip(table, (sweep[0], sweep[5], sweep[10])):
         assert row[1:5] == [f'{100 * picked["easy_share"]:.0f}%', f'{picked["gflops_per_image"]:.3f}',
                             f'{picked["mAP@.5"]:.3f}', f'{picked["mAP@.5:.95"]:.3f}']
+        assert row[5:7] == [f'{picked["random_mAP@.5:.95"]:.3f}±{picked["random_mAP@.5:.95_sd"]:.3f}',
+                            f'{picked["oracle_mAP@.5:.95"]:.3f}']
     shares = [r['easy_share'] for r in sweep]
     assert shares[0] == 1 and shares == sorted(shares, reverse=True)  # score >= 0 always: threshold 0 is all easy
-    assert all(0 <= r[k] <= 1 for r in sweep for k in ('mAP@.5', 'mAP@.5:.95')) and all(float(r[5]) > 0 for r in table)
+    assert all(0 <= r[k] <= 1 for r in sweep
+               for k in ('mAP@.5', 'mAP@.5:.95', 'random_mAP@.5:.95', 'oracle_mAP@.5:.95'))
+    assert all(float(r[7]) > 0 for r in table)
     # GFLOPs/image = share * easy + (1 - share) * hard, with the easy path the cheaper one
     flops = [r['gflops_per_image'] for r in sweep]
     assert all((a < b) == (sa > sb) for a, b, sa, sb in zip(flops, flops[1:], shares, shares[1:]))

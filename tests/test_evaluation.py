@@ -10,6 +10,7 @@ boxes of the lively model below. test.py runs twice for the whole module (fp32, 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -270,12 +271,25 @@ def test_get_dynamic_thres_prints_11_ascending_thresholds_and_sweeps(coco_subset
     printed = capsys.readouterr().out.splitlines()
     assert printed[1] == '*' * 51 and printed[2] == ' '.join(thresholds) and printed[-1] == '*' * 51
     assert printed[3] == 'First: 100%\tSecond: 0%\tThreshold: 0'
-    rows = (tmp_path / 'runs' / 'exp' / 'sweep.csv').read_text().splitlines()
-    assert len(rows) == 12 and rows[1].startswith('0.0,1.0,')  # threshold 0: every image easy
-    assert rows[0].endswith(',ms_per_image') and all(float(r.split(',')[-1]) > 0 for r in rows[1:])
-    assert rows[-1].startswith('1.0,') and (tmp_path / 'runs' / 'exp' / 'sweep.png').is_file()
+    with open(tmp_path / 'runs' / 'exp' / 'sweep.csv', newline='') as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    assert len(rows) == 11 and rows[0]['threshold'] == 0 and rows[0]['easy_share'] == 1  # every image easy
+    assert rows[-1]['threshold'] == 1 and all(r['ms_per_image'] > 0 for r in rows)
+    for name in ('sweep.png', 'router_quality.txt', 'router.json'):
+        assert (tmp_path / 'runs' / 'exp' / name).is_file(), name
     # each row's easy share is that of the scores collected (threshold 1 sends an image scoring exactly 1.0 easy:
-    # a saturated router may)
+    # a saturated router may); random routing at the ends is the router's, with no spread
     (scores,) = recorded
     assert len(scores) == SUBSET
-    assert [float(r.split(',')[1]) for r in rows[1:]] == [float(np.mean(scores >= v)) for v in values]
+    assert [r['easy_share'] for r in rows] == [float(np.mean(scores >= v)) for v in values]
+    assert rows[0]['random_mAP@.5:.95'] == rows[0]['mAP@.5:.95'] and rows[0]['random_mAP@.5:.95_sd'] == 0
+    # the percentiles beside the weights let test.py route by budget: within one image of the share asked
+    flops = json.loads(weights.with_suffix('.router.json').read_text())['gflops']
+    for flag, value, share in (('--easy-share', '0.5', 0.5), ('--easy-share', '0.25', 0.25),
+                               ('--gflops', str(0.75 * flops['easy'] + 0.25 * flops['hard']), 0.75)):
+        with _info_log() as log:
+            test_script.run_test(test_script.parse_opt([
+                '--img-size', '64', '--batch-size', '4', '--device', 'cpu', '--cfg', str(cfg), '--weight', str(weights),
+                '--data', str(tmp_path / 'data.yaml'), '--project', str(tmp_path / 'test'), flag, value]))
+        (routing,) = [m for m in log if m.startswith('Routing: ')]
+        assert abs(int(routing.split()[1].split('/')[0]) - share * SUBSET) <= 1, (flag, value, routing)

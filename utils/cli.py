@@ -59,6 +59,7 @@ def run_cli(run, opt, logger: logging.Logger):
     from models.graph import ConfigError
     from utils.data_config import DataConfigError
     from utils.label_cache import DatasetError
+    from utils.router_budget import RouterBudgetError
     from utils.sources import SourceError
     from utils.torch_utils import DeviceError
     from utils.train_options import TrainOptionError
@@ -68,7 +69,7 @@ def run_cli(run, opt, logger: logging.Logger):
     try:
         return run(opt)
     except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError, SourceError,
-            TrainOptionError, TrainingError) as e:
+            TrainOptionError, TrainingError, RouterBudgetError) as e:
         fail(str(e))
 
 
@@ -98,8 +99,17 @@ def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:
     p.add_argument('--augment', action='store_true', help='augmented inference')
     p.add_argument('--save-txt', action='store_true', help='save results to *.txt')
     p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
-    p.add_argument('--dy-thres', type=float, default=0.5,
-                   help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument('--dy-thres', type=float, default=0.5,
+                        help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
+    budget.add_argument('--easy-share', type=float, default=None, metavar='P',
+                        help='instead of --dy-thres: the threshold sending a share P (0..1) of images down the easy '
+                             'path, from the percentiles get_dynamic_thres.py saved for --weight (extension)')
+    budget.add_argument('--gflops', type=float, default=None, metavar='G',
+                        help='instead of --dy-thres: the threshold giving G mean GFLOPs per image (extension)')
+    p.add_argument('--router-json', default='', metavar='FILE',
+                   help='the percentiles file for --easy-share/--gflops (default: <weights stem>.router.json beside '
+                        '--weight)')
 
 
 def add_split_flags(p, run_note: str = '') -> None:

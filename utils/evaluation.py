@@ -62,32 +62,46 @@ class EvalStats:
     loss: torch.Tensor | None = None
 
 
+def image_stats(predn: torch.Tensor, labelsn: torch.Tensor) -> tuple | None:
+    """One image's (correct (n, 10), conf, class, label classes) from detections and [class, x1, y1, x2, y2] labels
+    in the same pixels; None for an image with neither (it adds nothing to the metrics)."""
+    tcls = labelsn[:, 0].tolist()
+    if not len(predn):
+        return (torch.zeros(0, len(IOU_THRESHOLDS), dtype=torch.bool), torch.Tensor(), torch.Tensor(),
+                tcls) if len(labelsn) else None
+    correct = match_predictions(predn, labelsn).cpu() if len(labelsn) else \
+        torch.zeros(len(predn), len(IOU_THRESHOLDS), dtype=torch.bool)
+    return correct, predn[:, 4].cpu(), predn[:, 5].cpu(), tcls
+
+
+def to_original_pixels(pred: torch.Tensor, labels: torch.Tensor, img_hw: tuple, shapes: tuple
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detections (x1, y1, x2, y2, conf, cls) and [class, cx, cy, w, h] labels of the letterboxed image, both
+    scaled back to the original image: (predn, [class, x1, y1, x2, y2] labels)."""
+    predn = pred.clone()
+    scale_coords(img_hw, predn[:, :4], shapes[0], shapes[1])
+    tbox = xywh2xyxy(labels[:, 1:5])
+    scale_coords(img_hw, tbox, shapes[0], shapes[1])
+    return predn, torch.cat((labels[:, 0:1], tbox), 1)
+
+
 def _score_image(pred: torch.Tensor, labels: torch.Tensor, img_hw: tuple, shapes: tuple, path: str,
                  opt: EvalOptions, out: EvalStats, confusion: ConfusionMatrix) -> None:
     """Match one image's detections against its labels (both in original pixels) and collect outputs."""
-    tcls = labels[:, 0].tolist()
     out.seen += 1
-    if not len(pred):
-        if len(labels):
-            out.stats.append((torch.zeros(0, len(IOU_THRESHOLDS), dtype=torch.bool), torch.Tensor(), torch.Tensor(),
-                              tcls))
-        return
-    predn = pred.clone()
-    scale_coords(img_hw, predn[:, :4], shapes[0], shapes[1])
-    if opt.save_txt:
-        h0, w0 = shapes[0]
-        append_label_rows(opt.save_dir / 'labels' / f'{Path(path).stem}.txt', predn.tolist(), w0, h0, opt.save_conf)
-    if opt.coco_ids is not None:
-        out.json_rows += opt.coco_ids.rows(predn, path)
-    correct = torch.zeros(len(pred), len(IOU_THRESHOLDS), dtype=torch.bool)
-    if len(labels):
-        tbox = xywh2xyxy(labels[:, 1:5])
-        scale_coords(img_hw, tbox, shapes[0], shapes[1])
-        labelsn = torch.cat((labels[:, 0:1], tbox), 1)
-        if opt.plots:
+    predn, labelsn = to_original_pixels(pred, labels, img_hw, shapes)
+    if len(pred):
+        if opt.save_txt:
+            h0, w0 = shapes[0]
+            append_label_rows(opt.save_dir / 'labels' / f'{Path(path).stem}.txt', predn.tolist(), w0, h0,
+                              opt.save_conf)
+        if opt.coco_ids is not None:
+            out.json_rows += opt.coco_ids.rows(predn, path)
+        if len(labels) and opt.plots:
             confusion.process_batch(predn, labelsn)
-        correct = match_predictions(predn, labelsn).cpu()
-    out.stats.append((correct, pred[:, 4].cpu(), pred[:, 5].cpu(), tcls))
+    stats = image_stats(predn, labelsn)
+    if stats is not None:
+        out.stats.append(stats)
 
 
 def _run_batch(model, imgs: torch.Tensor, targets: torch.Tensor, opt: EvalOptions, out: EvalStats,

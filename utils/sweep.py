@@ -1,5 +1,6 @@
-"""Router scores → the 11 dynamic thresholds (SPEC §10), and the speed/accuracy sweep over them (extension:
-mAP against mean GFLOPs per image, sweep.csv and sweep.png)."""
+"""Router scores → the 11 dynamic thresholds (as the reference's get_dynamic_thres.py), and the speed/accuracy sweep
+over them (extension: one pass over both paths; mAP against mean GFLOPs per image for the router, random routing and
+the oracle; sweep.csv, sweep.png, router_quality.txt)."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,14 @@ from models.graph import ConfigError
 from models.inference import load_for_inference, prepare_input
 from utils.cli import increment_path
 from utils.data_config import load_data_config
-from utils.evaluation import EvalOptions, evaluate, per_image_ms, split_loader, summarize
+from utils.evaluation import EvalOptions, evaluate, split_loader, summarize
+from utils.loss import ComputeLossOTADy
+from utils.path_records import PathRecords, collect_path_records, routed_map
+from utils.router_budget import budget_file_for, save_router_budget
+from utils.routing_quality import RouterQuality, add_gains, baseline_columns, format_quality, router_quality
 from utils.torch_utils import select_device
+from utils.train_options import load_hyp
+from utils.train_setup import scale_hyp
 
 LOGGER = logging.getLogger(__name__)
 COLUMNS = ('threshold', 'easy_share', 'gflops_per_image', 'mAP@.5', 'mAP@.5:.95', 'ms_per_image')
@@ -33,6 +40,7 @@ class ThresholdResult:
     files: list[str] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     save_dir: Path | None = None
+    quality: RouterQuality | None = None
 
 
 def thresholds_from_scores(scores: np.ndarray) -> list[str]:
@@ -61,58 +69,102 @@ def collect_scores(model, loader) -> np.ndarray:
 def dynamic_thresholds(opt: argparse.Namespace,
                        on_thresholds: Callable[[list[str]], None] | None = None) -> ThresholdResult:
     """get_dynamic_thres.py's job for its options: scores on --task → thresholds (handed to on_thresholds before
-    any sweep, so they show at once); with opt.sweep, the sweep too."""
+    any sweep, so they show at once) and the router percentiles file; with opt.sweep, the one-pass sweep too."""
     data = load_data_config(opt.data, required=(opt.task,))
     device = select_device(opt.device, opt.batch_size)
     model = load_for_inference(opt.cfg, opt.weight, data['nc'], device, opt.compile, opt.bf16)
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
     loader, dataset, img_size = split_loader(model, opt, data, data['nc'], device)
-    scores = collect_scores(model, loader)
+    records = None
+    if opt.sweep:
+        records = collect_path_records(model, loader, oracle_loss=oracle_loss(model, opt.hyp, data['nc'], img_size))
+        scores = records.scores.float().numpy()
+    else:
+        scores = collect_scores(model, loader)
     result = ThresholdResult(thresholds_from_scores(scores), scores, list(dataset.img_files))
     if on_thresholds is not None:
         on_thresholds(result.thresholds)
-    if opt.sweep:
-        result.save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
-        result.rows = sweep_thresholds(model, loader, result.thresholds, data, img_size, result.save_dir)
+    result.save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
+    result.save_dir.mkdir(parents=True, exist_ok=True)
+    flops = model.flops(img_size)
+    written = save_router_budget([result.save_dir / 'router.json', budget_file_for(opt.weight)], scores, opt.weight,
+                                 img_size, flops, opt.task)
+    LOGGER.info(f'Router percentiles (for --easy-share / --gflops) saved to {", ".join(map(str, written))}')
+    if records is not None:
+        result.rows, result.quality = sweep_rows(records, result.thresholds, flops, opt.random_orders)
+        write_sweep(result.rows, result.quality, result.save_dir)
     return result
 
 
-def sweep_thresholds(model, loader, thresholds: list[str], data: dict, img_size: int,
-                     save_dir: Path) -> list[dict]:
-    """Evaluate at every threshold; write sweep.csv and sweep.png into save_dir; return the rows."""
-    save_dir.mkdir(parents=True, exist_ok=True)
-    flops = model.flops(img_size)
-    names = [str(n) for n in data['names']]
+def oracle_loss(model, hyp_path: str, nc: int, img_size: int) -> ComputeLossOTADy:
+    """The step-2 loss object whose per-head losses rank images for the oracle (the hyp's gains scaled as step 2
+    scales them)."""
+    det = model.model_h2[-1]
+    model.hyp = scale_hyp(load_hyp(hyp_path), det.nl, nc, img_size, 0.0)
+    model.gr = 1.0
+    return ComputeLossOTADy(model)
+
+
+def sweep_rows(records: PathRecords, thresholds: list[str], flops: dict[str, float],
+               random_orders: int) -> tuple[list[dict], RouterQuality]:
+    """One row per threshold: the router's routing with its random and oracle baselines at the same easy share."""
     rows = []
     for t in tqdm(thresholds, desc='Sweep', unit='threshold'):
-        model.dy_thres = float(t)
-        opt = EvalOptions(names=names, plots=False, save_dir=save_dir, training=True)
-        out, confusion = evaluate(model, loader, opt)
-        (_, _, map50, map_), _ = summarize(out, opt, confusion)
-        share = out.n_easy / max(out.n_routed, 1)
-        rows.append(dict(zip(COLUMNS, (float(t), share, share * flops['easy'] + (1 - share) * flops['hard'],
-                                       map50, map_, per_image_ms(out)[2]))))
-        LOGGER.info(f'dy_thres {t}: {100 * share:.0f}% easy, {rows[-1]["gflops_per_image"]:.4g} GFLOPs/image, '
+        easy = records.easy_mask(float(t))
+        share = float(easy.mean()) if len(easy) else 1.0
+        map50, map_ = routed_map(records, easy)
+        row = dict(zip(COLUMNS, (float(t), share, share * flops['easy'] + (1 - share) * flops['hard'], map50, map_,
+                                 records.ms_per_image(share))))
+        rows.append(add_gains({**row, **baseline_columns(records, int(easy.sum()), random_orders)}))
+        LOGGER.info(f'dy_thres {t}: {100 * share:.0f}% easy, {row["gflops_per_image"]:.4g} GFLOPs/image, '
                     f'mAP@.5 {map50:.4f}, mAP@.5:.95 {map_:.4f}')
+    return rows, router_quality(records, rows)
+
+
+def write_sweep(rows: list[dict], quality: RouterQuality, save_dir: Path) -> None:
+    """sweep.csv, sweep.png and router_quality.txt in save_dir; the quality summary logged."""
     with open(save_dir / 'sweep.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    _plot(rows, save_dir / 'sweep.png')
-    LOGGER.info(f'Sweep saved to {save_dir / "sweep.csv"} and {save_dir / "sweep.png"}')
+    summary = format_quality(quality, rows)
+    (save_dir / 'router_quality.txt').write_text(summary + '\n')
+    plot_sweep(rows, save_dir / 'sweep.png')
+    LOGGER.info(f'{summary}\nSweep saved to {save_dir / "sweep.csv"}, {save_dir / "sweep.png"} and '
+                f'{save_dir / "router_quality.txt"}')
+
+
+def evaluate_each_threshold(model, loader, thresholds: list[str], names: list[str]) -> list[dict]:
+    """The sweep the slow way, one routed evaluation per threshold: rows of (threshold, easy_share, mAP@.5,
+    mAP@.5:.95) that the one-pass sweep reproduces (kept to check it and to time both)."""
+    rows = []
+    for t in tqdm(thresholds, desc='Evaluations', unit='threshold'):
+        model.dy_thres = float(t)
+        opt = EvalOptions(names=names, plots=False, training=True)
+        out, confusion = evaluate(model, loader, opt)
+        (_, _, map50, map_), _ = summarize(out, opt, confusion)
+        rows.append({'threshold': float(t), 'easy_share': out.n_easy / max(out.n_routed, 1), 'mAP@.5': map50,
+                     'mAP@.5:.95': map_})
     return rows
-def _plot(rows: list[dict], path: Path) -> None:
-    import utils.plots  # noqa: F401  (selects the file-only matplotlib backend)
+
+
+def plot_sweep(rows: list[dict], path: Path, metric: str = 'mAP@.5:.95') -> None:
+    """The router's mAP against mean GFLOPs per image, with the random band (mean ± sd) and the oracle."""
+    from utils.plots import PLOT_DPI  # (importing utils.plots selects the file-only matplotlib backend)
     import matplotlib.pyplot as plt
+    rows = sorted(rows, key=lambda r: r['gflops_per_image'])
+    x = np.array([r['gflops_per_image'] for r in rows])
+    random, sd = (np.array([r[f'random_{metric}{k}'] for r in rows]) for k in ('', '_sd'))
     fig, ax = plt.subplots(figsize=(7, 5), tight_layout=True)
-    x = [r['gflops_per_image'] for r in rows]
-    ax.plot(x, [r['mAP@.5:.95'] for r in rows], 'o-', label='mAP@.5:.95')
-    ax.plot(x, [r['mAP@.5'] for r in rows], 's--', label='mAP@.5')
+    ax.fill_between(x, random - sd, random + sd, color='grey', alpha=0.3, label='random routing (mean ± sd)')
+    ax.plot(x, random, '-', color='grey', linewidth=1)
+    ax.plot(x, [r[f'oracle_{metric}'] for r in rows], 's--', color='green', label='oracle (loss difference)')
+    ax.plot(x, [r[metric] for r in rows], 'o-', color='blue', label='router')
     for r in rows:
-        ax.annotate(f'{r["threshold"]:.3g}', (r['gflops_per_image'], r['mAP@.5:.95']), fontsize=7,
+        ax.annotate(f'{100 * r["easy_share"]:.0f}%', (r['gflops_per_image'], r[metric]), fontsize=7,
                     textcoords='offset points', xytext=(3, 3))
-    ax.set(xlabel='mean GFLOPs per image', ylabel='mAP', title='Dynamic threshold sweep (labels: dy_thres)')
+    ax.set(xlabel='mean GFLOPs per image', ylabel=metric, title='Dynamic routing sweep (labels: easy share)')
     ax.legend()
-    fig.savefig(path, dpi=200)
+    fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
