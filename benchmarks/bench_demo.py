@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import statistics
@@ -58,7 +59,22 @@ def run_demo(seed: int, out: Path, demo_flags: list[str], threads: int | None = 
         sys.exit(f'demo.py --seed {seed} failed (exit {done.returncode}):\n{done.stderr[-2000:]}')
     with open(out / 'sweep' / 'sweep.csv', newline='') as f:
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    print(f'seed {seed}: {routing_summary(out / "sweep", rows)}', flush=True)
     return rows, seconds
+
+
+def routing_summary(sweep: Path, rows: list[dict]) -> str:
+    """Both ends, the score range, and at 90 / 50 / 10 % easy the router's mAP@.5:.95 against random's and the
+    oracle's, with the share of the oracle's gain captured (from router_quality.txt, router.json, sweep.csv)."""
+    quality = (sweep / 'router_quality.txt').read_text().splitlines()
+    scores = json.loads((sweep / 'router.json').read_text())['quantiles']
+    lines = [quality[0], f'  scores {scores[0]:.4g} … {scores[-1]:.4g}; {quality[-1]}']
+    for k in (1, 5, 9):
+        r = rows[k]
+        lines.append(f'  {100 * r["easy_share"]:.0f}% easy: router {r["mAP@.5:.95"]:.4f}, random '
+                     f'{r["random_mAP@.5:.95"]:.4f} ± {r["random_mAP@.5:.95_sd"]:.4f}, oracle {r["oracle_mAP@.5:.95"]:.4f}, '
+                     f'captured {r["oracle_gain_captured"]:.0%}')
+    return '\n'.join(lines)
 
 
 def row_summary(rows: list[dict]) -> str:

@@ -1,6 +1,7 @@
 """Step 2: the median tracker's schedule, a frozen detector (bit-identical), batched = batch-1 losses, resume."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,34 @@ def test_median_tracker_updates_every_call_then_every_1000th() -> None:
         refreshed = call if call < 10000 else call - call % 1000  # every call until 10000, then every 1000th
         assert seen[call - 1] == np.median(values[:refreshed]), call
     assert seen[10499] != np.median(values[:10500])  # between refreshes the old value is kept
+
+
+def _with_head_losses(router_loss: str, l1: list[float], l2: list[float]) -> ComputeLossOTADy:
+    """A step-2 loss whose per-image head losses are given (the rest of the object is not needed)."""
+    loss = ComputeLossOTADy.__new__(ComputeLossOTADy)
+    loss.iter_count, loss.diff_list, loss.tracked_diff, loss.router_loss, loss.nl = 0, [], 0.0, router_loss, 1
+    heads = iter((torch.tensor(l1), torch.tensor(l2)))
+    loss.head_losses = lambda maps, targets, imgs: next(heads)
+    return loss
+
+
+def test_router_loss_bce_is_cross_entropy_against_the_median_split() -> None:
+    """--router-loss bce: differences L1 - L2 = 2, -3, 1 against the medians each image sees (2, -0.5, 1): only
+    the second is below, so the labels are 0, 1, 0 and the loss is the cross-entropy of the scores against them;
+    its gradient reaches the scores. The default stays the reference's adaptive loss."""
+    maps, score = [torch.zeros(3, 1, 1, 1, 6)] * 2, torch.tensor([[0.3], [0.6], [0.9]], requires_grad=True)
+    bce = _with_head_losses('bce', [3.0, 1.0, 2.0], [1.0, 4.0, 1.0])
+    total, items = bce((maps, score), torch.zeros(0, 6), torch.zeros(3, 3, 8, 8))
+    expected = -(math.log(0.7) + math.log(0.6) + math.log(0.1))
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-6) and float(items[0]) == pytest.approx(0.0)
+    total.backward()
+    assert score.grad.view(-1).tolist() == pytest.approx([1 / 0.7, -1 / 0.6, 1 / 0.1], rel=1e-5)
+    adaptive = _with_head_losses('adaptive', [3.0, 1.0, 2.0], [1.0, 4.0, 1.0])
+    total, _ = adaptive((maps, score.detach()), torch.zeros(0, 6), torch.zeros(3, 3, 8, 8))
+    halves = [1.0, -0.25, 0.5]  # the medians seen, halved
+    assert float(total) == pytest.approx(sum(s * (a - h) + (1 - s) * (b + h) for s, a, b, h in
+                                             zip((0.3, 0.6, 0.9), (3.0, 1.0, 2.0), (1.0, 4.0, 1.0), halves)))
+    assert train_step2.parse_opt(['--cfg', 'x.yaml']).router_loss == 'adaptive'
 
 
 def test_step2_trains_only_the_router(step1: dict, step2_run: Path) -> None:

@@ -36,6 +36,7 @@ _FOCAL_ALPHA = 0.25
 _SIMOTA_TOPK = 10  # IoUs summed for the dynamic k
 _MEDIAN_EVERY_CALL_UNTIL = 10000  # step 2: the tracked median is refreshed on every call up to here,
 _MEDIAN_EVERY = 1000  # then every this many calls
+_SCORE_EPS = 1e-6  # --router-loss bce: scores clamped off 0 and 1 before the log
 
 
 def smooth_BCE(eps: float = 0.1) -> tuple[float, float]:  # noqa: N802 (the reference's name)
@@ -341,10 +342,19 @@ class ComputeLossOTADy(_LossBase):
     refreshed on every image until 10000, then every 1000th). Returns (Σ_b adaptive_b of shape (1,),
     mean over images of [L1 − L2, s, 1 − s, adaptive]); with B = 1 exactly the reference's values.
     Only the router score receives a gradient.
+
+    router_loss 'bce' (extension, train_step2.py --router-loss bce): the loss is instead the binary cross-entropy of
+    s against the label "L1 − L2 below the tracked median". The adaptive loss is linear in s: its gradient on the
+    score's logit is (d − m)·s·(1 − s), whose sum over images is not 0 when the differences' mean is not their
+    median, so every score drifts to 0 or 1 together; the cross-entropy's gradient s − label balances at scores
+    that are probabilities, half the images labelled easy.
     """
 
-    def __init__(self, model: Any, autobalance: bool = False):
+    def __init__(self, model: Any, autobalance: bool = False, router_loss: str = 'adaptive'):
         super().__init__(model, autobalance)
+        if router_loss not in ('adaptive', 'bce'):
+            raise ValueError(f"router_loss must be 'adaptive' or 'bce', got {router_loss!r}")
+        self.router_loss = router_loss
         self.iter_count = 0
         self.diff_list: list[float] = []
         self.tracked_diff = 0.0
@@ -376,6 +386,10 @@ class ComputeLossOTADy(_LossBase):
         diff = l1 - l2
         half = l1.new_tensor(self.track(diff.tolist())) / 2
         s = score.float().view(-1)
-        adaptive = s * (l1 - half) + (1 - s) * (l2 + half)
+        if self.router_loss == 'bce':  # extension: a proper scoring rule on "head 1 is relatively good here"
+            easy = (diff < 2 * half).float()
+            adaptive = F.binary_cross_entropy(s.clamp(_SCORE_EPS, 1 - _SCORE_EPS), easy, reduction='none')
+        else:
+            adaptive = s * (l1 - half) + (1 - s) * (l2 + half)
         items = torch.stack((diff, s, 1 - s, adaptive)).detach().mean(1)
         return adaptive.sum().view(1), items

@@ -41,6 +41,9 @@ def load_hyp(path: str) -> dict:
     return hyp
 
 
+ROUTER_LOSSES = ('adaptive', 'bce')
+
+
 def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
     """The reference's flags for train_step1.py (step 1) or train_step2.py (step 2), plus our extensions."""
     p.add_argument('--weight', '--weights', type=str, default='', help='initial weights path ("" = from scratch)')
@@ -65,6 +68,11 @@ def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
     p.add_argument('--single-cls', action='store_true', help='train multi-class data as single-class')
     if step == 1:
         p.add_argument('--single-backbone', action='store_true', help='single-backbone config (plain OTA loss)')
+    else:
+        p.add_argument('--router-loss', choices=ROUTER_LOSSES, default='adaptive',
+                       help='adaptive: the reference\'s s·(L1 - m/2) + (1 - s)·(L2 + m/2), linear in the score s; '
+                            'bce (extension): binary cross-entropy of s against "L1 - L2 below its running median m", '
+                            'which keeps scores off 0 and 1 (see README)')
     p.add_argument('--adam', action='store_true', help='use torch.optim.Adam() optimizer')
     p.add_argument('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in DDP mode')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help='DDP parameter, do not modify')

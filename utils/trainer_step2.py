@@ -88,7 +88,7 @@ class Step2Trainer(Trainer):
     def build_losses(self, model: torch.nn.Module) -> tuple:
         """The adaptive router loss and, for validation, the plain loss on whichever head ran."""
         from utils.loss import ComputeLoss, ComputeLossOTADy
-        return ComputeLossOTADy(model), ComputeLoss(model)
+        return ComputeLossOTADy(model, router_loss=getattr(self.opt, 'router_loss', 'adaptive')), ComputeLoss(model)
 
     def on_epoch_start(self, model: torch.nn.Module) -> None:
         """Train mode, then every BatchNorm back to eval: detector statistics are used and kept."""
