@@ -150,8 +150,9 @@ def training_argv(opt: argparse.Namespace, data: Path, out: Path) -> tuple[list[
               '--seed', str(opt.seed), '--adam', '--nosave']  # the demo cannot resume: final checkpoints only
     step1 = ['--cfg', str(CFG1), '--weight', '', '--hyp', str(HYP1), '--epochs', str(opt.epochs),
              '--name', 'step1', '--noautoanchor', *common]
+    # --router-loss bce: the reference's linear loss drives every score to 0 or 1 together (README, step 2)
     step2 = ['--cfg', str(CFG2), '--weight', str(out / 'train' / 'step1' / 'weights' / 'last.pt'), '--hyp', str(HYP2),
-             '--epochs', str(opt.router_epochs), '--name', 'step2', *common]
+             '--epochs', str(opt.router_epochs), '--name', 'step2', '--router-loss', 'bce', *common]
     return step1, step2
 
 
