@@ -16,6 +16,7 @@ quote the spread with the machine it was measured on; the header prints it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -116,13 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--repeat', action='store_true', help='run the first seed twice and compare the sweeps')
     p.add_argument('--threads', type=int, help='OMP_NUM_THREADS of each demo (default: unset, torch decides)')
     p.add_argument('--jobs', type=int, default=1, help='demos run at once (wall times then include the sharing)')
+    p.add_argument('--keep', help='write the demos\' folders here (seed0, seed1, ...) instead of a temporary folder')
     opt = p.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
     if opt.threads:
         os.environ['OMP_NUM_THREADS'] = str(opt.threads)  # so that the header shows what the demos get
     print(f'Machine: {machine()}\ndemo.py flags: {" ".join(demo_flags) or "(defaults)"}; {opt.jobs} at once',
           flush=True)
     runs = {}
-    with tempfile.TemporaryDirectory(prefix='bench_demo_') as tmp, ThreadPoolExecutor(opt.jobs) as pool:
+    with (contextlib.nullcontext(opt.keep) if opt.keep else tempfile.TemporaryDirectory(prefix='bench_demo_')) as tmp, \
+            ThreadPoolExecutor(opt.jobs) as pool:
         jobs = {seed: pool.submit(run_demo, seed, Path(tmp) / f'seed{seed}', demo_flags, opt.threads)
                 for seed in opt.seeds}
         for seed, job in jobs.items():
