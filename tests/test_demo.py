@@ -23,7 +23,7 @@ from utils.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The whole demo at a toy size, to check its stages and outputs; LEARN_EPOCHS of its step 1 check that it learns.
-TOY = ('--images', '40', '--img', '64', '--epochs', '2', '--router-epochs', '1', '--batch-size', '8',
+TOY = ('--images', '40', '--img', '64', '--epochs', '1', '--router-epochs', '1', '--batch-size', '8',
        '--workers', '0', '--device', 'cpu')
 LEARN_EPOCHS = 12
 # Step 1's loss on its 32 training images after LEARN_EPOCHS epochs at the TOY size, over the starting weights'
