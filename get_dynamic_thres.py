@@ -1,4 +1,5 @@
-r"""Router score percentiles on a split → the 11 dynamic thresholds (SPEC §10), optionally a speed/accuracy sweep.
+r"""Router score percentiles on a split → the 11 dynamic thresholds (as the reference's get_dynamic_thres.py), optionally a
+speed/accuracy sweep.
 
     python get_dynamic_thres.py --device 0 --batch-size 1 --img-size 640 --cfg cfg/dy-yolov7-step2.yaml \
         --weight weights/dy-yolov7.pt --data data/coco.yaml --task val
