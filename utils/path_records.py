@@ -95,7 +95,8 @@ def collect_path_records(model, loader, conf_thres: float = 0.001, iou_thres: fl
 
 def _both_paths(model, x: torch.Tensor, seconds: dict) -> tuple[torch.Tensor, dict]:
     """(router scores (B, 1), {'easy': (decoded, raw maps), 'hard': ...}) for a batch, in CPU-sized chunks as the
-    routed forward runs them; stage times added to `seconds`."""
+    routed forward runs them; stage times added to `seconds`. It calls the model's own three stages (the ones
+    Model.forward routes between, compiled ones included) so that backbone 1 runs once for both heads."""
     chunk = max(1, getattr(model, 'chunk_pixels', 0) // (x.shape[-2] * x.shape[-1])) if \
         getattr(model, 'chunk_pixels', 0) else len(x)
     scores, parts = [], {p: [] for p in PATHS}
