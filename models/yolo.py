@@ -133,10 +133,8 @@ class Model(nn.Module):
     def forward(self, x: torch.Tensor, augment: bool = False):
         """Train: raw maps of both heads (+ router score when dynamic). Eval: (decoded, raw maps) of the
         path each image's score selects; `get_score`: the (B, 1) scores only."""
-        if not self.training and self.chunk_pixels and x.shape[0] > 1:
-            chunk = max(1, self.chunk_pixels // (x.shape[-2] * x.shape[-1]))
-            if x.shape[0] > chunk:
-                return self._forward_chunks(x, chunk, augment)
+        if not self.training and x.shape[0] > self.eval_chunk(x):
+            return self._forward_chunks(x, self.eval_chunk(x), augment)
         if augment:
             return self._forward_augment(x)
         b1, score = self._backbone(x)
@@ -150,6 +148,10 @@ class Model(nn.Module):
             return self._hard(x, b1)
         return self._route(x, b1, score)
 
+    def eval_chunk(self, x: torch.Tensor) -> int:
+        """Images per chunk when evaluating the batch x: at most `chunk_pixels` pixels (the whole batch when 0)."""
+        return max(1, self.chunk_pixels // (x.shape[-2] * x.shape[-1])) if self.chunk_pixels else x.shape[0]
+
     def _forward_chunks(self, x: torch.Tensor, chunk: int, augment: bool):
         """The eval forward chunk by chunk, outputs and `last_easy` concatenated in input order."""
         outputs, easy = [], []
@@ -158,7 +160,7 @@ class Model(nn.Module):
             outputs.append(self.forward(part, augment))
             easy.append(self.last_easy)
         self.last_easy = None if any(e is None for e in easy) else torch.cat(easy)
-        return _cat(outputs)
+        return cat_outputs(outputs)
 
     def forward_path(self, x: torch.Tensor, path: str):
         """Run one path for the whole batch whatever the scores: 'easy' (backbone 1 + router + head 1),
@@ -244,14 +246,14 @@ def _take(outputs: list, idx: torch.Tensor) -> list:
     return [None if t is None else t.index_select(0, idx) for t in outputs]
 
 
-def _cat(outputs: list):
+def cat_outputs(outputs: list):
     """Concatenate along the batch axis outputs of the same structure (tensors, tuples/lists of them, None)."""
     first = outputs[0]
     if first is None:
         return None
     if isinstance(first, torch.Tensor):
         return torch.cat(outputs)
-    return type(first)(_cat(list(parts)) for parts in zip(*outputs))
+    return type(first)(cat_outputs(list(parts)) for parts in zip(*outputs))
 
 
 def _merge(batch: int, *parts: tuple[torch.Tensor, Any]):

@@ -37,11 +37,8 @@ _FORKSERVER.set_forkserver_preload(['torch', 'train_step1', 'train_step2', 'test
 
 def _train_in_child(module: str, argv: list[str]) -> None:
     """A training child: one thread, no figures, the CLI's main(argv)."""
-    import utils.trainer as trainer
     torch.set_num_threads(1)
-    for name in ('plot_results', 'plot_labels', 'plot_lr_schedule'):
-        setattr(trainer, name, lambda *args, **kwargs: None)
-    trainer.EvalOptions = lambda **kwargs: EvalOptions(**{**kwargs, 'plots': False})
+    skip_run_plots(pytest.MonkeyPatch())  # the child's own module state: never undone, it ends with the child
     importlib.import_module(module).main(argv)
 
 

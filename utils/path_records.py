@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from models.inference import prepare_input
+from models.yolo import cat_outputs
 from utils.evaluation import image_stats, to_original_pixels
 from utils.general import non_max_suppression
 from utils.loss import ComputeLossOTADy
@@ -79,15 +80,16 @@ def collect_path_records(model, loader, conf_thres: float = 0.001, iou_thres: fl
                 maps = [[m.float() for m in outputs[p][1]] for p in PATHS]
                 diff = oracle_loss.head_losses(maps[0], targets, x) - oracle_loss.head_losses(maps[1], targets, x)
                 records.loss_diff += diff.tolist()
-            pixels = targets[:, 2:] * torch.tensor([x.shape[3], x.shape[2]] * 2, device=x.device)
+            pixels = targets.clone()
+            pixels[:, 2:] *= torch.tensor([x.shape[3], x.shape[2]] * 2, device=x.device)
+            labels = [pixels[pixels[:, 0] == i, 1:] for i in range(len(x))]
             for path in PATHS:
                 t0 = time_sync(x.device)
                 preds = non_max_suppression(outputs[path][0], conf_thres, iou_thres, multi_label=True)
                 records.seconds[f'nms_{path}'] += time_sync(x.device) - t0
-                for i, pred in enumerate(preds):
-                    labels = torch.cat((targets[targets[:, 0] == i, 1:2], pixels[targets[:, 0] == i]), 1)
-                    records.stats[path].append(image_stats(*to_original_pixels(pred.float(), labels,
-                                                                               x.shape[2:], shapes[i])))
+                for pred, image_labels, image_shapes in zip(preds, labels, shapes):
+                    records.stats[path].append(image_stats(*to_original_pixels(pred.float(), image_labels,
+                                                                               x.shape[2:], image_shapes)))
             records.files += list(paths)
     records.scores = torch.cat(scores) if scores else torch.zeros(0)
     return records
@@ -97,10 +99,8 @@ def _both_paths(model, x: torch.Tensor, seconds: dict) -> tuple[torch.Tensor, di
     """(router scores (B, 1), {'easy': (decoded, raw maps), 'hard': ...}) for a batch, in CPU-sized chunks as the
     routed forward runs them; stage times added to `seconds`. It calls the model's own three stages (the ones
     Model.forward routes between, compiled ones included) so that backbone 1 runs once for both heads."""
-    chunk = max(1, getattr(model, 'chunk_pixels', 0) // (x.shape[-2] * x.shape[-1])) if \
-        getattr(model, 'chunk_pixels', 0) else len(x)
     scores, parts = [], {p: [] for p in PATHS}
-    for part in x.split(chunk):
+    for part in x.split(model.eval_chunk(x)):
         t0 = time_sync(x.device)
         b1, score = model._backbone(part)
         t1 = time_sync(x.device)
@@ -111,9 +111,5 @@ def _both_paths(model, x: torch.Tensor, seconds: dict) -> tuple[torch.Tensor, di
         for stage, seconds_taken in zip(STAGES[:3], (t1 - t0, t2 - t1, t3 - t2)):
             seconds[stage] += seconds_taken
         scores.append(score)
-    return torch.cat(scores), {p: _cat_outputs(parts[p]) for p in PATHS}
+    return torch.cat(scores), {p: cat_outputs(parts[p]) for p in PATHS}
 
-
-def _cat_outputs(outputs: list) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Chunks' (decoded, raw maps) joined along the batch."""
-    return torch.cat([d for d, _ in outputs]), [torch.cat(level) for level in zip(*(r for _, r in outputs))]
