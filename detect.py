@@ -3,7 +3,7 @@ r"""Detect objects in images, folders, globs, videos or a webcam with a DynamicD
     python detect.py --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --num-classes 80 \
         --source inference/images --device 0 --dy-thres 0.5
 
-Flags are the reference's (SPEC §12). Each image is routed by its own router score (>= --dy-thres: easy path);
+Flags are those of the reference's detect.py. Each image is routed by its own router score (>= --dy-thres: easy path);
 the log line says which path it took. Beyond the reference: class names from --data (else COCO's for 80 classes),
 --batch-size for images and video frames, --save-crop, and a route + FPS line drawn on videos and webcams.
 """

@@ -3,7 +3,7 @@ r"""Evaluate a DynamicDet checkpoint on a split: mAP table, speed, routing; opti
     python test.py --img-size 640 --batch-size 1 --conf 0.001 --iou 0.65 --device 0 \
         --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --data data/coco.yaml --dy-thres 0.5
 
-Flags are the reference's (SPEC §11). `--dy-thres T`: an image whose router score is ≥ T takes the easy path;
+Flags are those of the reference's test.py. `--dy-thres T`: an image whose router score is ≥ T takes the easy path;
 T ≤ 0 sends every image down the easy path, T > 1 every image down the hard path.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""Step 1: train the cascaded detector (both backbones, both heads) with the reference's recipe (SPEC §8).
+r"""Step 1: train the cascaded detector (both backbones, both heads) with the recipe of the reference's train_step1.py.
 
     python train_step1.py --workers 8 --device 0 --batch-size 16 --epochs 300 --img 640 \
         --cfg cfg/dy-yolov7-step1.yaml --weight '' --data data/coco.yaml --hyp hyp/hyp.scratch.p5.yaml \

@@ -1,4 +1,4 @@
-r"""Step 2: train the adaptive router on the frozen step-1 detector (SPEC §9).
+r"""Step 2: train the adaptive router on the frozen step-1 detector (the reference's train_step2.py).
 
     python train_step2.py --workers 4 --device 0 --batch-size 1 --epochs 2 --img 640 --adam \
         --cfg cfg/dy-yolov7-step2.yaml --weight runs/train/dy-yolov7-step1/weights/last.pt \

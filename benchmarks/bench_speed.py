@@ -29,7 +29,7 @@ from models.yolo import Model  # noqa: E402
 from utils.cli import add_engine_flags  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
-# The paper (SPEC §1.1): FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). The reference on this project's
+# The DynamicDet paper: FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). The reference on this project's
 # 2-core CPU: fused Dy-YOLOv7 at 640, batch 1, fp32, seconds per image per path.
 REFERENCE_V100_FPS = {'dy-yolov7': (110, 83), 'dy-yolov7x': (98, 64), 'dy-yolov7-w6': (74, 46)}
 REFERENCE_CPU_S = {'easy': 0.83, 'hard': 1.56}

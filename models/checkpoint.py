@@ -1,4 +1,4 @@
-"""Reading and writing checkpoints safely (SPEC §13).
+"""Reading and writing checkpoints safely (the reference's train_step1.py checkpoints).
 
 Files are read with `torch.load(..., weights_only=True)`: nothing but tensors, numbers, strings and plain
 containers is ever unpickled. The one exception the reference's own training checkpoints need — numpy arrays

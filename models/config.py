@@ -1,4 +1,5 @@
-"""Reading and checking a model config (SPEC §2.1) before any module is built."""
+"""Reading and checking a model config (the reference's models/yolo.py (parse_model, Model)) before any module is
+built."""
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
-"""IDetect: the YOLOv7 detection layer with implicit knowledge (SPEC §3), raw maps and box decoding."""
+"""IDetect: the YOLOv7 detection layer with implicit knowledge (the reference's models/common.py), raw maps and box
+decoding."""
 from __future__ import annotations
 
 import math
@@ -91,7 +92,8 @@ class IDetect(nn.Module):
         return self.decode(maps), maps
 
     def initialize_biases(self) -> None:
-        """Prior biases: objectness log(8 / (640/s)²), classes log(0.6 / (nc − 0.99)) (SPEC §2.5)."""
+        """Prior biases: objectness log(8 / (640/s)²), classes log(0.6 / (nc − 0.99)) (the reference's models/yolo.py
+        (Model._initialize_biases))."""
         with torch.no_grad():
             for conv, s in zip(self.m, self.stride.tolist()):
                 b = conv.bias.view(self.na, -1)

@@ -1,4 +1,5 @@
-"""One graph builder for the four config sections (backbone, dual_backbone, head, head2), SPEC §2.
+"""One graph builder for the four config sections (backbone, dual_backbone, head, head2), the reference's
+models/yolo.py (parse_model, Model).
 
 Module names resolve through an explicit registry and only the symbols `nc`, `anchors` and `None` are
 substituted in arguments: a config file is data and can never run code.

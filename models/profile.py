@@ -1,4 +1,5 @@
-"""Model size and GFLOPs as the reference reports them (SPEC §5), counted by thop on shape-only copies."""
+"""Model size and GFLOPs as the reference's utils/torch_utils.py (model_info) reports them, counted by thop on
+shape-only copies."""
 from __future__ import annotations
 
 import copy
@@ -48,7 +49,8 @@ def _size(img_size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def path_gflops(model: nn.Module, img_size: int | tuple[int, int] = 640) -> dict[str, float]:
-    """{'easy': GFLOPs, 'hard': GFLOPs} of the fused model in eval mode at img_size (SPEC §5)."""
+    """{'easy': GFLOPs, 'hard': GFLOPs} of the fused model in eval mode at img_size (the reference's
+    utils/torch_utils.py (model_info))."""
     h, w = _size(img_size)
     fused = meta_copy(model).fuse().eval()
     return {path: count_gflops(fused, path, h, w) for path in ('easy', 'hard')}

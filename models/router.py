@@ -1,4 +1,5 @@
-"""The adaptive router of DynamicDet (SPEC §3): a per-image 'easy' score from pooled backbone-1 features."""
+"""The adaptive router of DynamicDet (the reference's models/common.py): a per-image 'easy' score from pooled
+backbone-1 features."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,4 +1,5 @@
-"""The DynamicDet model: two cascaded YOLOv7 backbones, two heads and a router (SPEC §2, §4).
+"""The DynamicDet model: two cascaded YOLOv7 backbones, two heads and a router (the reference's
+models/yolo.py: parse_model, Model and its forward).
 
 Faithful to the reference: architecture, state_dict keys, train/eval outputs, fuse().
 Extension: batched routing (each image of a batch takes its own path; the reference accepts batch 1 only).
@@ -105,7 +106,7 @@ class Model(nn.Module):
     @torch.no_grad()
     def _init_strides_and_biases(self, ch: int) -> None:
         """Strides from a 256×256 probe of head 1 (eval mode, so BN statistics stay untouched), anchors to
-        grid units, prior biases (SPEC §2.5)."""
+        grid units, prior biases (the reference's models/yolo.py (Model._initialize_biases))."""
         size = 256
         det1, det2 = self.detect_layers
         for det in (det1, det2):

@@ -1,4 +1,5 @@
-"""Training augmentations (SPEC §7.3): hand-computed warps, boxes that enclose the warped pixels, HSV, mixup, flips."""
+"""Training augmentations (the reference's utils/datasets.py): hand-computed warps, boxes that enclose the warped
+pixels, HSV, mixup, flips."""
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
-"""Autoanchor (SPEC §8.2): BPR metric, k-means + evolution, and adoption into both detection layers."""
+"""Autoanchor (the reference's train_step1.py): BPR metric, k-means + evolution, and adoption into both detection
+layers."""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
-"""Data YAMLs and image lists (SPEC §7.1): path resolution, names/nc checks, list rules, one-line errors."""
+"""Data YAMLs and image lists (the reference's utils/datasets.py): path resolution, names/nc checks, list rules,
+one-line errors."""
 from __future__ import annotations
 
 import os

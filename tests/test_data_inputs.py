@@ -1,4 +1,5 @@
-"""Dirty dataset inputs (issue 3, SPEC §7.1): every bad image or label is warned about by name with a reason and
+"""Dirty dataset inputs (issue 3, the reference's utils/datasets.py): every bad image or label is warned about by name
+with a reason and
 skipped or repaired, the summary line counts them, loading never crashes (workers included), nothing but the
 label cache is written, and the cache is pickle-free, atomic, rebuilt when stale and optional when unwritable."""
 from __future__ import annotations

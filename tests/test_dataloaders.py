@@ -1,4 +1,5 @@
-"""Loader creation (SPEC §7.3 "Loaders"): worker count rule, DDP split, repeatable seeded workers, RAM cache."""
+"""Loader creation (the reference's utils/datasets.py): worker count rule, DDP split, repeatable seeded workers, RAM
+cache."""
 from __future__ import annotations
 
 import os

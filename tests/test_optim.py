@@ -1,4 +1,5 @@
-"""EMA, freezing, parameter groups, optimizer, lr schedule and warmup (SPEC §8.2) against hand-computed values."""
+"""EMA, freezing, parameter groups, optimizer, lr schedule and warmup (the reference's train_step1.py) against
+hand-computed values."""
 from __future__ import annotations
 
 import io

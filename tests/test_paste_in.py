@@ -1,4 +1,4 @@
-"""Paste-in augmentation (SPEC §7.3 item 3): hand-computed geometry and synthetic masks."""
+"""Paste-in augmentation (the reference's utils/datasets.py): hand-computed geometry and synthetic masks."""
 from __future__ import annotations
 
 import random

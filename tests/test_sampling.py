@@ -1,4 +1,5 @@
-"""Image weights and multi-scale batches (SPEC §7.3, §8): hand-computed weights and the sampler's draws."""
+"""Image weights and multi-scale batches (the reference's utils/datasets.py and train_step1.py): hand-computed weights
+and the sampler's draws."""
 from __future__ import annotations
 
 import random

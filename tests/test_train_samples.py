@@ -1,4 +1,5 @@
-"""Training samples (SPEC §7.3) on drawn objects: after mosaic 4/9, perspective, flips and mixup the boxes still
+"""Training samples (the reference's utils/datasets.py) on drawn objects: after mosaic 4/9, perspective, flips and
+mixup the boxes still
 enclose the objects' pixels; labels stay inside the image; seeded runs repeat; collate and --quad layouts."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The evaluation loader against the reference's (SPEC §14.9): order, batch shapes, gains, pads, labels, pixels."""
+"""The evaluation loader against the reference's (val_loader.npz in ../shared/reference): order, batch shapes, gains,
+pads, labels, pixels."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Training-time image augmentations, faithful to the reference (SPEC §7.3).
+"""Training-time image augmentations, faithful to the reference (the reference's utils/datasets.py).
 
 Random perspective, box filtering, HSV jitter, mixup and flips keep the reference's names, arguments,
 formulas and the order of their random draws from the module-level Python `random` and `numpy.random`
@@ -60,7 +60,8 @@ def random_perspective(img: np.ndarray, targets: np.ndarray | Sequence = (), seg
                        degrees: float = 10, translate: float = .1, scale: float = .1, shear: float = 10,
                        perspective: float = 0.0, border: tuple[float, float] = (0, 0)
                        ) -> tuple[np.ndarray, np.ndarray | Sequence]:
-    """Warp an image and its [cls, x1, y1, x2, y2] pixel targets by a random M = T·S·R·P·C (SPEC §7.3)."""
+    """Warp an image and its [cls, x1, y1, x2, y2] pixel targets by a random M = T·S·R·P·C (the reference's
+    utils/datasets.py)."""
     height = int(img.shape[0] + border[0] * 2)  # a negative (mosaic) border crops the canvas
     width = int(img.shape[1] + border[1] * 2)
 

@@ -1,4 +1,5 @@
-"""Autoanchor (SPEC §8.2, §2.5): check how well the anchors fit the labels; re-fit them by k-means + evolution.
+"""Autoanchor (the reference's train_step1.py and models/yolo.py (Model._initialize_biases)): check how well the
+anchors fit the labels; re-fit them by k-means + evolution.
 
 The YOLOv5/YOLOv7 procedure, with two changes: every random draw comes from a seeded `np.random.default_rng`
 so results repeat, and new anchors are written into BOTH detection layers (the reference updated head 2 only,

@@ -1,4 +1,5 @@
-"""Mosaics of a batch with its boxes: test_batch{i}_labels/_pred.jpg and train_batch{i}.jpg (SPEC §11)."""
+"""Mosaics of a batch with its boxes: test_batch{i}_labels/_pred.jpg and train_batch{i}.jpg (the reference's
+test.py)."""
 from __future__ import annotations
 
 import math

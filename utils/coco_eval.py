@@ -1,4 +1,4 @@
-"""COCO-format prediction JSON and pycocotools evaluation (SPEC §11 `--save-json`).
+"""COCO-format prediction JSON and pycocotools evaluation (the reference's test.py).
 
 Faithful: the JSON rows (image_id, category_id, bbox top-left xywh rounded to 3, score rounded to 5) and the
 COCOeval call restricted to the evaluated images. Fixed reference defects: the annotation path is derived from the

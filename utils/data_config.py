@@ -1,4 +1,4 @@
-"""Data YAML reading and image-list resolution (SPEC §7.1).
+"""Data YAML reading and image-list resolution (the reference's utils/datasets.py).
 
 A data YAML names `train`, `val` and optionally `test` (each a txt list of image paths, a directory, or a list of
 either), `nc` and `names`. Relative paths resolve against the YAML's `path` key when present, else the YAML's own

@@ -1,4 +1,4 @@
-"""Loader creation for one process or DDP ranks (SPEC §7.3 "Loaders").
+"""Loader creation for one process or DDP ranks (the reference's utils/datasets.py).
 
 Faithful: the dataset arguments, batch = min(batch, dataset size), the worker count rule, a shuffled
 `DistributedSampler` under DDP and sequential order otherwise, pinned memory, worker reuse across epochs.

@@ -1,4 +1,5 @@
-"""The detection dataset: images and YOLO labels, evaluation letterboxing and the training recipe (SPEC §7).
+"""The detection dataset: images and YOLO labels, evaluation letterboxing and the training recipe (the reference's
+utils/datasets.py).
 
 `LoadImagesAndLabels` keeps the reference's name, constructor arguments and sample format
 (uint8 CHW tensor, labels (n, 6) `[batch index, class, cx, cy, w, h]`, path, shapes). Images stay uint8 until

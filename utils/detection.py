@@ -1,4 +1,5 @@
-"""Batched detection for detect.py: letterboxed batches, routed forward, NMS, and what a run writes (SPEC §12)."""
+"""Batched detection for detect.py: letterboxed batches, routed forward, NMS, and what a run writes (the reference's
+detect.py)."""
 from __future__ import annotations
 
 import time

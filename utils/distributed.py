@@ -1,4 +1,5 @@
-"""torch.distributed set-up for training (SPEC §8.1): NCCL on GPUs, gloo on the CPU, env:// rendezvous.
+"""torch.distributed set-up for training (the reference's train_step1.py): NCCL on GPUs, gloo on the CPU, env://
+rendezvous.
 
 Works under `torchrun` (single or multi-node: --nnodes/--node_rank/--rdzv_endpoint) and the reference's
 `python -m torch.distributed.launch` (which passes --local_rank). No launcher: a single process.

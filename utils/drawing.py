@@ -1,4 +1,4 @@
-"""Drawing detections on images (SPEC §12): a box per detection and a filled label with `name conf`."""
+"""Drawing detections on images (the reference's detect.py): a box per detection and a filled label with `name conf`."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Exponential moving average of a model's state (SPEC §8.2 "AMP/EMA").
+"""Exponential moving average of a model's state (the reference's train_step1.py).
 
 Faithful to the reference (`ModelEMA` of YOLOv7): a deep copy in eval mode with gradients off; after each
 optimizer step `updates += 1`, d = decay·(1 − exp(−updates/2000)), and every floating-point state_dict entry
@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-# The attributes the trainers copy onto the EMA before validation (SPEC §8.2).
+# The attributes the trainers copy onto the EMA before validation (the reference's train_step1.py).
 EMA_ATTRIBUTES = ('yaml', 'nc', 'hyp', 'gr', 'names', 'stride', 'class_weights')
 
 

@@ -1,4 +1,5 @@
-"""The evaluation loop shared by test.py and the trainers (SPEC §11): forward, NMS, matching, metrics, outputs.
+"""The evaluation loop shared by test.py and the trainers (the reference's test.py): forward, NMS, matching, metrics,
+outputs.
 
 Faithful: the per-image procedure, the statistics, the printed table and the returned values. Fixed reference
 defects: the label count is printed even when nothing is correct. Extensions: batched dynamic evaluation (each

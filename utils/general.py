@@ -156,7 +156,7 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
                         labels: tuple | list = ()) -> list[torch.Tensor]:
     """Per image (n, 6) detections [x1, y1, x2, y2, conf, cls] from decoded rows [cx, cy, w, h, obj, cls…].
 
-    The reference's semantics (SPEC §11); unlike it, no image of a batch is ever dropped for time: a slow batch
+    The semantics of the reference's test.py; unlike it, no image of a batch is ever dropped for time: a slow batch
     only warns.
     """
     multi_label &= prediction.shape[2] - 5 > 1

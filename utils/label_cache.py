@@ -1,4 +1,4 @@
-"""Scanning images and labels once, and the label cache that saves doing it again (SPEC §7.1).
+"""Scanning images and labels once, and the label cache that saves doing it again (the reference's utils/datasets.py).
 
 Faithful: the checks (image opens, both sides ≥ 10 px, known format, EXIF-rotated size), the statuses (found,
 missing, empty, corrupt), the cache location and the summary line. Fixed reference defects: the cache is rebuilt

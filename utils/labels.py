@@ -1,4 +1,5 @@
-"""YOLO label files: the image→label path rule, parsing (boxes or polygons) and repair of dirty rows (SPEC §7.1).
+"""YOLO label files: the image→label path rule, parsing (boxes or polygons) and repair of dirty rows (the reference's
+utils/datasets.py).
 
 Faithful: the path rule, the polygon rule (a line with more than 8 fields makes the whole file polygons), and
 the checks. Extension: instead of discarding a whole image for one bad row, rows are repaired or dropped one by

@@ -1,4 +1,5 @@
-"""Fitting images to network input shapes: letterbox resizing and rectangular batch shapes (SPEC §7.2)."""
+"""Fitting images to network input shapes: letterbox resizing and rectangular batch shapes (the reference's
+utils/datasets.py)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
-"""Training losses (SPEC §6): one candidate search, one SimOTA assigner and one per-head loss, combined by
+"""Training losses (the reference's utils/loss.py): one candidate search, one SimOTA assigner and one per-head loss,
+combined by
 ComputeLossOTA (one head), ComputeLossOTADual (step 1, both heads), ComputeLossOTADy (step 2, router only) and
 ComputeLoss (validation losses).
 
@@ -7,12 +8,14 @@ Faithful to the reference: names, constructors `(model, autobalance=False)`, cal
 cost = class BCE + 3·IoU cost, conflicts to the cheapest GT), CIoU, level balance, label smoothing, focal variant,
 autobalance, the step-2 median tracker. The returned loss keeps the reference's shape (1,).
 
-Fixed (SPEC §6.1): empty index tensors live on the targets' device (the reference hard-codes `cuda:0`), so a batch
+Fixed (the reference's utils/loss.py::ComputeLossOTA): empty index tensors live on the targets' device (the reference
+hard-codes `cuda:0`), so a batch
 without targets or candidates gives a finite, objectness-only loss on any device; ground-truth boxes go to pixels
 with the image width for x/w and the height for y/h (the reference used the height for all four). Predictions
 are cast to float32 (AMP), and a map count that does not match the detection layer is a clear error.
 
-Extended (SPEC §6.3): ComputeLossOTADy accepts B > 1. Head losses L1 and L2 are computed per image (each image
+Extended (the reference's utils/loss.py::ComputeLossOTADy): ComputeLossOTADy accepts B > 1. Head losses L1 and L2 are
+computed per image (each image
 reduced as if it were a batch of one), the difference list receives one entry per image in batch order and the
 adaptive formula is applied per image, so a batch of B gives the same per-image losses and tracker state as B
 consecutive batch-1 calls. It returns (Σ_b adaptive_b, mean over images of [L1 − L2, s, 1 − s, adaptive]);
@@ -30,7 +33,8 @@ import torch.nn.functional as F
 
 from utils.general import box_iou, xywh2xyxy
 
-# Neighbour offsets of the candidate search: centre, then left, up, right, down (SPEC §6.1).
+# Neighbour offsets of the candidate search: centre, then left, up, right, down (the reference's
+# utils/loss.py::ComputeLossOTA).
 _OFFSETS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0))
 _FOCAL_ALPHA = 0.25
 _SIMOTA_TOPK = 10  # IoUs summed for the dynamic k
@@ -103,7 +107,8 @@ class Assignment:
 
 def find_3_positive(shapes: Sequence[tuple[int, int]], targets: torch.Tensor, anchors: torch.Tensor,
                     anchor_t: float) -> list[Assignment]:
-    """The reference's candidate cells per level (SPEC §6.1): every (target, anchor) pair whose w/h ratios pass
+    """The candidate cells per level of the reference's utils/loss.py::ComputeLossOTA: every (target, anchor) pair
+    whose w/h ratios pass
     anchor_t gives its centre cell and the two nearest neighbours.
 
     shapes: (H, W) per level; targets (N, 6) [image, class, cx, cy, w, h] normalised; anchors (nl, na, 2) in grid
@@ -300,7 +305,8 @@ class _LossBase:
 
 
 class ComputeLoss(_LossBase):
-    """YOLOv5-style loss, every candidate a positive; used for validation losses (SPEC §6.4)."""
+    """YOLOv5-style loss, every candidate a positive; used for validation losses (the reference's
+    utils/loss.py::ComputeLoss)."""
 
     def __call__(self, p: Sequence[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """p: nl raw maps (B, na, H, W, nc+5); targets (N, 6) → (loss · B, [box, obj, cls, total])."""
@@ -312,7 +318,7 @@ class ComputeLoss(_LossBase):
 
 
 class ComputeLossOTA(_LossBase):
-    """SimOTA loss of one head (SPEC §6.1)."""
+    """SimOTA loss of one head (the reference's utils/loss.py::ComputeLossOTA)."""
 
     def __call__(self, p: Sequence[torch.Tensor], targets: torch.Tensor, imgs: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,7 +329,8 @@ class ComputeLossOTA(_LossBase):
 
 
 class ComputeLossOTADual(_LossBase):
-    """Step 1: SimOTA loss of both heads, matched separately and summed (SPEC §6.2)."""
+    """Step 1: SimOTA loss of both heads, matched separately and summed (the reference's
+    utils/loss.py::ComputeLossOTADual)."""
 
     def __call__(self, p: Sequence[torch.Tensor], targets: torch.Tensor, imgs: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,7 +343,8 @@ class ComputeLossOTADual(_LossBase):
 
 
 class ComputeLossOTADy(_LossBase):
-    """Step 2: the router's adaptive loss from the detached losses of both heads (SPEC §6.3), per image.
+    """Step 2: the router's adaptive loss from the detached losses of both heads (the reference's
+    utils/loss.py::ComputeLossOTADy), per image.
 
     State: `iter_count`, `diff_list` (every L1 − L2 so far, one per image) and `tracked_diff` (their median,
     refreshed on every image until 10000, then every 1000th). Returns (Σ_b adaptive_b of shape (1,),

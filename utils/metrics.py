@@ -1,4 +1,4 @@
-"""Detection metrics: prediction-to-target matching, AP per class, confusion matrix, fitness (SPEC §11).
+"""Detection metrics: prediction-to-target matching, AP per class, confusion matrix, fitness (the reference's test.py).
 
 Names, arguments and return values are the reference's. Fixed reference defect: `np.trapz` (removed in numpy 2)
 is `np.trapezoid`, with identical results.
@@ -24,7 +24,7 @@ def fitness(x: np.ndarray) -> np.ndarray:
 def match_predictions(detections: torch.Tensor, labels: torch.Tensor,
                       iouv: torch.Tensor = IOU_THRESHOLDS) -> torch.Tensor:
     """(n, len(iouv)) correct flags for one image's detections [x1, y1, x2, y2, conf, cls] (NMS order) against
-    its labels [cls, x1, y1, x2, y2], with the reference's greedy rule (SPEC §11 "Matching")."""
+    its labels [cls, x1, y1, x2, y2], with the greedy rule of the reference's test.py."""
     correct = torch.zeros(len(detections), len(iouv), dtype=torch.bool, device=detections.device)
     iouv = iouv.to(detections.device)
     taken: set[int] = set()

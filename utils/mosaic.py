@@ -1,4 +1,5 @@
-"""Mosaics of 4 and 9 images with their labels and polygons (SPEC §7.3 step 1), faithful to the reference.
+"""Mosaics of 4 and 9 images with their labels and polygons (the reference's utils/datasets.py), faithful to the
+reference.
 
 Each function takes the dataset (for `load_images`, `labels`, `segments`, `indices`, `img_size`, `hyp`) and draws
 its randomness from Python `random` in the reference's order, so a seeded run repeats.

@@ -1,4 +1,5 @@
-"""Step-1 optimizer recipe (SPEC §8.2): freezing, parameter groups, SGD/Adam, lr schedule, warmup, accumulation.
+"""Step-1 optimizer recipe (the reference's train_step1.py): freezing, parameter groups, SGD/Adam, lr schedule, warmup,
+accumulation.
 
 Faithful to the reference (`train_step1.py`): three groups in its order — group 0 BatchNorm weights and IDetect
 implicit parameters (no decay), group 1 every other module `weight` (decay), group 2 every module `bias` (no

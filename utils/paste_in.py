@@ -1,4 +1,4 @@
-"""YOLOv7 "paste-in" augmentation (SPEC §7.3 item 3), faithful to the reference.
+"""YOLOv7 "paste-in" augmentation (the reference's utils/datasets.py), faithful to the reference.
 
 Object samples (class, masked pixels inside the box, filled-polygon mask) are harvested from 4-image mosaics of
 random images (`harvest_samples`, the reference's `sample_segments`; `collect_samples`, the loop in

@@ -1,4 +1,5 @@
-"""Evaluation plots: PR / metric-vs-confidence curves and the confusion matrix (SPEC §11), with matplotlib only.
+"""Evaluation plots: PR / metric-vs-confidence curves and the confusion matrix (the reference's test.py), with
+matplotlib only.
 
 The reference drew the confusion matrix with seaborn; here it is matplotlib's `imshow` with the same layout
 (columns normalised to 1, background last), so no extra dependency is needed.

@@ -1,4 +1,5 @@
-"""Image weights (class-frequency and per-class mAP sampling) and multi-scale batches (SPEC §7.3, §8).
+"""Image weights (class-frequency and per-class mAP sampling) and multi-scale batches (the reference's
+utils/datasets.py and train_step1.py).
 
 Faithful: the weight formulas and the multi-scale size rule. Fixes: `np.int` (removed in numpy ≥ 1.24) and
 `random.randrange` with float bounds (an error on Python ≥ 3.12). Extension: the weighted draw lives in a sampler

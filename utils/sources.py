@@ -1,4 +1,5 @@
-"""Inputs of detect.py: image files, folders, globs, videos, and webcams/streams/.txt stream lists (SPEC §12)."""
+"""Inputs of detect.py: image files, folders, globs, videos, and webcams/streams/.txt stream lists (the reference's
+detect.py)."""
 from __future__ import annotations
 
 import glob

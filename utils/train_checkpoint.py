@@ -1,4 +1,4 @@
-"""Training checkpoints (SPEC §8.2 "Checkpoints", "Resume"): what is saved when, stripping, and restoring.
+"""Training checkpoints (the reference's train_step1.py): what is saved when, stripping, and restoring.
 
 Faithful: the reference's fields (`epoch`, `best_fitness`, `training_results`, `model`, `ema`, `updates`,
 `optimizer`, `wandb_id`) and file policy (last, best, best_NNN from epoch 200, epoch_NNN at epoch 0, every 25th

@@ -1,4 +1,4 @@
-"""Outputs of a training run folder (SPEC §8.2 "Progress header"/"Outputs", §9): progress text, results.txt and
+"""Outputs of a training run folder (the reference's train_step1.py and train_step2.py): progress text, results.txt and
 results.csv, results.png, LR.png, labels.png, train batch mosaics, TensorBoard scalars. Rank 0 only (the caller
 decides).
 
@@ -191,7 +191,7 @@ def plot_results(save_dir: str | Path) -> Path | None:
 
 
 def plot_lr_schedule(lr_fn: Callable[[int], float], epochs: int, lr0: float, save_dir: str | Path) -> Path:
-    """LR.png: lr0·lr_fn(epoch) for every epoch (lr_fn is the LambdaLR factor of SPEC §8.2)."""
+    """LR.png: lr0·lr_fn(epoch) for every epoch (lr_fn is the LambdaLR factor of the reference's train_step1.py)."""
     y = [lr0 * lr_fn(e) for e in range(epochs)]
     fig, ax = plt.subplots(1, 1, figsize=(6, 4), tight_layout=True)
     ax.plot(y, '.-', label='LR')

@@ -1,4 +1,5 @@
-"""Training flags (SPEC §8.1, §9), their checks, the distributed environment, and --resume (SPEC §8.2 "Resume").
+"""Training flags (the reference's train_step1.py and train_step2.py), their checks, the distributed environment, and
+--resume (the reference's train_step1.py).
 
 Faithful: every reference flag with its default; `--img` for `--img-size`; one size means train = test size;
 `--resume` alone picks the newest `last*.pt` under the working directory and restores the run's options.

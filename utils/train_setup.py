@@ -1,4 +1,5 @@
-"""What a training run builds before its first step (SPEC §8.2): run folder files, seeds, the model with its
+"""What a training run builds before its first step (the reference's train_step1.py): run folder files, seeds, the
+model with its
 initial weights, the data loaders, and the hyperparameter scaling of §6.5.
 
 Faithful: name/shape intersection loading without `anchor` keys ("Transferred a/b items"), fp16 rounding of the
@@ -70,7 +71,7 @@ def build_train_model(opt: argparse.Namespace, hyp: dict, nc: int, device: torch
 
 
 def scale_hyp(hyp: dict, nl: int, nc: int, img_size: int, label_smoothing: float) -> dict:
-    """Loss gains for the number of levels, classes and image size (SPEC §6.5)."""
+    """Loss gains for the number of levels, classes and image size (the reference's train_step1.py hyp scaling)."""
     hyp = dict(hyp)
     hyp['box'] *= 3.0 / nl
     hyp['cls'] *= nc / 80.0 * 3.0 / nl

@@ -1,4 +1,5 @@
-"""The training loop shared by step 1 and step 2 (SPEC §8.2, §9): one class, step-specific hooks.
+"""The training loop shared by step 1 and step 2 (the reference's train_step1.py and train_step2.py): one class,
+step-specific hooks.
 
 Faithful: warmup, accumulation to nominal batch 64, AMP, EMA, per-epoch validation of the EMA with the
 reference's fitness, results.txt, checkpoint policy, stripping, the final log line. Extended: NaN/inf steps
@@ -82,7 +83,8 @@ class Trainer:
         """(training loss, validation loss) objects."""
         from utils.loss import ComputeLoss, ComputeLossOTA, ComputeLossOTADual
         single = getattr(self.opt, 'single_backbone', False)
-        if single and len(model.model_b2):  # the plain OTA loss sees only nl of the 2·nl maps (SPEC §6.2)
+        # the plain OTA loss sees only nl of the 2·nl maps (the reference's utils/loss.py::ComputeLossOTADual)
+        if single and len(model.model_b2):
             raise TrainOptionError(f'--single-backbone: {self.opt.cfg} has a second backbone and head; '
                                    'use it without --single-backbone (a single-backbone config is needed for it)')
         return (ComputeLossOTA if single else ComputeLossOTADual)(model), ComputeLoss(model)

@@ -1,4 +1,5 @@
-"""Step 2 (SPEC §9): train only the router on the frozen step-1 detector, with the adaptive loss (SPEC §6.3).
+"""Step 2 (the reference's train_step2.py): train only the router on the frozen step-1 detector, with the adaptive loss
+(the reference's utils/loss.py::ComputeLossOTADy).
 
 Faithful at batch 1: detector frozen and every BatchNorm kept in eval mode each epoch, router-only AdamW/SGD with
 two groups (weights with decay, biases), linear schedule, EMA with decay 0 (an exact copy), batch-1 validation at
