@@ -18,7 +18,8 @@ import yaml
 import train_step1
 from models.checkpoint import read_checkpoint
 from tests.helpers import quick_step1_files, tiny_config
-from tests.train_helpers import forked_training, kill_after_epochs, results_epochs, skip_run_plots
+from tests.train_helpers import (forked_training, kill_after_epochs, logged_lrs, results_epochs, resume_copy,
+                                 skip_run_plots)
 from utils.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,22 @@ def test_kill_and_resume_twice_leaves_no_gap_or_duplicate(tmp_path: Path, synthe
     with pytest.raises(SystemExit) as again:
         train_step1.main(['--resume', str(run / 'weights' / 'last.pt')])
     assert again.value.code == 2 and 'nothing to resume' in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize('optimizer', [[], ['--adam']], ids=['sgd', 'adam'])
+def test_resume_continues_the_learning_rate_schedule(tmp_path: Path, synthetic: dict, no_plots,
+                                                     optimizer: list[str]) -> None:
+    """Resumed after epoch 1 of 4 (warmup over after the second step; p5's cosine to lrf 0.1), epochs 2 and 3
+    train at the rates the uninterrupted run had, in every param group. Before the fix the scheduler, created after the
+    optimizer state was loaded, reset them to lr0·lf(0) for the first resumed epoch."""
+    run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path / 'runs', 4, '--notest', *optimizer)))
+    resumed = resume_copy(run, 'epoch_001.pt', tmp_path / 'resumed')
+    train_step1.train(train_step1.parse_opt(['--resume', str(resumed / 'weights' / 'last.pt')]))
+    uninterrupted, after_resume = logged_lrs(run), logged_lrs(resumed)
+    lr0 = yaml.safe_load(Path(synthetic['hyp']).read_text())['lr0']
+    assert max(uninterrupted[2]) < 0.9 * lr0  # a reset to lr0·lf(0) would show
+    for epoch in (2, 3):
+        assert after_resume[epoch] == pytest.approx(uninterrupted[epoch], rel=1e-6), epoch
 
 
 def test_resume_keeps_the_run_options_but_takes_device_and_no_amp(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import train_step1
 import train_step2
 from models.checkpoint import load_weights, read_checkpoint
 from models.yolo import Model
-from tests.train_helpers import forked_training, kill_after_epochs, results_epochs, skip_run_plots
+from tests.train_helpers import (forked_training, kill_after_epochs, logged_lrs, results_epochs, resume_copy,
+                                 skip_run_plots)
 from utils.dataloaders import create_dataloader
 from utils.loss import ComputeLossOTADy
 from tests.helpers import ROOT, quick_step1_files, tiny_config
@@ -143,6 +144,26 @@ def test_step2_kill_and_resume(step2_run: Path) -> None:
     """The step-2 run killed after epoch 0 and resumed logs each epoch once and ends stripped."""
     assert results_epochs(step2_run) == [0, 1]
     assert read_checkpoint(step2_run / 'weights' / 'last.pt')['epoch'] == -1
+
+
+@pytest.mark.parametrize('optimizer', [[], ['--adam']], ids=['sgd', 'adamw'])
+def test_step2_resume_continues_the_learning_rate_schedule(tmp_path: Path, step1: dict, optimizer: list[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 2 resumed after epoch 1 of 4 (linear schedule to lrf 0.1) trains epochs 2 and 3 at the uninterrupted
+    run's rates in both groups; before the fix the first resumed epoch ran at lr0."""
+    skip_run_plots(monkeypatch)
+    hyp = yaml.safe_load(Path(step1['hyp']).read_text())
+    hyp['lrf'] = 0.1
+    (tmp_path / 'hyp.yaml').write_text(yaml.safe_dump(hyp))
+    flags = [f for f in _flags(step1, tmp_path / 'runs', 4) if f != '--adam'] + ['--notest', *optimizer]
+    flags[flags.index('--hyp') + 1] = str(tmp_path / 'hyp.yaml')
+    run = train_step2.run(train_step2.parse_opt(flags))
+    resumed = resume_copy(run, 'epoch_001.pt', tmp_path / 'resumed')
+    train_step2.run(train_step2.parse_opt(['--resume', str(resumed / 'weights' / 'last.pt')]))
+    uninterrupted, after_resume = logged_lrs(run), logged_lrs(resumed)
+    assert max(uninterrupted[2]) < 0.9 * hyp['lr0']  # a reset to lr0 would show
+    for epoch in (2, 3):
+        assert after_resume[epoch] == pytest.approx(uninterrupted[epoch], rel=1e-6), epoch
 
 
 @pytest.mark.parametrize('cfg,message', [('{step 1}', 'not a step-2 config'),

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +65,19 @@ def kill_after_epochs(process: multiprocessing.Process, run: Path, done: int, ti
     for p in (run / 'weights').glob('*.pt'):
         assert read_checkpoint(p)['epoch'] >= 0, p
     assert results_epochs(run) == list(range(done))
+
+
+def logged_lrs(run: Path) -> dict[int, list[float]]:
+    """Each epoch's learning rates as results.csv logs them (the rates its steps used, one per param group)."""
+    rows = np.loadtxt(run / 'results.csv', delimiter=',', skiprows=1, ndmin=2)
+    header = (run / 'results.csv').read_text().splitlines()[0].split(',')
+    columns = [k for k, name in enumerate(header) if name.startswith('x/lr')]
+    return {int(row[0]): row[columns].tolist() for row in rows}
+
+
+def resume_copy(run: Path, epoch_file: str, into: Path) -> Path:
+    """A copy of a run folder whose last.pt is the full checkpoint `epoch_file` (as if killed after that epoch)."""
+    copy = into / run.name
+    shutil.copytree(run, copy)
+    shutil.copy2(copy / 'weights' / epoch_file, copy / 'weights' / 'last.pt')
+    return copy

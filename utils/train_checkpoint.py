@@ -70,13 +70,19 @@ class RestoredState:
     results_text: str | None = None
 
 
-def restore_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
-                           epochs: int, weights: str) -> tuple[RestoredState, int]:
-    """Optimizer, EMA, best fitness, results text and start epoch from a checkpoint; absent keys restore nothing.
+def epochs_to_train(ckpt: dict, epochs: int, weights: str) -> int:
+    """--epochs, or --epochs more when the checkpoint is already past them (the reference's fine-tuning of a
+    finished run)."""
+    start_epoch = int(ckpt.get('epoch', -1)) + 1
+    if start_epoch and epochs < start_epoch:
+        LOGGER.info(f'{weights} has been trained for {start_epoch} epochs. Fine-tuning for {epochs} more.')
+        epochs += start_epoch
+    return epochs
 
-    Returns the state and the number of epochs to train (the reference adds --epochs when the checkpoint is
-    already past them: fine-tuning a finished run for --epochs more).
-    """
+
+def restore_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, ema: ModelEMA | None) -> RestoredState:
+    """Optimizer (its learning rates included), EMA, best fitness, results text and start epoch from a checkpoint;
+    absent keys restore nothing. Call it after creating the lr scheduler, which resets every group's lr."""
     state = RestoredState()
     if ckpt.get('optimizer') is not None:
         optimizer.load_state_dict(ckpt['optimizer'])
@@ -86,7 +92,4 @@ def restore_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, ema: Mo
         ema.updates = int(ckpt.get('updates') or 0)
     state.results_text = ckpt.get('training_results')
     state.start_epoch = int(ckpt.get('epoch', -1)) + 1
-    if state.start_epoch and epochs < state.start_epoch:
-        LOGGER.info(f'{weights} has been trained for {state.start_epoch} epochs. Fine-tuning for {epochs} more.')
-        epochs += state.start_epoch
-    return state, epochs
+    return state

@@ -28,7 +28,8 @@ from utils.metrics import fitness
 from utils.optim import apply_warmup, build_optimizer, freeze_parameters, lr_lambda, nominal_accumulate, \
     warmup_iterations
 from utils.sampling import epoch_image_weights, labels_to_class_weights, multi_scale_resize
-from utils.train_checkpoint import restore_training_state, save_epoch, strip_checkpoint, training_checkpoint
+from utils.train_checkpoint import (epochs_to_train, restore_training_state, save_epoch, strip_checkpoint,
+                                    training_checkpoint)
 from utils.train_logging import ResultsLog, TrainWriter, cuda_memory_gb, plot_labels, plot_lr_schedule, \
     plot_results, plot_train_batch, progress_header, progress_line
 from utils.train_setup import build_train_model, check_label_classes, init_seeds, scale_hyp, train_loader, \
@@ -116,18 +117,20 @@ class Trainer:
         model, ckpt = self.build_model()
         ckpt = self.restorable(ckpt)
         self.prepare_model(model)
-        self.epochs = opt.epochs
+        self.epochs = epochs_to_train(ckpt, opt.epochs, opt.weight)
         self.optimizer = self.build_optimizer(model)
         self.ema = ModelEMA(model, self.ema_decay) if ctx.main else None
-        state, self.epochs = restore_training_state(ckpt, self.optimizer, self.ema, self.epochs, opt.weight)
+        self.lf = self.lr_function()
+        # LambdaLR sets every group's lr to initial_lr·lf(0): created before the optimizer state is loaded (the
+        # reference's order), so a resumed run keeps the rates it saved
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        state = restore_training_state(ckpt, self.optimizer, self.ema)
         if opt.resume and state.start_epoch <= 0:
             raise TrainingError(f'--resume {opt.weight}: nothing to resume (training to {self.epochs} epochs '
                                 'is finished)')
         self.start_epoch, self.best_fitness = state.start_epoch, state.best_fitness
         self.best_epoch = int(ckpt.get('best_epoch', self.start_epoch - 1)) if ckpt else -1
         self.last_saved: dict | None = None  # the checkpoint this process last wrote to last.pt
-        self.lf = self.lr_function()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.scheduler.last_epoch = self.start_epoch - 1
         self.results = ResultsLog(self.save_dir, self.loss_names, self.lr_groups) if ctx.main else None
         if ctx.main:
