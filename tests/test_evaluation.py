@@ -202,6 +202,35 @@ def test_test_py_end_to_end_with_save_json(coco_subset: Path, test_py_runs: dict
 
 
 @requires_coco128
+def test_save_hybrid_writes_the_ground_truth_boxes(coco_subset: Path, tiny_checkpoint: tuple,
+                                                   tmp_path: Path) -> None:
+    """test.py --save-hybrid at --conf 0.99 (above every prediction of the lively model, objectness ~0.98) writes
+    each image's labels back as its .txt rows: same class, same box within 1/640 of the image side (at 640 px,
+    where coco128's images are not resized; what is left is the letterbox's half-pixel padding, which labels and
+    predictions share). Before the fix the
+    ground-truth rows were read as corners, so no box came back where it was."""
+    cfg, weights = tiny_checkpoint
+    data = tmp_path / 'subset.yaml'
+    data.write_text(yaml.safe_dump({'train': str(coco_subset), 'val': str(coco_subset), 'nc': 80,
+                                    'names': [f'class{k}' for k in range(80)]}))
+    test_script.run_test(test_script.parse_opt([
+        '--img-size', '640', '--batch-size', '4', '--conf', '0.99', '--device', 'cpu', '--cfg', str(cfg),
+        '--weight', str(weights), '--data', str(data), '--dy-thres', '2',
+        '--task', 'val', '--project', str(tmp_path), '--name', 'hybrid', '--save-hybrid', '--save-conf']))
+    found = expected = 0
+    for line in coco_subset.read_text().splitlines():
+        labels = read_label_file(img2label_paths([str(coco_subset.parent / line)])[0], 80).labels
+        saved_file = tmp_path / 'hybrid' / 'labels' / f'{Path(line).stem}.txt'
+        saved = np.loadtxt(saved_file, ndmin=2) if saved_file.is_file() else np.zeros((0, 6))
+        assert np.all(saved[:, 5] == 1.0)  # only ground truth passes --conf 0.99
+        for row in saved:
+            distance = np.abs(labels[:, 1:] - row[1:5]).max(1) + 1e9 * (labels[:, 0] != row[0])
+            assert distance.min() < 1 / 640, (line, row)
+        found, expected = found + len(saved), expected + len(labels)
+    assert found >= 0.9 * expected  # a few same-class labels overlap by IoU > 0.65: NMS keeps one of them
+
+
+@requires_coco128
 def test_test_py_bf16_matches_fp32(test_py_runs: dict) -> None:
     """--bf16 (CPU): the same evaluation in bfloat16 backbones gives fp32's mAP@.5 and mAP@.5:.95 (pycocotools')
     within bfloat16's error, and the routing line still counts GFLOPs. P and R are only checked to be in [0, 1]:

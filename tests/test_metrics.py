@@ -61,10 +61,14 @@ def test_nms_hand_computed() -> None:
 
 
 def test_nms_hybrid_labels_and_single_class() -> None:
+    """--save-hybrid's ground-truth rows are [cls, cx, cy, w, h] in pixels (as the reference's test.py builds them
+    and its non_max_suppression copies them in): cx=cy=100, w=h=20 is the box [90, 90, 110, 110]. Before the fix
+    they went through xyxy2xywh as if they were corners."""
     x = _decoded([[0, 0, 10, 10]], [0.6], [[0.5, 0.5]])
-    labels = [torch.tensor([[1.0, 30, 30, 40, 40]])]
+    labels = [torch.tensor([[1.0, 100, 100, 20, 20], [0.0, 35, 35, 10, 10]])]
     det = non_max_suppression(x.clone(), 0.2, 0.5, labels=labels)[0]
-    np.testing.assert_allclose(det.numpy(), [[30, 30, 40, 40, 1, 1], [0, 0, 10, 10, 0.3, 0]], atol=1e-6)
+    np.testing.assert_allclose(det.numpy(), [[90, 90, 110, 110, 1, 1], [30, 30, 40, 40, 1, 0],
+                                             [0, 0, 10, 10, 0.3, 0]], atol=1e-6)
     one_class = _decoded([[0, 0, 10, 10]], [0.6], [[0.1]])
     assert non_max_suppression(one_class, 0.2, 0.5)[0][0, 4] == pytest.approx(0.6)  # score = objectness
 

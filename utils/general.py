@@ -133,7 +133,7 @@ def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool, labels: t
     x = x[x[:, 4] > conf_thres]
     if labels is not None and len(labels):  # --save-hybrid: ground truth joins as certain candidates
         extra = torch.zeros((len(labels), nc + 5), device=x.device, dtype=x.dtype)
-        extra[:, :4] = xyxy2xywh(labels[:, 1:5])
+        extra[:, :4] = labels[:, 1:5]  # [cls, cx, cy, w, h] pixels, boxes as the predictions' (reference's NMS)
         extra[:, 4] = 1.0
         extra[range(len(labels)), labels[:, 0].long() + 5] = 1.0
         x = torch.cat((x, extra), 0)
