@@ -3,12 +3,14 @@ cache."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, coco128_view, requires_coco128
 from utils.data_config import load_data_config
 from utils.dataloaders import create_dataloader, worker_count
 from utils.datasets import LoadImagesAndLabels
@@ -60,3 +62,14 @@ def test_ram_cache_gives_the_same_samples(train_list: str) -> None:
     assert all(x is not None for x in cached.imgs)
     for i in range(len(plain)):
         assert torch.equal(plain[i][0], cached[i][0]) and torch.equal(plain[i][1], cached[i][1])
+
+
+@requires_coco128
+def test_single_cls_keeps_every_label_as_class_0(tmp_path: Path) -> None:
+    """--single-cls (nc 1) on coco128 keeps all 929 label rows, each as class 0, as the reference does; before the
+    fix the label scan dropped every row of class >= 1 first (only 'person' was left)."""
+    images = coco128_view(tmp_path / 'coco128')
+    dataset = LoadImagesAndLabels(str(images), 64, single_cls=True, nc=1)
+    labels = np.concatenate(dataset.labels)
+    assert len(labels) == 929 and set(labels[:, 0].tolist()) == {0.0}
+    assert len(np.concatenate(LoadImagesAndLabels(str(images), 64, nc=80).labels)) == 929  # the same rows

@@ -63,7 +63,8 @@ class LoadImagesAndLabels(Dataset):
         self.mosaic = self.augment and not self.rect  # mosaic needs square images of one size
         self.mosaic_border = [-img_size // 2, -img_size // 2]
         paths = path if isinstance(path, (list, tuple)) else [path]
-        self._read_labels(paths, nc, prefix)
+        # single_cls: every class becomes 0, so none is out of range (the reference keeps every row)
+        self._read_labels(paths, None if single_cls else nc, prefix)
         if single_cls:
             for x in self.labels:
                 x[:, 0] = 0
