@@ -3,13 +3,20 @@ and the sampler's draws."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from utils.sampling import (ImageWeightSampler, epoch_image_weights, labels_to_class_weights,
+from tests.helpers import ROOT
+from utils.data_config import load_data_config
+from utils.datasets import LoadImagesAndLabels
+
+from utils.sampling import (PARTNERS_PER_SAMPLE, ImageWeightSampler, epoch_image_weights, labels_to_class_weights,
                             labels_to_image_weights, multi_scale_resize)
+from utils.synthetic import generate_dataset
 
 LABELS = [np.array([[0, .5, .5, .1, .1], [0, .2, .2, .1, .1]], np.float32),  # two of class 0
           np.array([[2, .5, .5, .1, .1]], np.float32),  # one of class 2
@@ -33,7 +40,8 @@ def test_sampler_follows_weights_and_splits_ranks() -> None:
     full.set_weights([0, 1, 3, 0])
     full.set_epoch(2)
     draw = list(full)
-    assert len(draw) == 4 and set(draw) <= {1, 2}  # zero weight: never drawn
+    assert len(draw) == 4 and {d.index for d in draw} <= {1, 2}  # zero weight: never drawn
+    assert all(set(d.partners) <= {1, 2} and len(d.partners) == PARTNERS_PER_SAMPLE for d in draw)
     ranks = []
     for rank in range(2):
         s = ImageWeightSampler(4, rank=rank, world_size=2, seed=7)
@@ -41,11 +49,26 @@ def test_sampler_follows_weights_and_splits_ranks() -> None:
         s.set_epoch(2)
         ranks.append(list(s))
         assert len(ranks[-1]) == len(s) == 2
-    assert ranks[0] + ranks[1] != [] and sorted(ranks[0] + ranks[1]) == sorted(draw)
+    assert sorted(ranks[0] + ranks[1]) == sorted(draw)
     many = ImageWeightSampler(4000, seed=0)
     many.set_weights(np.r_[np.ones(2000), 3 * np.ones(2000)])
-    share = np.mean(np.array(list(many)) >= 2000)
-    assert share == pytest.approx(0.75, abs=0.03)
+    samples = list(many)
+    assert np.mean([d.index >= 2000 for d in samples]) == pytest.approx(0.75, abs=0.03)
+    assert np.mean([p >= 2000 for d in samples for p in d.partners]) == pytest.approx(0.75, abs=0.01)
+
+
+@pytest.mark.parametrize('n,world', [(5, 2), (7, 3), (10, 4), (3, 4), (8, 2)])
+def test_ddp_ranks_get_equal_lengths(n: int, world: int) -> None:
+    """Every rank gets ceil(n / world) samples, the draw padded by its own first samples (as DistributedSampler
+    pads), so no rank waits in a collective; before the fix ranks got n // world or one more."""
+    ranks = []
+    for rank in range(world):
+        sampler = ImageWeightSampler(n, rank=rank, world_size=world, seed=3)
+        ranks.append(list(sampler))
+        assert len(ranks[-1]) == len(sampler) == -(-n // world)
+    full = list(ImageWeightSampler(n, seed=3))
+    dealt = [s for k in range(len(ranks[0])) for s in (r[k] for r in ranks if k < len(r))]
+    assert dealt == (full * 2)[:len(dealt)]  # round-robin over the draw, wrapping around for the padding
 
 
 def test_multi_scale_sizes_are_stride_multiples_in_range() -> None:
@@ -59,3 +82,26 @@ def test_multi_scale_sizes_are_stride_multiples_in_range() -> None:
         assert w == int(np.ceil(48 * h / 64 / 16) * 16)  # aspect kept, rounded up to the stride
         seen.add(h)
     assert seen == {32, 48, 64, 80, 96}
+
+
+def test_image_weights_weight_the_mosaic_partners_too(tmp_path: Path) -> None:
+    """101 images, one of them the only one with class 1 (100x rarer than class 0): by the reference's class
+    weights it is drawn as often as all the others together, and since its partners are drawn by the same weights
+    it fills about half of all mosaic tiles. Before the fix partners were uniform: about 1 tile in 8."""
+    data = load_data_config(generate_dataset(tmp_path / 'data', 101, img_size=64, val_fraction=0.0, seed=0))
+    hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
+    hyp.update(mosaic=1.0, mixup=0.0, paste_in=0.0)
+    dataset = LoadImagesAndLabels(data['train'], 64, augment=True, hyp=hyp)
+    dataset.labels = [np.array([[float(i == 0), .5, .5, .2, .2]], np.float32) for i in range(len(dataset))]
+    dataset.segments = [[] for _ in range(len(dataset))]
+    tiles: list[int] = []
+    load_images = dataset.load_images
+    dataset.load_images = lambda indices: tiles.extend(indices) or load_images(indices)
+    sampler = ImageWeightSampler(len(dataset), seed=0)
+    class_weights = labels_to_class_weights(dataset.labels, 2).numpy()
+    sampler.set_weights(epoch_image_weights(dataset.labels, class_weights, np.zeros(2), 2))
+    random.seed(0)
+    for sample in sampler:
+        dataset[sample]
+    assert len(tiles) > 4 * len(dataset)
+    assert 0.4 < np.mean(np.array(tiles) == 0) < 0.6

@@ -27,6 +27,7 @@ from utils.labels import img2label_paths
 from utils.letterbox import letterbox, rect_batch_shapes
 from utils.mosaic import load_mosaic, load_mosaic9, mosaic4_canvas
 from utils.paste_in import collect_samples, paste_in
+from utils.sampling import WeightedDraw
 
 LOGGER = logging.getLogger(__name__)
 MOSAIC4_SHARE = 0.8  # of mosaics: the rest are 9-image mosaics
@@ -71,6 +72,7 @@ class LoadImagesAndLabels(Dataset):
         n = len(self.img_files)
         self.batch = np.floor(np.arange(n) / batch_size).astype(int)
         self.indices = list(range(n))
+        self._partners: list[int] = []  # mosaic partners still to use from the current WeightedDraw
         if self.rect:
             self._sort_for_rect(batch_size, img_size, stride, pad)
         self.imgs: list[np.ndarray | None] = [None] * n
@@ -145,13 +147,24 @@ class LoadImagesAndLabels(Dataset):
             self._decode_pool = ThreadPoolExecutor(DECODE_THREADS)
         return list(self._decode_pool.map(self.load_image, indices))
 
+    def draw_partners(self, k: int) -> list[int]:
+        """k mosaic partners: the ones the image-weight sampler drew for this sample, else uniform from indices."""
+        if len(self._partners) >= k:
+            taken, self._partners = self._partners[:k], self._partners[k:]
+            return taken
+        return random.choices(self.indices, k=k)
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state['_decode_pool'] = None  # threads do not cross into worker processes
         return state
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
-        index = self.indices[index]  # image weights draw indices per epoch
+    def __getitem__(self, index: int | WeightedDraw) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
+        if isinstance(index, WeightedDraw):  # --image-weights: the sampler drew the mosaic partners too
+            self._partners = list(index.partners)
+            index = index.index
+        else:
+            index = self.indices[index]
         for attempt in range(len(self)):
             try:
                 return self._sample(index)

@@ -1,7 +1,7 @@
 """Mosaics of 4 and 9 images with their labels and polygons (the reference's utils/datasets.py), faithful to the
 reference.
 
-Each function takes the dataset (for `load_images`, `labels`, `segments`, `indices`, `img_size`, `hyp`) and draws
+Each function takes the dataset (for `load_images`, `labels`, `segments`, `draw_partners`, `img_size`, `hyp`) and draws
 its randomness from Python `random` in the reference's order, so a seeded run repeats.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def mosaic4_canvas(dataset, index: int) -> tuple[np.ndarray, np.ndarray, list[np
     """2s×2s canvas: the sample and 3 random images meeting at a random centre; labels xyxy, clipped to it."""
     s = dataset.img_size
     yc, xc = (int(random.uniform(-x, 2 * s + x)) for x in dataset.mosaic_border)
-    indices = [index] + random.choices(dataset.indices, k=3)
+    indices = [index] + dataset.draw_partners(3)
     canvas, labels4, segments4 = None, [], []
     for i, (idx, (img, _, (h, w))) in enumerate(zip(indices, dataset.load_images(indices))):
         if canvas is None:
@@ -80,7 +80,7 @@ def _tile9_corners(i: int, s: int, h: int, w: int, h0: int, w0: int, hp: int, wp
 def mosaic9_canvas(dataset, index: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """3s×3s canvas of 9 images around the sample, then a random 2s×2s crop; labels xyxy, clipped to it."""
     s = dataset.img_size
-    indices = [index] + random.choices(dataset.indices, k=8)
+    indices = [index] + dataset.draw_partners(8)
     canvas, labels9, segments9 = None, [], []
     h0 = w0 = hp = wp = 0
     for i, (idx, (img, _, (h, w))) in enumerate(zip(indices, dataset.load_images(indices))):

@@ -1,15 +1,19 @@
 """Image weights (class-frequency and per-class mAP sampling) and multi-scale batches (the reference's
 utils/datasets.py and train_step1.py).
 
-Faithful: the weight formulas and the multi-scale size rule. Fixes: `np.int` (removed in numpy ≥ 1.24) and
-`random.randrange` with float bounds (an error on Python ≥ 3.12). Extension: the weighted draw lives in a sampler
-in the main process, so persistent workers and DDP ranks see each epoch's draw (the reference mutated
-`dataset.indices`, which worker processes never see again once started).
+Faithful: the weight formulas, mosaic partners weighted like the images they join, and the multi-scale size rule.
+Fixes: `np.int` (removed in numpy ≥ 1.24) and `random.randrange` with float bounds (an error on Python ≥ 3.12).
+Extension: the weighted draw (each sample with its mosaic partners) lives in a sampler in the main process, so
+persistent workers and DDP ranks see each epoch's draw; the reference redrew `dataset.indices` before re-creating
+its workers each epoch. Under DDP the draw is padded so that every rank gets as many samples (unequal lengths
+would leave one rank waiting in a collective).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,8 +46,19 @@ def epoch_image_weights(labels: list[np.ndarray], class_weights: np.ndarray, map
     return labels_to_image_weights(labels, nc, class_weights * (1 - maps) ** 2 / nc)
 
 
-class ImageWeightSampler(Sampler[int]):
-    """Draws len(dataset) indices with replacement by image weight; DDP ranks share the draw and split it."""
+class WeightedDraw(NamedTuple):
+    """One --image-weights sample: the image and the mosaic partners drawn for it, all by weight."""
+    index: int
+    partners: tuple[int, ...]
+
+
+PARTNERS_PER_SAMPLE = 16  # a 9-image mosaic takes 8, a mixup's second mosaic up to 8 more
+
+
+class ImageWeightSampler(Sampler[WeightedDraw]):
+    """Draws len(dataset) samples with replacement by image weight, each with its mosaic partners drawn by the same
+    weights (the reference redraws `dataset.indices`, from which partners are picked, every epoch); DDP ranks
+    share the draw and split it, padded to equal lengths as DistributedSampler pads."""
 
     def __init__(self, n: int, rank: int = -1, world_size: int = 1, seed: int = 0) -> None:
         self.n, self.rank, self.world_size, self.seed = n, max(rank, 0), world_size, seed
@@ -60,11 +75,16 @@ class ImageWeightSampler(Sampler[int]):
 
     def __iter__(self):
         rng = random.Random(self.seed + self.epoch)
-        drawn = rng.choices(range(self.n), weights=self.weights.tolist(), k=self.n)
-        return iter(drawn[self.rank::self.world_size])
+        cum_weights = list(itertools.accumulate(self.weights.tolist()))
+        drawn = rng.choices(range(self.n), cum_weights=cum_weights, k=self.n)
+        partners = rng.choices(range(self.n), cum_weights=cum_weights, k=self.n * PARTNERS_PER_SAMPLE)
+        samples = [WeightedDraw(i, tuple(partners[k * PARTNERS_PER_SAMPLE:(k + 1) * PARTNERS_PER_SAMPLE]))
+                   for k, i in enumerate(drawn)]
+        samples += samples[:len(self) * self.world_size - self.n]  # every rank the same number of steps
+        return iter(samples[self.rank::self.world_size])
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size))
+        return math.ceil(self.n / self.world_size)
 
 
 def multi_scale_resize(imgs: torch.Tensor, img_size: int, stride: int) -> torch.Tensor:
