@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from utils.cli import run_cli
+from utils.distributed import per_device
 from utils.train_options import parse_train_options
 from utils.trainer import train
 
@@ -28,7 +30,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: one-line errors for bad input, never a traceback."""
-    run_cli(train, parse_opt(argv), LOGGER)
+    argv = sys.argv[1:] if argv is None else argv
+    run_cli(per_device(train, __file__, argv), parse_opt(argv), LOGGER)
 
 
 if __name__ == '__main__':

@@ -58,6 +58,7 @@ def run_cli(run, opt, logger: logging.Logger):
     from models.checkpoint import CheckpointError
     from models.graph import ConfigError
     from utils.data_config import DataConfigError
+    from utils.distributed import LaunchError
     from utils.label_cache import DatasetError
     from utils.router_budget import RouterBudgetError
     from utils.sources import SourceError
@@ -69,7 +70,7 @@ def run_cli(run, opt, logger: logging.Logger):
     try:
         return run(opt)
     except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError, SourceError,
-            TrainOptionError, TrainingError, RouterBudgetError) as e:
+            TrainOptionError, TrainingError, RouterBudgetError, LaunchError) as e:
         fail(str(e))
 
 

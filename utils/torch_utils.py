@@ -15,17 +15,30 @@ class DeviceError(ValueError):
     """A --device value that this machine cannot honour; one-line message."""
 
 
+def cuda_index_for_rank(ids: list[int], local_rank: int) -> int:
+    """The CUDA device a process takes: its local rank's entry of the --device list (the reference restricts
+    CUDA_VISIBLE_DEVICES to that list, then takes cuda:LOCAL_RANK); the first entry without a launcher."""
+    if local_rank < 0:
+        return ids[0]
+    if local_rank >= len(ids):
+        raise DeviceError(f'local rank {local_rank} has no device: --device lists {len(ids)} '
+                          f'({",".join(map(str, ids))}); start at most that many processes per node')
+    return ids[local_rank]
+
+
 def select_device(device: str = '', batch_size: int | None = None) -> torch.device:
     """Parse a --device value ('', 'cpu', '0', '0,1,2,3') into the torch.device this process uses.
 
-    '' picks cuda:0 when CUDA is available, else the CPU. A CUDA index on a machine without CUDA, or an index
-    that does not exist, is a DeviceError (the reference silently fell back or crashed later).
+    '' picks cuda:0 when CUDA is available (cuda:LOCAL_RANK under a launcher), else the CPU; a list gives each
+    launched process its local rank's entry. A CUDA index on a machine without CUDA, or an index that does not
+    exist, is a DeviceError (the reference silently fell back or crashed later).
     """
     spec = str(device).strip().lower().replace('cuda:', '').replace(' ', '')
-    if spec == 'cpu':
+    if spec == 'cpu' or (spec == '' and not torch.cuda.is_available()):
         return torch.device('cpu')
+    local_rank = int(os.environ.get('LOCAL_RANK', -1))
     if spec == '':
-        return torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')
+        return torch.device('cuda', cuda_index_for_rank(list(range(torch.cuda.device_count())), local_rank))
     ids = spec.split(',')
     if not all(i.isdigit() for i in ids):
         raise DeviceError(f"--device {device!r}: use 'cpu', a CUDA index such as 0, or a list such as 0,1,2,3")
@@ -37,8 +50,7 @@ def select_device(device: str = '', batch_size: int | None = None) -> torch.devi
         raise DeviceError(f'--device {device}: no CUDA device {",".join(missing)} (this machine has {count})')
     if batch_size and len(ids) > 1 and batch_size % len(ids):
         raise DeviceError(f'--batch-size {batch_size} is not a multiple of the {len(ids)} devices in --device {device}')
-    local_rank = int(os.environ.get('LOCAL_RANK', -1))
-    return torch.device(f'cuda:{ids[local_rank] if 0 <= local_rank < len(ids) else ids[0]}')
+    return torch.device('cuda', cuda_index_for_rank([int(i) for i in ids], local_rank))
 
 
 def time_sync(device: torch.device | None = None) -> float:
