@@ -87,6 +87,8 @@ def run_test(opt: argparse.Namespace) -> tuple:
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(opt.device, opt.batch_size)
+    # rect batches change shape: cuDNN autotuning would re-tune for each one (the reference's test.py leaves it off)
+    torch.backends.cudnn.benchmark = False
     nc = 1 if opt.single_cls else data['nc']
     names = ['item'] if opt.single_cls else [str(n) for n in data['names']]
     model = load_model(opt, nc, device)

@@ -211,3 +211,16 @@ def test_warmup_adam_leaves_beta1(tiny):
     assert apply_warmup(opt, 500, 1000, 0, lr_lambda(10, 0.1), HYP, total_batch_size=64) == 1
     assert [g['lr'] for g in opt.param_groups] == pytest.approx([0.005, 0.005, 0.055])
     assert all(g['betas'] == (0.937, 0.999) and 'momentum' not in g for g in opt.param_groups)
+
+
+@pytest.mark.parametrize('seed,benchmark', [(0, False), (2, True), (5, True)])
+def test_training_seeds_set_cudnn_as_the_reference(seed: int, benchmark: bool) -> None:
+    """init_seeds (training: 2 + rank) turns cuDNN autotuning on, seed 0 makes cuDNN deterministic instead (the
+    reference's init_torch_seeds); before, training left autotuning off."""
+    from utils.train_setup import init_seeds
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        init_seeds(seed)
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (benchmark, not benchmark)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
