@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from utils.train_logging import (ResultsLog, TrainWriter, plot_labels, plot_lr_schedule, plot_results,
-                                 plot_train_batch, progress_header, progress_line, read_results_csv,
-                                 wandb_available)
+                                 plot_train_batch, progress_header, progress_line, read_results_csv)
 
 RESULTS = (0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125)  # P, R, mAP@.5, mAP@.5:.95, val box/obj/cls
 
@@ -183,10 +182,3 @@ def test_train_writer_with_real_tensorboard(tmp_path: Path) -> None:
     writer.close()
     events = list(tmp_path.glob('events.out.tfevents.*'))
     assert writer.active is False and events and events[0].stat().st_size > 0
-
-
-def test_wandb_available_follows_importability(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, 'wandb', None)
-    assert wandb_available() is False
-    monkeypatch.setitem(sys.modules, 'wandb', types.ModuleType('wandb'))
-    assert wandb_available() is True

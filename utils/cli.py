@@ -65,12 +65,13 @@ def run_cli(run, opt, logger: logging.Logger):
     from utils.torch_utils import DeviceError
     from utils.train_options import TrainOptionError
     from utils.trainer import TrainingError
+    from utils.wandb_logging import WandbError
     setup_logging()
     logger.info(opt)
     try:
         return run(opt)
     except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError, SourceError,
-            TrainOptionError, TrainingError, RouterBudgetError, LaunchError) as e:
+            TrainOptionError, TrainingError, RouterBudgetError, LaunchError, WandbError) as e:
         fail(str(e))
 
 

@@ -22,6 +22,8 @@ class DataConfigError(ValueError):
 
 
 def _resolve(entry: str, base: Path) -> str:
+    if str(entry).startswith('wandb-artifact://'):  # a W&B dataset artifact, downloaded by training (wandb_logging)
+        return str(entry)
     p = Path(os.path.expanduser(str(entry)))
     if p.is_absolute():
         return str(p)

@@ -284,11 +284,3 @@ class TrainWriter:
             self._writer.close()
             self._writer = None
 
-
-def wandb_available() -> bool:
-    """Whether W&B can be imported (it is optional; imported here only when asked)."""
-    try:
-        import wandb  # noqa: F401
-    except Exception:  # a broken install raises more than ImportError; either way W&B stays off
-        return False
-    return True

@@ -35,6 +35,7 @@ from utils.train_logging import ResultsLog, TrainWriter, cuda_memory_gb, plot_la
 from utils.train_setup import build_train_model, check_label_classes, init_seeds, scale_hyp, train_loader, \
     val_loader, write_run_files
 from utils.train_options import TrainOptionError, load_hyp
+from utils.wandb_logging import WandbRun, check_artifact_paths
 
 LOGGER = logging.getLogger(__name__)
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
@@ -58,6 +59,7 @@ class Trainer:
         self.weights_dir = self.save_dir / 'weights'
         self.amp = self.device.type == 'cuda' and not getattr(opt, 'no_amp', False)
         self.bad_steps = 0
+        self.wandb: WandbRun | None = None
 
     # ------------------------------------------------------------------ hooks (step 2 overrides these)
     def build_model(self) -> tuple[torch.nn.Module, dict]:
@@ -116,6 +118,7 @@ class Trainer:
             write_run_files(opt, self.hyp, self.save_dir)
         model, ckpt = self.build_model()
         ckpt = self.restorable(ckpt)
+        self._start_wandb(ckpt.get('wandb_id') if opt.resume and ckpt else None)
         self.prepare_model(model)
         self.epochs = epochs_to_train(ckpt, opt.epochs, opt.weight)
         self.optimizer = self.build_optimizer(model)
@@ -137,6 +140,15 @@ class Trainer:
             self.results.restore(state.results_text or '')
         self._setup_data(model)
         self.model = self._wrap(model)
+
+    def _start_wandb(self, resume_id: str | None) -> None:
+        """W&B on rank 0 when it is installed (a resumed run continues its W&B run); artifact data paths resolved."""
+        self.wandb = WandbRun.start(self.opt, self.hyp, self.save_dir, resume_id) if self.ctx.main else None
+        check_artifact_paths(self.data, self.wandb is not None and not self.ctx.distributed)
+        if self.wandb is not None:
+            self.data = self.wandb.resolve_data(self.data)
+            if self.opt.upload_dataset and not resume_id:
+                self.wandb.upload_dataset(self.opt.data, self.data)
 
     def _setup_data(self, model) -> None:
         opt, ctx = self.opt, self.ctx
@@ -197,6 +209,10 @@ class Trainer:
         except torch.cuda.OutOfMemoryError as e:
             raise TrainingError(f'CUDA out of memory at --batch-size {self.opt.batch_size} ({str(e).splitlines()[0]}); '
                                 f'try --batch-size {max(self.opt.batch_size // 2, 1)}') from None
+        except BaseException:
+            if self.wandb is not None:
+                self.wandb.finish(ok=False)
+            raise
         finally:
             self.writer.close()
         if self.ctx.main:
@@ -286,9 +302,11 @@ class Trainer:
         stop = False
         if self.ctx.main:
             final = epoch + 1 == self.epochs
-            results = self.validate_epoch(final) if (not self.opt.notest or final) else (0.0,) * 7
+            results = self.validate_epoch(epoch, final) if (not self.opt.notest or final) else (0.0,) * 7
             scalars = self.results.log(epoch, line, mloss.tolist(), results, lrs)
             self.writer.scalars(scalars, epoch)
+            if self.wandb is not None:
+                self.wandb.log_epoch(scalars, epoch)
             fi = float(fitness(np.array(results).reshape(1, -1))[0])
             if fi >= self.best_fitness:  # ties count, as the reference's best.pt rule
                 self.best_fitness, self.best_epoch = fi, epoch
@@ -301,11 +319,12 @@ class Trainer:
                             f'at epoch {self.best_epoch}); best.pt holds it')
         return broadcast_flag(stop, self.ctx)
 
-    def validate_epoch(self, final: bool) -> tuple:
+    def validate_epoch(self, epoch: int, final: bool) -> tuple:
         """Validate the EMA model: (P, R, mAP@.5, mAP@.5:.95, val box, obj, cls)."""
         self.ema.update_attr(self.model)
+        bbox_images = self.wandb is not None and self.wandb.bbox_due(epoch)
         opt = EvalOptions(iou_thres=VAL_IOU, save_dir=self.save_dir, names=self.names, training=True,
-                          plots=final, v5_metric=self.opt.v5_metric, verbose=final and self.nc < 50)
+                          plots=final or bbox_images, v5_metric=self.opt.v5_metric, verbose=final and self.nc < 50)
         with torch.autocast(self.device.type, enabled=self.amp):
             results, self.maps, _ = validate(self.ema.ema, self.val_loader, opt, compute_loss=self.val_loss)
         return tuple(float(x) for x in results)
@@ -314,9 +333,12 @@ class Trainer:
         """last.pt (+ best / epoch copies), atomically."""
         ckpt = training_checkpoint(epoch, self.best_fitness, self.results.read_text(), self.model, self.ema,
                                    self.optimizer)
-        ckpt['best_epoch'] = self.best_epoch
+        ckpt.update(best_epoch=self.best_epoch, wandb_id=self.wandb.id if self.wandb is not None else None)
         save_epoch(ckpt, self.weights_dir, epoch, self.epochs, is_best, self.opt.save_period)
         self.last_saved = ckpt
+        period = self.opt.save_period
+        if self.wandb is not None and period > 0 and (epoch + 1) % period == 0:
+            self.wandb.log_model(self.weights_dir / 'last.pt', epoch, is_best)
 
     def finish(self, epochs_run: int, t0: float) -> None:
         """Plots, stripped final checkpoints and the reference's closing line."""
@@ -326,6 +348,10 @@ class Trainer:
             same = saved is not None and (name == 'last.pt' or self.best_epoch == saved['epoch'])
             if (self.weights_dir / name).is_file():
                 strip_checkpoint(self.weights_dir / name, saved if same else None)
+        if self.wandb is not None:
+            final = self.weights_dir / ('best.pt' if (self.weights_dir / 'best.pt').is_file() else 'last.pt')
+            self.wandb.log_model(final, self.start_epoch + epochs_run - 1, best=True, final=True)
+            self.wandb.finish(ok=True)
         LOGGER.info(f'{epochs_run} epochs completed in {(time.time() - t0) / 3600:.3f} hours.\n'
                     f'Results saved to {self.save_dir}')
 
