@@ -1,5 +1,6 @@
 """Training speed and peak memory: step-1 steps (forward, OTA dual loss, backward, SGD step, EMA) of Dy-YOLOv7 on
-coco128 batches with the p5 recipe's augmentation, side by side for memory formats (each row in a fresh process,
+coco128 batches with the p5 recipe's augmentation, side by side for memory formats and mixed precision (fp32, and
+the trainer's autocast: float16 on CUDA, bfloat16 on the CPU as `--amp` forces it; each row in a fresh process,
 so peak memory is its own).
 
     python benchmarks/bench_train.py                               # CPU, 320 px, batch 2
@@ -45,8 +46,10 @@ def measure(opt: argparse.Namespace) -> dict:
     model = model.to(memory_format=fmt)
     model.hyp, model.gr, model.nc = scale_hyp(hyp, 3, 80, opt.img, 0.0), 1.0, 80
     loss_fn, optimizer, ema = ComputeLossOTADual(model), build_optimizer(model, hyp, False, opt.batch), ModelEMA(model)
-    amp = device.type == 'cuda'
-    scaler = torch.amp.GradScaler('cuda', enabled=amp)
+    from utils.torch_utils import amp_dtype
+    dtype = amp_dtype(device, disabled=not opt.amp, forced=True)
+    amp = dtype is not None
+    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
     with tempfile.TemporaryDirectory() as tmp:
         data = writable_view(DEFAULT_DATA.resolve(), Path(tmp) / 'data')
         loader, _ = create_dataloader(str(data), opt.img, opt.batch, 32, hyp=hyp, augment=True, workers=opt.workers)
@@ -58,7 +61,7 @@ def measure(opt: argparse.Namespace) -> dict:
             imgs, targets, *_ = next(batches)
             imgs = imgs.to(device).float().div(255).contiguous(memory_format=fmt)
             t0 = time_sync(device)
-            with torch.autocast(device.type, enabled=amp):
+            with torch.autocast(device.type, dtype=dtype, enabled=amp):
                 loss, _ = loss_fn(model(imgs), targets.to(device), imgs)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -69,7 +72,7 @@ def measure(opt: argparse.Namespace) -> dict:
                 step_s += time_sync(device) - t0
         total = time.perf_counter() - t_start
     n = opt.steps * opt.batch
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if amp else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {'step_img_s': n / step_s, 'total_img_s': n / total, 'peak_gb': peak}
 
 
@@ -83,6 +86,7 @@ def main() -> None:
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--channels-last', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--amp', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--one', action='store_true', help=argparse.SUPPRESS)
     opt = p.parse_args()
     if opt.one:
@@ -90,13 +94,18 @@ def main() -> None:
         return
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {opt.device}, {Path(opt.cfg).name}, '
           f'{opt.img} px, batch {opt.batch}, {opt.steps} timed steps')
-    print(f'{"memory format":>16}{"step img/s":>12}{"total img/s":>13}{"peak GB":>9}')
-    for channels_last in (False, True):
-        args = [a for a in sys.argv[1:]] + ['--one'] + (['--channels-last'] if channels_last else [])
+    from utils.torch_utils import native_bf16
+    mixed = 'fp16 autocast' if opt.device not in ('cpu', '') else \
+        f'bf16 autocast ({"native" if native_bf16() else "emulated"})'
+    print(f'{"memory format":>16}{"precision":>26}{"step img/s":>12}{"total img/s":>13}{"peak GB":>9}')
+    for channels_last, amp in ((False, False), (True, False), (False, True), (True, True)):
+        args = [a for a in sys.argv[1:]] + ['--one'] + (['--channels-last'] if channels_last else []) + \
+            (['--amp'] if amp else [])
         out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         name = 'channels_last' if channels_last else 'NCHW'
-        print(f'{name:>16}{r["step_img_s"]:>12.2f}{r["total_img_s"]:>13.2f}{r["peak_gb"]:>9.2f}')
+        print(f'{name:>16}{mixed if amp else "fp32":>26}{r["step_img_s"]:>12.2f}{r["total_img_s"]:>13.2f}'
+              f'{r["peak_gb"]:>9.2f}')
 
 
 if __name__ == '__main__':

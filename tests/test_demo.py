@@ -7,7 +7,6 @@ over several seeds and prints each figure's mean and spread; the README quotes t
 """
 from __future__ import annotations
 
-import copy
 import csv
 import os
 import subprocess
@@ -17,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train_helpers import skip_run_plots
-from utils.ema import de_parallel
-from utils.trainer import Trainer, train
+from tests.train_helpers import ProbedTrainer, skip_run_plots
+from utils.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The whole demo at a toy size, to check its stages and outputs; LEARN_EPOCHS of its step 1 check that it learns.
@@ -109,26 +107,6 @@ def test_demo_table_is_three_rows_of_its_sweep(toy) -> None:
     assert flops[0] < flops[-1] or shares[-1] == 1
 
 
-class _ProbedTrainer(Trainer):
-    """Step 1's trainer that also measures, after training, its detection loss (training mode, the trainer's own
-    loss) on all its training images as first loaded — with the starting weights and with the trained ones."""
-    probe: list[float] = []
-
-    def setup(self) -> None:
-        super().setup()
-        self.initial = copy.deepcopy(de_parallel(self.model).state_dict())
-
-    def finish(self, epochs_run: int, t0: float) -> None:
-        imgs, targets, *_ = self.dataset.collate_fn([self.dataset[i] for i in range(len(self.dataset))])
-        imgs = imgs.float() / 255
-        for weights in (self.initial, de_parallel(self.model).state_dict()):
-            model = copy.deepcopy(de_parallel(self.model))
-            model.load_state_dict(weights)
-            with torch.no_grad():
-                type(self).probe.append(float(self.compute_loss(model.train()(imgs), targets, imgs)[1][3]))
-        super().finish(epochs_run, t0)
-
-
 def test_demo_step1_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo's step 1 (its data, flags and hyp) for LEARN_EPOCHS epochs, in-process on one thread, figures
     skipped: its loss on its training images falls below LOSS_RATIO_FLOOR of the starting weights' loss on the
@@ -137,17 +115,17 @@ def test_demo_step1_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     import train_step1
     from utils.synthetic import generate_dataset
     skip_run_plots(monkeypatch)
-    monkeypatch.setattr(_ProbedTrainer, 'probe', [])
+    monkeypatch.setattr(ProbedTrainer, 'probe', [])
     opt = demo.parse_opt([*TOY, '--epochs', str(LEARN_EPOCHS)])
     data = generate_dataset(tmp_path / 'data', opt.images, opt.img, demo.VAL_FRACTION, opt.seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the thread count the floor was measured with most
     try:
-        train(train_step1.parse_opt(demo.training_argv(opt, data, tmp_path)[0]), _ProbedTrainer,
+        train(train_step1.parse_opt(demo.training_argv(opt, data, tmp_path)[0]), ProbedTrainer,
               configure_logging=False)
     finally:
         torch.set_num_threads(threads)
-    before, after = _ProbedTrainer.probe
+    before, after = ProbedTrainer.probe
     assert after <= LOSS_RATIO_FLOOR * before, (before, after)
 
 

@@ -1,6 +1,7 @@
 """Helpers of the training tests: runs without their figures, forked runs to SIGKILL, and what a run logged."""
 from __future__ import annotations
 
+import copy
 import importlib
 import multiprocessing
 import shutil
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from models.checkpoint import read_checkpoint
+from utils.ema import de_parallel
 from utils.evaluation import EvalOptions
+from utils.trainer import Trainer
 
 
 def skip_run_plots(patch: pytest.MonkeyPatch) -> None:
@@ -81,3 +84,23 @@ def resume_copy(run: Path, epoch_file: str, into: Path) -> Path:
     shutil.copytree(run, copy)
     shutil.copy2(copy / 'weights' / epoch_file, copy / 'weights' / 'last.pt')
     return copy
+
+
+class ProbedTrainer(Trainer):
+    """Step 1's trainer that also measures, after training, its detection loss (training mode, the trainer's own
+    loss) on all its training images as first loaded — with the starting weights and with the trained ones."""
+    probe: list[float] = []
+
+    def setup(self) -> None:
+        super().setup()
+        self.initial = copy.deepcopy(de_parallel(self.model).state_dict())
+
+    def finish(self, epochs_run: int, t0: float) -> None:
+        imgs, targets, *_ = self.dataset.collate_fn([self.dataset[i] for i in range(len(self.dataset))])
+        imgs = imgs.float() / 255
+        for weights in (self.initial, de_parallel(self.model).state_dict()):
+            model = copy.deepcopy(de_parallel(self.model))
+            model.load_state_dict(weights)
+            with torch.no_grad():
+                type(self).probe.append(float(self.compute_loss(model.train()(imgs), targets, imgs)[1][3]))
+        super().finish(epochs_run, t0)

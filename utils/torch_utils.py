@@ -53,6 +53,24 @@ def select_device(device: str = '', batch_size: int | None = None) -> torch.devi
     return torch.device('cuda', cuda_index_for_rank([int(i) for i in ids], local_rank))
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, as oneDNN reports it)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def amp_dtype(device: torch.device, disabled: bool = False, forced: bool = False) -> torch.dtype | None:
+    """Training autocast type: float16 on CUDA; bfloat16 on a CPU with native bf16 (or with `forced`, for the
+    CPUs where emulated bf16 is slower than fp32); None for fp32 (`disabled`: --no-amp)."""
+    if disabled:
+        return None
+    if device.type == 'cuda':
+        return torch.float16
+    return torch.bfloat16 if device.type == 'cpu' and (forced or native_bf16()) else None
+
+
 def time_sync(device: torch.device | None = None) -> float:
     """perf_counter after the device has finished its queued work."""
     if device is not None and device.type == 'cuda':

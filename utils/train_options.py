@@ -3,7 +3,7 @@
 
 Faithful: every reference flag with its default; `--img` for `--img-size`; one size means train = test size;
 `--resume` alone picks the newest `last*.pt` under the working directory and restores the run's options.
-Extended: `--patience` (early stopping), `--no-amp`, `--allow-partial-weights`, `--seed`, torchrun's LOCAL_RANK.
+Extended: `--patience` (early stopping), `--no-amp`, `--amp` (bf16 autocast on CPUs), `--allow-partial-weights`, `--seed`, torchrun's LOCAL_RANK.
 """
 from __future__ import annotations
 
@@ -93,7 +93,11 @@ def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
     p.add_argument('--freeze', nargs='+', type=int, default=[0], help='Freeze layers: backbone of yolov7=50')
     p.add_argument('--v5-metric', action='store_true', help='assume maximum recall as 1.0 in AP calculation')
     p.add_argument('--patience', type=int, default=0, help='stop after N epochs without a better fitness (0: off)')
-    p.add_argument('--no-amp', action='store_true', help='train in fp32 on CUDA (a way out of AMP overflows)')
+    p.add_argument('--no-amp', action='store_true',
+                   help='train in fp32 (CUDA: a way out of fp16 overflows; CPU: no bf16 autocast)')
+    p.add_argument('--amp', action='store_true',
+                   help='CPU: bfloat16 autocast even without native bf16 (AVX512-BF16/AMX), where it is slower '
+                        'than fp32 (extension; it is on by default where bf16 is native, always on CUDA)')
     p.add_argument('--allow-partial-weights', action='store_true',
                    help='accept --weight even when fewer than half of the model tensors match it')
     p.add_argument('--seed', type=int, default=0, help='base seed (each rank adds 2 + rank, as the reference)')

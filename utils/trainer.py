@@ -34,6 +34,7 @@ from utils.train_logging import ResultsLog, TrainWriter, cuda_memory_gb, plot_la
     plot_results, plot_train_batch, progress_header, progress_line
 from utils.train_setup import build_train_model, check_label_classes, init_seeds, scale_hyp, train_loader, \
     val_loader, write_run_files
+from utils.torch_utils import amp_dtype, native_bf16
 from utils.train_options import TrainOptionError, load_hyp
 from utils.wandb_logging import WandbRun, check_artifact_paths
 
@@ -57,7 +58,8 @@ class Trainer:
         self.opt, self.ctx, self.device = opt, ctx, ctx.device
         self.save_dir = Path(opt.save_dir)
         self.weights_dir = self.save_dir / 'weights'
-        self.amp = self.device.type == 'cuda' and not getattr(opt, 'no_amp', False)
+        self.amp_dtype = amp_dtype(self.device, getattr(opt, 'no_amp', False), getattr(opt, 'amp', False))
+        self.amp = self.amp_dtype is not None
         self.bad_steps = 0
         self.wandb: WandbRun | None = None
 
@@ -192,11 +194,12 @@ class Trainer:
         self.setup()
         t0 = time.time()
         self.writer = TrainWriter(self.save_dir, enabled=self.ctx.main)
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype == torch.float16)  # bf16 needs no scaling
         self.nw = warmup_iterations(self.hyp, self.nb)
         self.accumulate = nominal_accumulate(self.opt.total_batch_size, self.nbs)
         self.maps = np.zeros(self.nc)
         if self.ctx.main:
+            LOGGER.info(f'AMP: {self.amp_description()}')
             LOGGER.info(f'Image sizes {self.img_size} train, {self.img_size_test} test\nUsing '
                         f'{self.loader.num_workers} dataloader workers\nLogging results to {self.save_dir}\n'
                         f'Starting training for {self.epochs} epochs...')
@@ -257,7 +260,7 @@ class Trainer:
                                            self.opt.total_batch_size, self.nbs)
         if self.opt.multi_scale:
             imgs = multi_scale_resize(imgs, self.img_size, self.gs)
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             loss, items = self.forward_loss(self.model, imgs, targets.to(self.device))
         loss = loss * self.ctx.world_size * (4.0 if self.opt.quad else 1.0)
         if not all_ranks_agree(bool(torch.isfinite(loss.detach()).all()), self.ctx):
@@ -272,6 +275,17 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
         return items.detach().to(self.device)
+
+    def amp_description(self) -> str:
+        """Which mixed precision trains, and why (the first log lines say it)."""
+        if self.amp_dtype == torch.float16:
+            return 'float16 autocast with loss scaling (CUDA); --no-amp for fp32'
+        if self.amp_dtype == torch.bfloat16:
+            native = 'native' if native_bf16() else 'emulated, slower than fp32 here; forced by --amp'
+            return f'bfloat16 autocast on the CPU ({native} bf16); --no-amp for fp32'
+        return ('off (fp32: --no-amp)' if getattr(self.opt, 'no_amp', False) else
+                'off (fp32: this CPU has no native bfloat16; --amp forces bf16 autocast, slower here)'
+                if self.device.type == 'cpu' else 'off')
 
     def _bad_step(self, ni: int, epoch: int) -> None:
         self.bad_steps += 1
@@ -325,7 +339,7 @@ class Trainer:
         bbox_images = self.wandb is not None and self.wandb.bbox_due(epoch)
         opt = EvalOptions(iou_thres=VAL_IOU, save_dir=self.save_dir, names=self.names, training=True,
                           plots=final or bbox_images, v5_metric=self.opt.v5_metric, verbose=final and self.nc < 50)
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             results, self.maps, _ = validate(self.ema.ema, self.val_loader, opt, compute_loss=self.val_loss)
         return tuple(float(x) for x in results)
 
@@ -361,7 +375,7 @@ def train(opt: argparse.Namespace, trainer_cls: type[Trainer] = Trainer, configu
     its own logging set-up (the demo) passes configure_logging=False."""
     from utils.cli import setup_logging
     from utils.distributed import cleanup, init_distributed
-    from utils.torch_utils import select_device
+    from utils.torch_utils import amp_dtype, native_bf16, select_device
     from utils.train_options import prepare_options
     opt = prepare_options(opt)
     if configure_logging:
