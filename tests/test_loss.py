@@ -234,6 +234,7 @@ def test_focal_and_label_smoothing_stay_finite(model) -> None:
     assert items[1] < plain[1]  # the focal factor only shrinks the objectness BCE
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 def test_cuda_empty_batch(model) -> None:
     maps = [m.detach().cuda().requires_grad_(True) for m in _maps(2, (64, 64), heads=2)]
