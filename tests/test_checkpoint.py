@@ -99,19 +99,21 @@ def test_bare_state_dict_and_numpy_fitness_are_accepted(tmp_path: Path) -> None:
     assert float(read_checkpoint(legacy)['best_fitness'][0]) == 0.25
 
 
-def test_numpy1_pickled_fitness_is_accepted(tmp_path: Path) -> None:
-    """Files written under numpy 1.x name numpy.core.multiarray; allow exactly that reconstruction."""
-    modern = tmp_path / 'modern.pt'
-    torch.save({'model': {'w': torch.ones(2)}, 'best_fitness': np.array([0.5])}, modern)
-    legacy = tmp_path / 'numpy1.pt'
-    with zipfile.ZipFile(modern) as src, zipfile.ZipFile(legacy, 'w', zipfile.ZIP_STORED) as dst:
+@pytest.mark.parametrize('written_by', ['numpy.core.multiarray', 'numpy._core.multiarray'], ids=['numpy1', 'numpy2'])
+def test_numpy_pickled_fitness_is_accepted(tmp_path: Path, written_by: str) -> None:
+    """Files written under numpy 1.x name numpy.core.multiarray, under 2.x numpy._core.multiarray; either loads,
+    whichever numpy reads it (only those reconstructions are allowed)."""
+    here = tmp_path / 'here.pt'
+    torch.save({'model': {'w': torch.ones(2)}, 'best_fitness': np.array([0.5])}, here)
+    other = tmp_path / 'other.pt'
+    with zipfile.ZipFile(here) as src, zipfile.ZipFile(other, 'w', zipfile.ZIP_STORED) as dst:
         for item in src.infolist():
             data = src.read(item)
             if item.filename.endswith('data.pkl'):
-                assert b'numpy._core.multiarray' in data
-                data = data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+                current = next(n for n in (b'numpy._core.multiarray', b'numpy.core.multiarray') if n in data)
+                data = data.replace(current, written_by.encode())
             dst.writestr(item, data)
-    assert float(read_checkpoint(legacy)['best_fitness'][0]) == 0.5
+    assert float(read_checkpoint(other)['best_fitness'][0]) == 0.5
 
 
 class _Exploit:

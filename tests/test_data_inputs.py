@@ -195,6 +195,7 @@ def test_bad_cache_is_rebuilt(dirty: tuple[Path, dict[str, Path]], caplog: pytes
     else:
         cache.write_bytes(b'\x00' * 50)
     caplog.set_level(logging.INFO)
+    caplog.clear()  # the first scan's line, when INFO was already on (pytest 7 keeps levels set by other tests)
     again = LoadImagesAndLabels(str(lst), img_size=64, batch_size=2, nc=NC)
     assert _summary(caplog).startswith('Scanning')
     assert again.img_files == first.img_files

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers import COCO128, REFERENCE
+from tests.helpers import COCO128, REFERENCE, requires_numpy2_sort
 from utils.letterbox import letterbox, rect_batch_shapes
 
 
@@ -42,6 +42,7 @@ def test_rect_batch_shapes_hand_computed() -> None:
     assert rect_batch_shapes(np.array([0.5, 0.75]), 2, 640, 32).tolist() == [[480, 640]]
 
 
+@requires_numpy2_sort
 @pytest.mark.skipif(not (REFERENCE / 'val_loader.npz').is_file() or not COCO128.is_dir(),
                     reason='../shared reference val_loader.npz or coco128 not found')
 @pytest.mark.parametrize('tag,size,batch', [('r320', 320, 8), ('r256', 256, 5)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REFERENCE, coco128_view, requires_coco128, requires_reference
+from tests.helpers import REFERENCE, coco128_view, requires_coco128, requires_numpy2_sort, requires_reference
 from utils.dataloaders import create_dataloader
 
 
@@ -18,6 +18,7 @@ def reference_loader() -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+@requires_numpy2_sort
 @requires_reference
 @requires_coco128
 @pytest.mark.parametrize('tag,size,batch', [('r320', 320, 8), ('r256', 256, 5)])

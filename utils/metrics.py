@@ -1,7 +1,7 @@
 """Detection metrics: prediction-to-target matching, AP per class, confusion matrix, fitness (the reference's test.py).
 
-Names, arguments and return values are the reference's. Fixed reference defect: `np.trapz` (removed in numpy 2)
-is `np.trapezoid`, with identical results.
+Names, arguments and return values are the reference's. Fixed reference defect: `np.trapz` (renamed `np.trapezoid`
+in numpy 2, then removed) is whichever of the two this numpy has: the same function, identical results.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from utils.general import box_iou
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP@.5:.95 columns
 CURVE_POINTS = 1000
 
+
+_trapezoid = getattr(np, 'trapezoid', None) or getattr(np, 'trapz')  # numpy >= 2 / numpy 1.x
 
 def fitness(x: np.ndarray) -> np.ndarray:
     """Model fitness: 0.1·mAP@.5 + 0.9·mAP@.5:.95 of rows [P, R, mAP@.5, mAP@.5:.95, …]."""
@@ -55,7 +57,7 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray, v5_metric: bool = Fals
     mpre = np.concatenate(([1.0], precision, [0.0]))
     mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
     x = np.linspace(0, 1, 101)
-    return float(np.trapezoid(np.interp(x, mrec, mpre), x)), mpre, mrec
+    return float(_trapezoid(np.interp(x, mrec, mpre), x)), mpre, mrec
 
 
 def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray,
