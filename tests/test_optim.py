@@ -213,14 +213,14 @@ def test_warmup_adam_leaves_beta1(tiny):
     assert all(g['betas'] == (0.937, 0.999) and 'momentum' not in g for g in opt.param_groups)
 
 
-@pytest.mark.parametrize('seed,benchmark', [(0, False), (2, True), (5, True)])
-def test_training_seeds_set_cudnn_as_the_reference(seed: int, benchmark: bool) -> None:
+@pytest.mark.parametrize('seed,autotuned', [(0, False), (2, True), (5, True)])
+def test_training_seeds_set_cudnn_as_the_reference(seed: int, autotuned: bool) -> None:
     """init_seeds (training: 2 + rank) turns cuDNN autotuning on, seed 0 makes cuDNN deterministic instead (the
     reference's init_torch_seeds); before, training left autotuning off."""
     from utils.train_setup import init_seeds
     saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
         init_seeds(seed)
-        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (benchmark, not benchmark)
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (autotuned, not autotuned)
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
