@@ -59,8 +59,8 @@ def compile_paths(model: Model, mode: str = 'default') -> Model:
     return model
 
 
-def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device, compile: str | None = None,
-                       bf16: bool = False) -> Model:
+def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device | str = 'cpu',
+                       compile: str | None = None, bf16: bool = False) -> Model:
     """Model from a config with a checkpoint loaded strictly (weights_only), float, fused, eval, no gradients;
     `compile` (extension, --compile MODE) compiles the three stages of the routed forward in that torch.compile mode;
     `bf16` (extension, --bf16) runs the backbones in bfloat16 on the CPU (ignored with a warning on CUDA: fp16 there).
@@ -73,6 +73,7 @@ def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device, co
         raise ConfigError('--cfg is required, e.g. --cfg cfg/dy-yolov7-step2.yaml')
     if not weights:
         raise CheckpointError('--weight is required: the checkpoint to use, e.g. --weight weights/dy-yolov7.pt')
+    device = torch.device(device)
     model = Model(cfg, nc=nc)
     load_weights(model, weights)
     for p in model.parameters():

@@ -48,6 +48,7 @@ class Model(nn.Module):
         self.get_score = False
         self.last_easy: torch.Tensor | None = None  # (B,) bool: which images of the last routed batch took the easy path
         self.chunk_pixels = 0  # set for the CPU by models.inference.prepare_for_inference
+        self.input_format = torch.contiguous_format  # eval inputs' layout; channels_last after prepare_for_inference
         if self.dynamic:  # created first: the reference's state_dict lists the router first
             self.router = AdaptiveRouter(self.yaml['router_channels'], 1, self.yaml.get('router_reduction', 4))
             self.router_ins = list(self.yaml['router_ins'])
@@ -134,8 +135,10 @@ class Model(nn.Module):
     def forward(self, x: torch.Tensor, augment: bool = False):
         """Train: raw maps of both heads (+ router score when dynamic). Eval: (decoded, raw maps) of the
         path each image's score selects; `get_score`: the (B, 1) scores only."""
-        if not self.training and x.shape[0] > self.eval_chunk(x):
-            return self._forward_chunks(x, self.eval_chunk(x), augment)
+        if not self.training:  # a plain NCHW batch gets the layout the prepared weights run fastest with
+            x = x.contiguous(memory_format=self.input_format)
+            if x.shape[0] > self.eval_chunk(x):
+                return self._forward_chunks(x, self.eval_chunk(x), augment)
         if augment:
             return self._forward_augment(x)
         b1, score = self._backbone(x)

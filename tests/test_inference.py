@@ -191,3 +191,20 @@ def test_gflops_count_any_dtype(models: tuple[Model, Model]) -> None:
     assert expected['easy'] > 0 and expected['hard'] > expected['easy']
     assert copy.deepcopy(fast).half().flops(64) == expected
     assert prepare_for_inference(copy.deepcopy(fast), 'cpu', bf16=True).flops(64) == expected
+
+
+def test_a_prepared_model_takes_plain_nchw_batches_in_its_own_layout(models: tuple[Model, Model],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the README's Python example gets: a prepared (channels_last) model called with an ordinary NCHW batch
+    converts it itself, so its outputs are those of prepare_input's batch, bit for bit, and its first convolution
+    sees a channels_last input."""
+    _, prepared = models
+    x = dark_to_bright(3, 64, seed=1)
+    seen = []
+    first = prepared.model_b[0]
+    monkeypatch.setattr(first, 'forward', lambda t, f=first.forward: seen.append(t) or f(t))
+    with torch.inference_mode():
+        plain = prepared(x)[0]
+        converted = prepared(prepare_input(x, prepared))[0]
+    assert torch.equal(plain, converted)
+    assert seen and all(t.is_contiguous(memory_format=torch.channels_last) for t in seen)
