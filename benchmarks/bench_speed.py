@@ -1,5 +1,6 @@
 """Speed of the dynamic detector as users feel it: latency (batch 1) and throughput (larger batches) for the easy
-path, the hard path and 50/50 routing, with the achieved TFLOP/s, next to the reference's figures.
+path, the hard path and 50/50 routing, with the achieved TFLOP/s (GPU rows: the paper's V100 FPS beside them,
+for orientation).
 
     python benchmarks/bench_speed.py                                  # CPU: Dy-YOLOv7 at 640 and 320, batch 1 and 8
     python benchmarks/bench_speed.py --onnx                           # + the exported graphs on ONNX Runtime
@@ -29,10 +30,9 @@ from models.yolo import Model  # noqa: E402
 from utils.cli import add_engine_flags  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
-# The DynamicDet paper: FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). The reference on this project's
-# 2-core CPU: fused Dy-YOLOv7 at 640, batch 1, fp32, seconds per image per path.
+# The DynamicDet paper: FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). Shown beside GPU rows as the
+# paper's figure, never divided into ours (another GPU).
 REFERENCE_V100_FPS = {'dy-yolov7': (110, 83), 'dy-yolov7x': (98, 64), 'dy-yolov7-w6': (74, 46)}
-REFERENCE_CPU_S = {'easy': 0.83, 'hard': 1.56}
 # Dense (no sparsity) peak TFLOP/s (fp32, fp16 tensor cores), from NVIDIA's product data sheets.
 PEAK_TFLOPS = {'H100 SXM': (66.9, 989.4), 'H100 PCIe': (51.2, 756.0), 'H100': (66.9, 989.4), 'H200': (66.9, 989.4),
                'A100': (19.5, 312.0), 'V100': (15.7, 125.0), 'L4': (30.3, 121.0), 'A10': (31.2, 125.0)}
@@ -150,10 +150,8 @@ def row(cfg: str, model: Model, forward: tuple[str, Callable], size: int, flops:
 
 
 def reference_figure(name: str, path: str, size: int, batch: int, model: Model) -> str:
-    """The reference's comparable figure, if any, and our speed-up over it."""
+    """The paper's V100 figure for GPU rows at batch 1 (for orientation: another GPU, not a ratio)."""
     device = next(model.parameters()).device
-    if device.type == 'cpu' and name == 'dy-yolov7' and size == 640 and batch == 1 and path in REFERENCE_CPU_S:
-        return f'ref {1e3 * REFERENCE_CPU_S[path]:.0f} ms/img (CPU)'
     if device.type == 'cuda' and batch == 1 and name in REFERENCE_V100_FPS and path in ('easy', 'hard'):
         return f'paper {REFERENCE_V100_FPS[name][path == "hard"]} FPS (V100, {"90" if path == "easy" else "0"}% easy)'
     return ''
