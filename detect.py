@@ -16,11 +16,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 import yaml
 
 from models.inference import load_for_inference
-from utils.cli import add_engine_flags, add_detection_flags, check_img_size, increment_path, run_cli
+from utils.cli import add_detection_flags, add_engine_flags, check_img_size, increment_path, run_cli
 from utils.data_config import load_data_config
 from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.drawing import class_colours, display_available, draw_detection, draw_status

@@ -101,8 +101,8 @@ def run_test(opt: argparse.Namespace) -> tuple:
     out, confusion = evaluate(model, loader, eval_opt)
     metrics, maps = summarize(out, eval_opt, confusion)
     t = per_image_ms(out)
-    speed = 'Speed: %.1f/%.1f/%.1f ms inference/NMS/total per %gx%g image at batch-size %g' % (
-        *t, img_size, img_size, opt.batch_size)
+    speed = (f'Speed: {t[0]:.1f}/{t[1]:.1f}/{t[2]:.1f} ms inference/NMS/total per {img_size:g}x{img_size:g} image '
+             f'at batch-size {opt.batch_size:g}')
     LOGGER.info(speed)
     if model.dynamic and out.n_routed:
         LOGGER.info(routing_line(model, out.n_easy, out.n_routed, img_size))

@@ -25,13 +25,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 
 from bench_data import DEFAULT_DATA, writable_view  # noqa: E402
+
 from models.checkpoint import load_weights  # noqa: E402
 from models.inference import prepare_for_inference  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.evaluation import EvalOptions, evaluate, summarize  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
-
 
 
 def build_model(cfg: str, weight: str, device: torch.device) -> Model:

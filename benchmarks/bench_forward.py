@@ -21,7 +21,6 @@ from models.yolo import Model  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
 
-
 def measure(model: Model, x: torch.Tensor, path: str, reps: int, inference_mode: bool) -> float:
     """Median seconds per forward of one path (after one warm-up pass)."""
     ctx = torch.inference_mode if inference_mode else torch.no_grad

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 def measure(opt: argparse.Namespace) -> dict:
     """Time opt.steps training steps after opt.warmup ones; returns the figures."""
     from bench_data import DEFAULT_DATA, writable_view
+
     from models.yolo import Model
     from utils.dataloaders import create_dataloader
     from utils.ema import ModelEMA

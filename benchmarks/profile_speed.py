@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_speed import batches_for, build, torch_forward  # noqa: E402
+
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
 # Operator name fragments → kind of work (first match wins; aten and CUDA kernel names).

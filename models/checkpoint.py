@@ -11,18 +11,20 @@ import pickle
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from torch import nn
 
+from utils.errors import UserError
 
 COPY_CHUNK = 16 << 20  # bytes per read when copying a checkpoint file
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file that is not a usable checkpoint, or one that does not fit the model; one-line message."""
 
 

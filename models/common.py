@@ -4,7 +4,7 @@ Every block keeps the reference's attribute names, so state_dict keys match rele
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

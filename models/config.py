@@ -6,10 +6,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-
 from utils.yaml_io import read_yaml_mapping
 
-from .graph import ConfigError, SECTIONS
+from .graph import SECTIONS, ConfigError
 
 
 def _is_number(v: Any) -> bool:

@@ -7,17 +7,19 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import yaml
 
+from utils.errors import UserError
+
 from .export import PARTS, input_names
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """A manifest or graph that cannot be used; one line naming the file and the fix."""
 
 

@@ -7,16 +7,19 @@ substituted in arguments: a config file is data and can never run code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
-from .common import CBFuse, CBLinear, Concat, Conv, ConvCheckpoint, MP, RepConv, ReOrg, SPPCSPC, Shortcut
+from utils.errors import UserError
+
+from .common import MP, SPPCSPC, CBFuse, CBLinear, Concat, Conv, ConvCheckpoint, ReOrg, RepConv, Shortcut
 from .detect import IDetect
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A model config that cannot be built; the message is one line naming file, section and row."""
 
 

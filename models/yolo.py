@@ -217,7 +217,7 @@ class Model(nn.Module):
         return torch.cat(outputs, 1), None
 
     # ----------------------------------------------------------------------------------- utilities
-    def fuse(self) -> 'Model':
+    def fuse(self) -> Model:
         """Fold Conv+BN, re-parameterise RepConv, fold IDetect implicits (in place); returns self."""
         for m in list(self.modules()):
             if isinstance(m, (Conv, RepConv, IDetect)):

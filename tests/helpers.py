@@ -5,7 +5,7 @@ import json
 import math
 import os
 import zlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ def cfg_path(name: str) -> Path:
     return ROOT / 'cfg' / f'{name}.yaml'
 
 
-@lru_cache(maxsize=None)
+@cache
 def models_json() -> dict:
     """The reference's state_dict schemas and counts."""
     return json.loads((REFERENCE / 'models.json').read_text())
@@ -140,6 +140,7 @@ def quick_step1_files(folder: Path, n: int, seed: int) -> tuple[Path, Path]:
     """n synthetic 96-px images (a quarter for val) and the p5 hyp with a short warmup and no mosaic/mixup/paste-in,
     for fast CPU training tests; returns (data YAML, hyp YAML)."""
     import yaml
+
     from utils.synthetic import generate_dataset
     data = generate_dataset(folder / 'data', n, img_size=96, val_fraction=0.25, seed=seed)
     hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())

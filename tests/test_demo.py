@@ -150,6 +150,7 @@ def test_same_seed_trains_the_same_weights(tmp_path: Path, monkeypatch: pytest.M
     (its hyps, shuffling, flips) give bit-identical weights. Its data (tests/test_synthetic.py) and
     evaluation are deterministic too; the toy demo run twice printed the same table."""
     import yaml
+
     from tests.helpers import tiny_config
     from utils.synthetic import generate_dataset
     skip_run_plots(monkeypatch)

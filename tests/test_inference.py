@@ -126,6 +126,7 @@ def test_compile_flag_modes_reach_torch_compile(models: tuple[Model, Model], mon
     """--compile alone is mode 'default', --compile reduce-overhead (CUDA graphs per path) is passed through to each
     of the three stages, no flag compiles nothing, and an unknown mode is an argparse error."""
     import argparse
+
     from models import inference
     from utils.cli import add_engine_flags
     p = argparse.ArgumentParser()

@@ -10,8 +10,7 @@ import torch
 
 from models.yolo import Model
 from tests.helpers import REFERENCE, cfg_path, reference_npz
-from utils.loss import (ComputeLoss, ComputeLossOTA, ComputeLossOTADual, ComputeLossOTADy, find_3_positive,
-                        ota_assign)
+from utils.loss import ComputeLoss, ComputeLossOTA, ComputeLossOTADual, ComputeLossOTADy, find_3_positive, ota_assign
 
 HYP = {'box': 0.05, 'cls': 0.3, 'cls_pw': 1.0, 'obj': 0.7 * (128 / 640) ** 2, 'obj_pw': 1.0, 'fl_gamma': 0.0,
        'anchor_t': 4.0, 'label_smoothing': 0.0}

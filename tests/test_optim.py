@@ -12,8 +12,16 @@ from torch import nn
 from models.yolo import Model
 from tests.helpers import cfg_path, tiny_config
 from utils.ema import ModelEMA, de_parallel
-from utils.optim import (apply_warmup, build_optimizer, freeze_parameters, lr_lambda, nominal_accumulate,
-                         parameter_groups, scaled_weight_decay, warmup_iterations)
+from utils.optim import (
+    apply_warmup,
+    build_optimizer,
+    freeze_parameters,
+    lr_lambda,
+    nominal_accumulate,
+    parameter_groups,
+    scaled_weight_decay,
+    warmup_iterations,
+)
 
 HYP = {'lr0': 0.01, 'lrf': 0.1, 'momentum': 0.937, 'weight_decay': 0.0005, 'warmup_epochs': 3.0,
        'warmup_momentum': 0.8, 'warmup_bias_lr': 0.1}

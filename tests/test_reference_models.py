@@ -7,10 +7,11 @@ Each config's model is built, filled and calibrated once per module and shared b
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Iterator
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -19,8 +20,7 @@ import torch
 from torch import nn
 
 from models.yolo import Model
-from tests.helpers import (CONFIG_NAMES, calibrate, cfg_path, fill_value, models_json, reference_npz,
-                           requires_reference)
+from tests.helpers import CONFIG_NAMES, calibrate, cfg_path, fill_value, models_json, reference_npz, requires_reference
 
 pytestmark = requires_reference
 # The reference's suggested float64 tolerances. Float64 re-ordering (another CPU, BLAS build or thread count) moves

@@ -20,8 +20,15 @@ from tests.helpers import lively_tiny_model, spread_router
 from utils.evaluation import split_loader
 from utils.general import non_max_suppression, xyxy2xywh
 from utils.path_records import PathRecords, collect_path_records, routed_map
-from utils.router_budget import (RouterBudgetError, budget_file_for, load_router_budget, resolve_dy_thres,
-                                 save_router_budget, share_for_gflops, threshold_for_share)
+from utils.router_budget import (
+    RouterBudgetError,
+    budget_file_for,
+    load_router_budget,
+    resolve_dy_thres,
+    save_router_budget,
+    share_for_gflops,
+    threshold_for_share,
+)
 from utils.routing_quality import add_gains, baseline_columns, router_quality
 from utils.sweep import evaluate_each_threshold, sweep_rows, thresholds_from_scores
 from utils.synthetic import generate_dataset

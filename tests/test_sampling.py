@@ -13,9 +13,14 @@ import yaml
 from tests.helpers import ROOT
 from utils.data_config import load_data_config
 from utils.datasets import LoadImagesAndLabels
-
-from utils.sampling import (PARTNERS_PER_SAMPLE, ImageWeightSampler, epoch_image_weights, labels_to_class_weights,
-                            labels_to_image_weights, multi_scale_resize)
+from utils.sampling import (
+    PARTNERS_PER_SAMPLE,
+    ImageWeightSampler,
+    epoch_image_weights,
+    labels_to_class_weights,
+    labels_to_image_weights,
+    multi_scale_resize,
+)
 from utils.synthetic import generate_dataset
 
 LABELS = [np.array([[0, .5, .5, .1, .1], [0, .2, .2, .1, .1]], np.float32),  # two of class 0

@@ -18,8 +18,14 @@ import yaml
 import train_step1
 from models.checkpoint import read_checkpoint
 from tests.helpers import quick_step1_files, tiny_config
-from tests.train_helpers import (forked_training, kill_after_epochs, logged_lrs, results_epochs, resume_copy,
-                                 skip_run_plots)
+from tests.train_helpers import (
+    forked_training,
+    kill_after_epochs,
+    logged_lrs,
+    results_epochs,
+    resume_copy,
+    skip_run_plots,
+)
 from utils.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from utils.train_logging import (ResultsLog, TrainWriter, plot_labels, plot_lr_schedule, plot_results,
-                                 plot_train_batch, progress_header, progress_line, read_results_csv)
+from utils.train_logging import (
+    ResultsLog,
+    TrainWriter,
+    plot_labels,
+    plot_lr_schedule,
+    plot_results,
+    plot_train_batch,
+    progress_header,
+    progress_line,
+    read_results_csv,
+)
 
 RESULTS = (0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125)  # P, R, mAP@.5, mAP@.5:.95, val box/obj/cls
 

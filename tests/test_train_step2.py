@@ -13,11 +13,17 @@ import train_step1
 import train_step2
 from models.checkpoint import load_weights, read_checkpoint
 from models.yolo import Model
-from tests.train_helpers import (forked_training, kill_after_epochs, logged_lrs, results_epochs, resume_copy,
-                                 skip_run_plots)
+from tests.helpers import ROOT, quick_step1_files, tiny_config
+from tests.train_helpers import (
+    forked_training,
+    kill_after_epochs,
+    logged_lrs,
+    results_epochs,
+    resume_copy,
+    skip_run_plots,
+)
 from utils.dataloaders import create_dataloader
 from utils.loss import ComputeLossOTADy
-from tests.helpers import ROOT, quick_step1_files, tiny_config
 from utils.train_setup import init_seeds, scale_hyp
 
 TINY2 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml')

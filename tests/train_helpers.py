@@ -6,8 +6,8 @@ import importlib
 import multiprocessing
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest

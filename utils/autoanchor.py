@@ -8,7 +8,8 @@ while head 1 decoded with its own anchors).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

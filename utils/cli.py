@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from utils.errors import UserError
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -54,24 +56,12 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def run_cli(run, opt, logger: logging.Logger):
-    """Log the options, run, and turn every known bad-input error into one line and exit code 2."""
-    from models.checkpoint import CheckpointError
-    from models.graph import ConfigError
-    from utils.data_config import DataConfigError
-    from utils.distributed import LaunchError
-    from utils.label_cache import DatasetError
-    from utils.router_budget import RouterBudgetError
-    from utils.sources import SourceError
-    from utils.torch_utils import DeviceError
-    from utils.train_options import TrainOptionError
-    from utils.trainer import TrainingError
-    from utils.wandb_logging import WandbError
+    """Log the options, run, and turn every user error (utils.errors.UserError) into one line and exit code 2."""
     setup_logging()
     logger.info(opt)
     try:
         return run(opt)
-    except (DataConfigError, DatasetError, ConfigError, CheckpointError, DeviceError, SourceError,
-            TrainOptionError, TrainingError, RouterBudgetError, LaunchError, WandbError) as e:
+    except UserError as e:
         fail(str(e))
 
 

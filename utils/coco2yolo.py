@@ -20,6 +20,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from utils.errors import UserError
 from utils.labels import topleft_box_to_yolo
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ COCO80_IDS = (list(range(1, 12)) + list(range(13, 26)) + [27, 28] + list(range(3
               + [67, 70] + list(range(72, 83)) + list(range(84, 91)))
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(UserError, ValueError):
     """A COCO JSON that cannot be converted; the message is one line."""
 
 

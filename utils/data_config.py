@@ -10,6 +10,7 @@ import logging
 import os
 from pathlib import Path
 
+from utils.errors import UserError
 from utils.labels import IMG_FORMATS
 from utils.yaml_io import read_yaml_mapping
 
@@ -17,7 +18,7 @@ LOGGER = logging.getLogger(__name__)
 SPLITS = ('train', 'val', 'test')
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError, ValueError):
     """A data YAML or image list that cannot be used; the message is one line naming the file and the fix."""
 
 

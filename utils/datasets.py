@@ -21,8 +21,7 @@ from torch.utils.data import Dataset, get_worker_info
 from utils.augmentations import augment_hsv, mixup, random_flips, random_perspective
 from utils.data_config import list_image_files
 from utils.general import xywhn2xyxy, xyxy2xywhn
-from utils.label_cache import (DatasetError, cache_path_for, dataset_hash, load_cache, log_scan, save_cache,
-                               scan_dataset)
+from utils.label_cache import DatasetError, cache_path_for, dataset_hash, load_cache, log_scan, save_cache, scan_dataset
 from utils.labels import img2label_paths
 from utils.letterbox import letterbox, rect_batch_shapes
 from utils.mosaic import load_mosaic, load_mosaic9, mosaic4_canvas

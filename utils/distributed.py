@@ -14,13 +14,14 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError
 from utils.torch_utils import DeviceError
 
 LOGGER = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def cleanup(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """The DDP processes started for a multi-device --device ended with an error (theirs is printed above)."""
 
 

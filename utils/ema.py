@@ -13,8 +13,8 @@ from the wrapper and never copied; both unwrap here.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from copy import deepcopy
-from typing import Iterable
 
 import torch
 from torch import nn

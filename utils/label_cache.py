@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from utils.errors import UserError
 from utils.labels import IMG_FORMATS, read_label_file
 
 LOGGER = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class ScanResult:
     messages: list[str] = field(default_factory=list)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A split that cannot be used (no images, no usable images, no labels for training): one line."""
 
 

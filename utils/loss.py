@@ -24,8 +24,9 @@ for B = 1 that is the reference's (adaptive · 1, items).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,12 +96,12 @@ class Assignment:
     t: torch.Tensor
     anchor: torch.Tensor
 
-    def select(self, idx: torch.Tensor) -> 'Assignment':
+    def select(self, idx: torch.Tensor) -> Assignment:
         """The rows picked by an index or boolean mask, in order."""
         return Assignment(self.b[idx], self.a[idx], self.gj[idx], self.gi[idx], self.t[idx], self.anchor[idx])
 
     @staticmethod
-    def cat(parts: Sequence['Assignment']) -> 'Assignment':
+    def cat(parts: Sequence[Assignment]) -> Assignment:
         """All rows of `parts`, one after the other."""
         return Assignment(*(torch.cat([getattr(p, f) for p in parts]) for f in ('b', 'a', 'gj', 'gi', 't', 'anchor')))
 

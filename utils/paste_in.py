@@ -22,7 +22,7 @@ time a sample was pasted; plain `int` gives the identical count.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import UserError
+
 LOGGER = logging.getLogger(__name__)
 MAX_QUANTILES = 10001  # 0.01 % steps: within one image of any share on splits of up to 10,000 images
 ALL_HARD_THRESHOLD = 2.0  # above any sigmoid score, 1.0 included
 
 
-class RouterBudgetError(ValueError):
+class RouterBudgetError(UserError, ValueError):
     """A missing, unreadable or mismatched router-percentiles file, or an impossible budget; one-line message."""
 
 

@@ -7,14 +7,16 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
+from utils.errors import UserError
 from utils.labels import IMG_FORMATS, VID_FORMATS
 
 T = TypeVar('T')
@@ -24,7 +26,7 @@ LOGGER = logging.getLogger(__name__)
 STREAM_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A --source that does not exist or cannot be opened: one line."""
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -151,8 +151,9 @@ def evaluate_each_threshold(model, loader, thresholds: list[str], names: list[st
 
 def plot_sweep(rows: list[dict], path: Path, metric: str = 'mAP@.5:.95') -> None:
     """The router's mAP against mean GFLOPs per image, with the random band (mean ± sd) and the oracle."""
-    from utils.plots import PLOT_DPI  # (importing utils.plots selects the file-only matplotlib backend)
     import matplotlib.pyplot as plt
+
+    from utils.plots import PLOT_DPI  # (importing utils.plots selects the file-only matplotlib backend)
     rows = sorted(rows, key=lambda r: r['gflops_per_image'])
     x = np.array([r['gflops_per_image'] for r in rows])
     random, sd = (np.array([r[f'random_{metric}{k}'] for r in rows]) for k in ('', '_sd'))

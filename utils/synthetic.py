@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.errors import UserError
 from utils.labels import topleft_box_to_yolo
 
 CLASS_NAMES = ('circle', 'square', 'triangle', 'cross', 'ring')
@@ -33,7 +34,7 @@ PLACEMENT_TRIES = 10
 JPEG_QUALITY = 95
 
 
-class ArgumentError(ValueError):
+class ArgumentError(UserError, ValueError):
     """Bad arguments or output folder: reported by main() in one line with exit code 2."""
 
 

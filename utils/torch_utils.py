@@ -8,10 +8,12 @@ import time
 
 import torch
 
+from utils.errors import UserError
+
 LOGGER = logging.getLogger(__name__)
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """A --device value that this machine cannot honour; one-line message."""
 
 

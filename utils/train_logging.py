@@ -11,16 +11,19 @@ import csv
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from utils.plots import PLOT_DPI  # (importing utils.plots selects the Agg backend before pyplot)
+# importing utils.plots selects the Agg backend, which must happen before pyplot is imported
+# isort: off
+from utils.plots import PLOT_DPI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+# isort: on
 
 from utils.batch_plots import plot_batch, targets_to_boxes  # noqa: E402
 

@@ -15,10 +15,11 @@ import yaml
 
 from models.checkpoint import read_checkpoint
 from utils.cli import increment_path
+from utils.errors import UserError
 from utils.yaml_io import read_yaml_mapping
 
 
-class TrainOptionError(ValueError):
+class TrainOptionError(UserError, ValueError):
     """A flag combination that cannot train: one line."""
 
 

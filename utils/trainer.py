@@ -12,8 +12,8 @@ import argparse
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -23,19 +23,47 @@ from tqdm import tqdm
 from utils.data_config import load_data_config
 from utils.distributed import DistContext, all_ranks_agree, broadcast_flag
 from utils.ema import ModelEMA, de_parallel
+from utils.errors import UserError
 from utils.evaluation import EvalOptions, validate
 from utils.metrics import fitness
-from utils.optim import apply_warmup, build_optimizer, freeze_parameters, lr_lambda, nominal_accumulate, \
-    warmup_iterations
+from utils.optim import (
+    apply_warmup,
+    build_optimizer,
+    freeze_parameters,
+    lr_lambda,
+    nominal_accumulate,
+    warmup_iterations,
+)
 from utils.sampling import epoch_image_weights, labels_to_class_weights, multi_scale_resize
-from utils.train_checkpoint import (epochs_to_train, restore_training_state, save_epoch, strip_checkpoint,
-                                    training_checkpoint)
-from utils.train_logging import ResultsLog, TrainWriter, cuda_memory_gb, plot_labels, plot_lr_schedule, \
-    plot_results, plot_train_batch, progress_header, progress_line
-from utils.train_setup import build_train_model, check_label_classes, init_seeds, scale_hyp, train_loader, \
-    val_loader, write_run_files
 from utils.torch_utils import amp_dtype, native_bf16
+from utils.train_checkpoint import (
+    epochs_to_train,
+    restore_training_state,
+    save_epoch,
+    strip_checkpoint,
+    training_checkpoint,
+)
+from utils.train_logging import (
+    ResultsLog,
+    TrainWriter,
+    cuda_memory_gb,
+    plot_labels,
+    plot_lr_schedule,
+    plot_results,
+    plot_train_batch,
+    progress_header,
+    progress_line,
+)
 from utils.train_options import TrainOptionError, load_hyp
+from utils.train_setup import (
+    build_train_model,
+    check_label_classes,
+    init_seeds,
+    scale_hyp,
+    train_loader,
+    val_loader,
+    write_run_files,
+)
 from utils.wandb_logging import WandbRun, check_artifact_paths
 
 LOGGER = logging.getLogger(__name__)
@@ -44,7 +72,7 @@ TRAIN_BATCH_PLOTS = 10  # train_batch{ni}.jpg for ni < 10, as the reference
 VAL_IOU = 0.6  # the evaluation function's default during training (the CLI's is 0.65)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (non-finite losses, out of memory): one line; checkpoints on disk are intact."""
 
 
@@ -375,7 +403,7 @@ def train(opt: argparse.Namespace, trainer_cls: type[Trainer] = Trainer, configu
     its own logging set-up (the demo) passes configure_logging=False."""
     from utils.cli import setup_logging
     from utils.distributed import cleanup, init_distributed
-    from utils.torch_utils import amp_dtype, native_bf16, select_device
+    from utils.torch_utils import select_device
     from utils.train_options import prepare_options
     opt = prepare_options(opt)
     if configure_logging:

@@ -17,8 +17,8 @@ from models.checkpoint import CheckpointError, load_weights, read_checkpoint
 from models.yolo import Model
 from utils.ema import de_parallel
 from utils.optim import lr_lambda, scaled_weight_decay
-from utils.trainer import Trainer
 from utils.train_options import TrainOptionError
+from utils.trainer import Trainer
 
 LOGGER = logging.getLogger(__name__)
 ROUTER = 'router'

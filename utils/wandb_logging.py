@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+from utils.errors import UserError
+
 LOGGER = logging.getLogger(__name__)
 
 ARTIFACT_PREFIX = 'wandb-artifact://'
@@ -23,7 +25,7 @@ FLAG_DEFAULTS = {'entity': None, 'upload_dataset': False, 'bbox_interval': -1, '
 RESULT_PLOTS = ('results.png', 'confusion_matrix.png', 'F1_curve.png', 'PR_curve.png', 'P_curve.png', 'R_curve.png')
 
 
-class WandbError(RuntimeError):
+class WandbError(UserError, RuntimeError):
     """A W&B request the run cannot honour (one line)."""
 
 
