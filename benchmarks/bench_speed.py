@@ -4,12 +4,16 @@ for orientation).
 
     python benchmarks/bench_speed.py                                  # CPU: Dy-YOLOv7 at 640 and 320, batch 1 and 8
     python benchmarks/bench_speed.py --onnx                           # + the exported graphs on ONNX Runtime
+    python benchmarks/bench_speed.py --plain --compile --bf16 --onnx  # CPU: every engine beside the in-run baseline
     python benchmarks/bench_speed.py --device 0 --half --batches 1 32 --cfgs cfg/dy-yolov7-step2.yaml \
         cfg/dy-yolov7x-step2.yaml cfg/dy-yolov7-w6-step2.yaml           # GPU: adds fp16 and the share of peak
 
 The model is the fused inference model the scripts use (channels_last, inference_mode; fp16 on CUDA). Weights are
 random (speed does not depend on them) except the router's, drawn wide so that images of different brightness get
 different scores: the mixed rows route half of each batch (batch 1: alternately one easy and one hard image).
+`--plain` adds the in-run baseline (the same fused weights in NCHW, whole batches): compare engines to it within
+one run, never to times from another machine. `peak` is the share of the device's dense peak: on the CPU, of this
+run's measured fp32 / bf16 matrix-multiply rate.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import copy
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.inference import compile_paths, prepare_for_inference, prepare_input  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.cli import add_engine_flags  # noqa: E402
-from utils.torch_utils import select_device, time_sync  # noqa: E402
+from utils.torch_utils import native_bf16, select_device, time_sync  # noqa: E402
 
 # The DynamicDet paper: FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). Shown beside GPU rows as the
 # paper's figure, never divided into ours (another GPU).
@@ -39,11 +44,31 @@ PEAK_TFLOPS = {'H100 SXM': (66.9, 989.4), 'H100 PCIe': (51.2, 756.0), 'H100': (6
 
 
 def device_peak(device: torch.device) -> tuple[float, float] | None:
-    """(fp32, fp16) dense peak TFLOP/s for a known GPU name, else None."""
-    if device.type != 'cuda':
-        return None
+    """Dense peak TFLOP/s: (fp32, fp16) for a known GPU name from its data sheet; on the CPU (fp32, bf16) as this
+    run measures them (a large matrix multiply, the best a convolution could reach)."""
+    if device.type != 'cuda':  # emulated bf16 (no AVX512-BF16/AMX) runs at ~1 GFLOP/s: a small matrix tells that
+        return matmul_tflops(torch.float32), matmul_tflops(torch.bfloat16, 2048 if native_bf16() else 256)
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def matmul_tflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """TFLOP/s of an n x n matrix multiply on the CPU in dtype: the median of reps after a warm-up."""
+    a, b = (torch.rand(n, n).to(dtype) for _ in range(2))
+    torch.mm(a, b)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
+def plain_copy(model: Model) -> Model:
+    """The in-run baseline: the same fused fp32 weights in NCHW, whole batches (what `model.fuse().eval()` gives)."""
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    plain.input_format, plain.chunk_pixels = torch.contiguous_format, 0
+    return plain
 
 
 def build(cfg: str, device: torch.device, precision: str = 'fp32') -> Model:
@@ -141,7 +166,7 @@ def row(cfg: str, model: Model, forward: tuple[str, Callable], size: int, flops:
     gflops = {'easy': flops['easy'], 'hard': flops['hard'], 'mixed': (flops['easy'] + flops['hard']) / 2}[path]
     ips = batch / s
     tflops = gflops * ips / 1e3
-    share = f'{100 * tflops / peak[precision == "fp16"]:5.1f}%' if peak and precision != 'bf16' else '     -'
+    share = f'{100 * tflops / peak[precision != "fp32"]:5.1f}%' if peak else '     -'
     name = Path(cfg).stem.rsplit('-step', 1)[0]
     ref = reference_figure(name, path, size, batch, model)
     return (f'{name:<14} {size:>5} {batch:>5} {path:<6} {precision:<5} {forward[0]:<6} '
@@ -174,12 +199,16 @@ def main() -> None:
     p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
     p.add_argument('--onnx', action='store_true', help='also the exported graphs on ONNX Runtime (fp32)')
     p.add_argument('--whole-batch', action='store_true', help='also rows without CPU chunking (chunk_pixels 0)')
+    p.add_argument('--plain', action='store_true',
+                   help='also the in-run baseline: the fused model in NCHW, whole batches (fp32 rows)')
     add_engine_flags(p)  # --compile [MODE]: also compiled rows; --bf16: also bfloat16 rows (CPU)
     opt = p.parse_args()
     device = select_device(opt.device)
     peak = device_peak(device)
+    kinds = 'fp16 data sheet' if device.type == 'cuda' else 'bf16, measured: 2048x2048 matmul'
     print(f'device: {torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
-          f'{torch.get_num_threads()} threads, torch {torch.__version__}; peak (fp32, fp16 TFLOP/s): {peak}')
+          f'{torch.get_num_threads()} threads, torch {torch.__version__}; peak TFLOP/s (fp32, {kinds}): '
+          + (f'{peak[0]:.3f}, {peak[1]:.3f}' if peak else 'unknown'))
     print(f'{"model":<14} {"size":>5} {"batch":>5} {"path":<6} {"dtype":<5} {"engine":<6} {"ms/img":>10} {"img/s":>9} '
           f'{"GFLOPs":>8} {"TFLOP/s":>8} {"peak":>6} reference')
     for cfg in opt.cfgs:
@@ -187,6 +216,8 @@ def main() -> None:
             model = build(cfg, device, precision)
             for size in opt.sizes:
                 engines, flops = [('torch', torch_forward(model))], model.flops(size)
+                if opt.plain and precision == 'fp32':
+                    engines.insert(0, ('plain', torch_forward(plain_copy(model))))
                 if opt.whole_batch and model.chunk_pixels:
                     whole = copy.copy(model)  # a shallow copy: same weights, own chunk setting
                     whole.chunk_pixels = 0
