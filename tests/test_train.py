@@ -19,11 +19,10 @@ import train_step1
 from models.checkpoint import read_checkpoint
 from tests.helpers import quick_step1_files, tiny_config
 from tests.train_helpers import (
+    assert_resume_keeps_the_rates,
     forked_training,
     kill_after_epochs,
-    logged_lrs,
     results_epochs,
-    resume_copy,
     skip_run_plots,
 )
 from utils.trainer import Trainer, TrainingError
@@ -99,13 +98,9 @@ def test_resume_continues_the_learning_rate_schedule(tmp_path: Path, synthetic: 
     train at the rates the uninterrupted run had, in every param group. Before the fix the scheduler, created after the
     optimizer state was loaded, reset them to lr0·lf(0) for the first resumed epoch."""
     run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path / 'runs', 4, '--notest', *optimizer)))
-    resumed = resume_copy(run, 'epoch_001.pt', tmp_path / 'resumed')
-    train_step1.train(train_step1.parse_opt(['--resume', str(resumed / 'weights' / 'last.pt')]))
-    uninterrupted, after_resume = logged_lrs(run), logged_lrs(resumed)
     lr0 = yaml.safe_load(Path(synthetic['hyp']).read_text())['lr0']
-    assert max(uninterrupted[2]) < 0.9 * lr0  # a reset to lr0·lf(0) would show
-    for epoch in (2, 3):
-        assert after_resume[epoch] == pytest.approx(uninterrupted[epoch], rel=1e-6), epoch
+    assert_resume_keeps_the_rates(run, lambda argv: train_step1.train(train_step1.parse_opt(argv)),
+                                  tmp_path / 'resumed', lr0)
 
 
 def test_resume_keeps_the_run_options_but_takes_device_and_no_amp(tmp_path: Path) -> None:

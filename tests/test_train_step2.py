@@ -15,11 +15,10 @@ from models.checkpoint import load_weights, read_checkpoint
 from models.yolo import Model
 from tests.helpers import ROOT, quick_step1_files, tiny_config
 from tests.train_helpers import (
+    assert_resume_keeps_the_rates,
     forked_training,
     kill_after_epochs,
-    logged_lrs,
     results_epochs,
-    resume_copy,
     skip_run_plots,
 )
 from utils.dataloaders import create_dataloader
@@ -164,12 +163,8 @@ def test_step2_resume_continues_the_learning_rate_schedule(tmp_path: Path, step1
     flags = [f for f in _flags(step1, tmp_path / 'runs', 4) if f != '--adam'] + ['--notest', *optimizer]
     flags[flags.index('--hyp') + 1] = str(tmp_path / 'hyp.yaml')
     run = train_step2.run(train_step2.parse_opt(flags))
-    resumed = resume_copy(run, 'epoch_001.pt', tmp_path / 'resumed')
-    train_step2.run(train_step2.parse_opt(['--resume', str(resumed / 'weights' / 'last.pt')]))
-    uninterrupted, after_resume = logged_lrs(run), logged_lrs(resumed)
-    assert max(uninterrupted[2]) < 0.9 * hyp['lr0']  # a reset to lr0 would show
-    for epoch in (2, 3):
-        assert after_resume[epoch] == pytest.approx(uninterrupted[epoch], rel=1e-6), epoch
+    assert_resume_keeps_the_rates(run, lambda argv: train_step2.run(train_step2.parse_opt(argv)),
+                                  tmp_path / 'resumed', hyp['lr0'])
 
 
 @pytest.mark.parametrize('cfg,message', [('{step 1}', 'not a step-2 config'),

@@ -86,6 +86,16 @@ def resume_copy(run: Path, epoch_file: str, into: Path) -> Path:
     return copy
 
 
+def assert_resume_keeps_the_rates(run: Path, resume: Callable[[list[str]], object], into: Path, lr0: float) -> None:
+    """Resume a copy of the 4-epoch `run` from its epoch_001.pt with resume(argv): epochs 2 and 3 log the
+    uninterrupted run's rates in every param group, which are below lr0 there (a reset to lr0·lf(0) would show)."""
+    resumed = resume_copy(run, 'epoch_001.pt', into)
+    resume(['--resume', str(resumed / 'weights' / 'last.pt')])
+    uninterrupted, after_resume = logged_lrs(run), logged_lrs(resumed)
+    assert max(uninterrupted[2]) < 0.9 * lr0
+    for epoch in (2, 3):
+        assert after_resume[epoch] == pytest.approx(uninterrupted[epoch], rel=1e-6), epoch
+
 class ProbedTrainer(Trainer):
     """Step 1's trainer that also measures, after training, its detection loss (training mode, the trainer's own
     loss) on all its training images as first loaded — with the starting weights and with the trained ones."""

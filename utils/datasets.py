@@ -159,11 +159,9 @@ class LoadImagesAndLabels(Dataset):
         return state
 
     def __getitem__(self, index: int | WeightedDraw) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
-        if isinstance(index, WeightedDraw):  # --image-weights: the sampler drew the mosaic partners too
-            self._partners = list(index.partners)
-            index = index.index
-        else:
-            index = self.indices[index]
+        # --image-weights: the sampler drew this sample's mosaic partners too; any other sample draws its own
+        self._partners = list(index.partners) if isinstance(index, WeightedDraw) else []
+        index = index.index if isinstance(index, WeightedDraw) else self.indices[index]
         for attempt in range(len(self)):
             try:
                 return self._sample(index)

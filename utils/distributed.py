@@ -9,8 +9,8 @@ reference fell back to DataParallel; DDP is faster and is what the recipes were 
 """
 from __future__ import annotations
 
+import argparse
 import logging
-import os
 import shlex
 import subprocess
 import sys
@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from utils.errors import UserError
-from utils.torch_utils import DeviceError
+from utils.torch_utils import DeviceError, device_spec
+from utils.train_options import distributed_env
 
 LOGGER = logging.getLogger(__name__)
 
@@ -86,17 +87,12 @@ class LaunchError(UserError, RuntimeError):
     """The DDP processes started for a multi-device --device ended with an error (theirs is printed above)."""
 
 
-def launched_by_torchrun(local_rank: int = -1) -> bool:
-    """Whether a launcher started this process (torchrun's environment, or torch.distributed.launch's flag)."""
-    return local_rank >= 0 or 'LOCAL_RANK' in os.environ or int(os.environ.get('WORLD_SIZE', 1)) > 1
-
-
 def torchrun_command(script: str, argv: list[str], device: str, cuda_count: int, launched: bool,
                      batch_size: int) -> list[str] | None:
     """The command that re-runs a training script under torch.distributed.run with one process per CUDA device in
     --device (every device for '' when there are several), or None when this process should train alone: a
     launcher started it, --device is the CPU or one device, or the machine has no CUDA device."""
-    spec = str(device).strip().lower().replace('cuda:', '').replace(' ', '')
+    spec = device_spec(device)
     if launched or cuda_count < 1 or spec == 'cpu':
         return None
     devices = cuda_count if spec == '' else len(spec.split(','))
@@ -112,9 +108,11 @@ def torchrun_command(script: str, argv: list[str], device: str, cuda_count: int,
 def per_device(train: Callable, script: str, argv: list[str]) -> Callable:
     """train, or, for a multi-device --device without a launcher, the same command re-run as DDP processes."""
     def run(opt):
+        launcher = argparse.Namespace(local_rank=opt.local_rank)  # what torchrun / torch.distributed.launch set
+        distributed_env(launcher)
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        command = torchrun_command(script, argv, opt.device, count, launched_by_torchrun(opt.local_rank),
-                                   opt.batch_size)
+        launched = launcher.world_size > 1 or launcher.local_rank >= 0
+        command = torchrun_command(script, argv, opt.device, count, launched, opt.batch_size)
         if command is None:
             return train(opt)
         LOGGER.info(f'--device {opt.device or "(every device)"}: one DDP process per device:\n  {shlex.join(command)}')

@@ -16,7 +16,7 @@ IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP@.5:.95 columns
 CURVE_POINTS = 1000
 
 
-_trapezoid = getattr(np, 'trapezoid', None) or getattr(np, 'trapz')  # numpy >= 2 / numpy 1.x
+trapezoid = getattr(np, 'trapezoid', None) or getattr(np, 'trapz')  # the trapezoid rule: numpy >= 2 / numpy 1.x
 
 def fitness(x: np.ndarray) -> np.ndarray:
     """Model fitness: 0.1·mAP@.5 + 0.9·mAP@.5:.95 of rows [P, R, mAP@.5, mAP@.5:.95, …]."""
@@ -57,7 +57,7 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray, v5_metric: bool = Fals
     mpre = np.concatenate(([1.0], precision, [0.0]))
     mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
     x = np.linspace(0, 1, 101)
-    return float(_trapezoid(np.interp(x, mrec, mpre), x)), mpre, mrec
+    return float(trapezoid(np.interp(x, mrec, mpre), x)), mpre, mrec
 
 
 def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
+from utils.metrics import trapezoid
 from utils.path_records import PathRecords, routed_map
 
 METRICS = ('mAP@.5', 'mAP@.5:.95')
@@ -71,8 +72,8 @@ def router_quality(records: PathRecords, rows: list[dict], metric: str = 'mAP@.5
     share = np.array([r['easy_share'] for r in by_share])
     router, random, oracle = (np.array([r[f'{prefix}{metric}'] for r in by_share])
                               for prefix in ('', 'random_', 'oracle_'))
-    oracle_area = _area(oracle - random, share) if len(share) > 1 else 0.0
-    area = _area(router - random, share) / oracle_area if oracle_area > 0 else math.nan
+    oracle_area = float(trapezoid(oracle - random, share)) if len(share) > 1 else 0.0
+    area = float(trapezoid(router - random, share)) / oracle_area if oracle_area > 0 else math.nan
     correlation = math.nan
     if records.loss_diff and n > 1:
         scores = records.scores.float().numpy()
@@ -95,11 +96,6 @@ def format_quality(quality: RouterQuality, rows: list[dict]) -> str:
     lines.append(f'Area between router and random curves: {_percent(quality.area_captured)} of the oracle\'s; '
                  f'rank correlation of score and oracle order: {quality.rank_correlation:.3f}')
     return '\n'.join(lines)
-
-
-def _area(y: np.ndarray, x: np.ndarray) -> float:
-    """Trapezoid area under y(x) (numpy 1.x has no np.trapezoid)."""
-    return float(((y[1:] + y[:-1]) / 2 * np.diff(x)).sum())
 
 
 def _percent(x: float) -> str:

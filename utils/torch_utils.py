@@ -17,6 +17,11 @@ class DeviceError(UserError, ValueError):
     """A --device value that this machine cannot honour; one-line message."""
 
 
+def device_spec(device: str) -> str:
+    """A --device value normalised: lower case, no spaces, no 'cuda:' prefixes ('' | 'cpu' | '0' | '0,1', ...)."""
+    return str(device).strip().lower().replace('cuda:', '').replace(' ', '')
+
+
 def cuda_index_for_rank(ids: list[int], local_rank: int) -> int:
     """The CUDA device a process takes: its local rank's entry of the --device list (the reference restricts
     CUDA_VISIBLE_DEVICES to that list, then takes cuda:LOCAL_RANK); the first entry without a launcher."""
@@ -35,7 +40,7 @@ def select_device(device: str = '', batch_size: int | None = None) -> torch.devi
     launched process its local rank's entry. A CUDA index on a machine without CUDA, or an index that does not
     exist, is a DeviceError (the reference silently fell back or crashed later).
     """
-    spec = str(device).strip().lower().replace('cuda:', '').replace(' ', '')
+    spec = device_spec(device)
     if spec == 'cpu' or (spec == '' and not torch.cuda.is_available()):
         return torch.device('cpu')
     local_rank = int(os.environ.get('LOCAL_RANK', -1))

@@ -87,9 +87,13 @@ class Trainer:
         self.save_dir = Path(opt.save_dir)
         self.weights_dir = self.save_dir / 'weights'
         self.amp_dtype = amp_dtype(self.device, getattr(opt, 'no_amp', False), getattr(opt, 'amp', False))
-        self.amp = self.amp_dtype is not None
         self.bad_steps = 0
         self.wandb: WandbRun | None = None
+
+    @property
+    def amp(self) -> bool:
+        """Whether training runs under autocast (float16 on CUDA, bfloat16 on the CPU)."""
+        return self.amp_dtype is not None
 
     # ------------------------------------------------------------------ hooks (step 2 overrides these)
     def build_model(self) -> tuple[torch.nn.Module, dict]:
@@ -311,9 +315,11 @@ class Trainer:
         if self.amp_dtype == torch.bfloat16:
             native = 'native' if native_bf16() else 'emulated, slower than fp32 here; forced by --amp'
             return f'bfloat16 autocast on the CPU ({native} bf16); --no-amp for fp32'
-        return ('off (fp32: --no-amp)' if getattr(self.opt, 'no_amp', False) else
-                'off (fp32: this CPU has no native bfloat16; --amp forces bf16 autocast, slower here)'
-                if self.device.type == 'cpu' else 'off')
+        if getattr(self.opt, 'no_amp', False):
+            return 'off (fp32: --no-amp)'
+        if self.device.type == 'cpu':
+            return 'off (fp32: this CPU has no native bfloat16; --amp forces bf16 autocast, slower here)'
+        return 'off'
 
     def _bad_step(self, ni: int, epoch: int) -> None:
         self.bad_steps += 1
