@@ -20,7 +20,7 @@ import yaml
 
 from models.inference import load_for_inference
 from utils.cli import add_detection_flags, add_engine_flags, check_img_size, increment_path, run_cli
-from utils.data_config import load_data_config
+from utils.data.data_config import load_data_config
 from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.drawing import class_colours, display_available, draw_detection, draw_status
 from utils.router_budget import resolve_dy_thres

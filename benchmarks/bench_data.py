@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.dataloaders import create_dataloader  # noqa: E402
+from utils.data.dataloaders import create_dataloader  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'coco128'
 

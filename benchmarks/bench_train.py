@@ -33,7 +33,7 @@ def measure(opt: argparse.Namespace) -> dict:
     from bench_data import DEFAULT_DATA, writable_view
 
     from models.yolo import Model
-    from utils.dataloaders import create_dataloader
+    from utils.data.dataloaders import create_dataloader
     from utils.ema import ModelEMA
     from utils.loss import ComputeLossOTADual
     from utils.optim import build_optimizer

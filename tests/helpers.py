@@ -141,7 +141,7 @@ def quick_step1_files(folder: Path, n: int, seed: int) -> tuple[Path, Path]:
     for fast CPU training tests; returns (data YAML, hyp YAML)."""
     import yaml
 
-    from utils.synthetic import generate_dataset
+    from utils.data.synthetic import generate_dataset
     data = generate_dataset(folder / 'data', n, img_size=96, val_fraction=0.25, seed=seed)
     hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
     hyp.update(warmup_epochs=1, warmup_min_iterations=0, mosaic=0.0, mixup=0.0, paste_in=0.0)

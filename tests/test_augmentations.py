@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.augmentations import augment_hsv, box_candidates, mixup, random_flips, random_perspective
+from utils.data.augmentations import augment_hsv, box_candidates, mixup, random_flips, random_perspective
 from utils.general import segment2box, xywhn2xyxy
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import COCO128, ROOT, requires_coco128
-from utils.coco2yolo import coco91_to_80, convert_coco_json, main
+from utils.data.coco2yolo import coco91_to_80, convert_coco_json, main
 
 COCO128_JSON = COCO128 / 'annotations' / 'instances_train2017.json'
 
@@ -166,7 +166,7 @@ def test_zero_size_boxes_are_skipped(tmp_path: Path) -> None:
 def test_unknown_image_and_category_are_warned_and_skipped(tmp_path: Path, caplog) -> None:
     json_path = write_coco(tmp_path, [ann(7, 1, [0, 0, 10, 5], id=101), ann(1, 12, [0, 0, 10, 5], id=102),
                                       ann(1, 1, [0, 0, 10, 5], id=103)])
-    with caplog.at_level(logging.WARNING, logger='utils.coco2yolo'):
+    with caplog.at_level(logging.WARNING, logger='utils.data.coco2yolo'):
         stats = convert_coco_json(json_path, tmp_path / 'out')
     assert (stats['unknown_image'], stats['unknown_category'], stats['files']) == (1, 1, 1)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -190,14 +190,14 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, caplog, conte
 
 def test_cli_summary_line(tmp_path: Path, caplog) -> None:
     json_path = write_coco(tmp_path, [ann(1, 1, [0, 0, 10, 5]), ann(1, 1, [0, 0, 10, 5], iscrowd=1)])
-    with caplog.at_level(logging.INFO, logger='utils.coco2yolo'):
+    with caplog.at_level(logging.INFO, logger='utils.data.coco2yolo'):
         assert main(['--json', str(json_path), '--out', str(tmp_path / 'out')]) == 0
     assert caplog.records[-1].getMessage() == (
         f'wrote 1 label files (1 background images, 1 crowd annotations skipped) to {tmp_path / "out"}')
 
 
 def test_module_cli_prints_no_traceback(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, '-m', 'utils.coco2yolo', '--json', str(tmp_path / 'missing.json'),
+    result = subprocess.run([sys.executable, '-m', 'utils.data.coco2yolo', '--json', str(tmp_path / 'missing.json'),
                              '--out', str(tmp_path / 'out')], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().count('\n') == 0 and 'no such file' in result.stderr

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from utils.data_config import DataConfigError, list_image_files, load_data_config
+from utils.data.data_config import DataConfigError, list_image_files, load_data_config
+from utils.data.synthetic import generate_dataset
 from utils.datasets import LoadImagesAndLabels
-from utils.synthetic import generate_dataset
 
 
 def _yaml(tmp_path: Path, text: str, name: str = 'data.yaml') -> Path:
@@ -144,7 +144,7 @@ def test_list_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_errors_print_as_one_line_from_a_fresh_interpreter(tmp_path: Path) -> None:
     path = _yaml(tmp_path, 'train: t.txt\nval: v.txt\nnc: 3\nnames: [a, b]\n')
-    code = ('import sys\nfrom utils.data_config import DataConfigError, load_data_config\n'
+    code = ('import sys\nfrom utils.data.data_config import DataConfigError, load_data_config\n'
             'try:\n    load_data_config(sys.argv[1])\nexcept DataConfigError as e:\n    print(e)\n')
     out = subprocess.run([sys.executable, '-c', code, str(path)], cwd=ROOT, capture_output=True, text=True,
                          check=True, env={**os.environ, 'PYTHONPATH': str(ROOT)}).stdout

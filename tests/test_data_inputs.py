@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-import utils.label_cache as label_cache
+import utils.data.label_cache as label_cache
+from utils.data.label_cache import CACHE_VERSION, DatasetError, scan_one
+from utils.data.labels import read_label_file
 from utils.datasets import LoadImagesAndLabels
-from utils.label_cache import CACHE_VERSION, DatasetError, scan_one
-from utils.labels import read_label_file
 
 NC = 3
 GOOD = '0 0.5 0.5 0.2 0.2\n1 0.25 0.75 0.1 0.3\n'

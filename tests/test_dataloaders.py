@@ -11,10 +11,10 @@ import torch
 import yaml
 
 from tests.helpers import ROOT, coco128_view, requires_coco128
-from utils.data_config import load_data_config
-from utils.dataloaders import create_dataloader, worker_count
+from utils.data.data_config import load_data_config
+from utils.data.dataloaders import create_dataloader, worker_count
+from utils.data.synthetic import generate_dataset
 from utils.datasets import LoadImagesAndLabels
-from utils.synthetic import generate_dataset
 
 
 @pytest.fixture(scope='module')

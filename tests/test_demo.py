@@ -113,7 +113,7 @@ def test_demo_step1_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     same images. Untrained weights give exactly 1."""
     import demo
     import train_step1
-    from utils.synthetic import generate_dataset
+    from utils.data.synthetic import generate_dataset
     skip_run_plots(monkeypatch)
     monkeypatch.setattr(ProbedTrainer, 'probe', [])
     opt = demo.parse_opt([*TOY, '--epochs', str(LEARN_EPOCHS)])
@@ -152,7 +152,7 @@ def test_same_seed_trains_the_same_weights(tmp_path: Path, monkeypatch: pytest.M
     import yaml
 
     from tests.helpers import tiny_config
-    from utils.synthetic import generate_dataset
+    from utils.data.synthetic import generate_dataset
     skip_run_plots(monkeypatch)
     data = generate_dataset(tmp_path / 'data', 10, img_size=64, val_fraction=0.2, seed=0)
     cfgs = (tmp_path / 'small-step1.yaml', tmp_path / 'small-step2.yaml')

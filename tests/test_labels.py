@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import SHARED
-from utils.labels import img2label_paths, read_label_file, segments2boxes
+from utils.data.labels import img2label_paths, read_label_file, segments2boxes
 
 
 def _write(tmp_path: Path, text: str | bytes) -> Path:

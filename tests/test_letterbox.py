@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import COCO128, REFERENCE, requires_numpy2_sort
-from utils.letterbox import letterbox, rect_batch_shapes
+from utils.data.letterbox import letterbox, rect_batch_shapes
 
 
 @pytest.mark.parametrize('h0,w0,new,auto,scaleup,out_hw,ratio,pad', [

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.paste_in import bbox_ioa, collect_samples, copy_paste, harvest_samples, paste_in
+from utils.data.paste_in import bbox_ioa, collect_samples, copy_paste, harvest_samples, paste_in
 
 GREY = 114
 
@@ -197,7 +197,7 @@ def test_paste_in_mask_threshold_counts_elements(monkeypatch, blob_hw, pasted) -
     # 21 px (63) and 25 px (75) pass.
     floats = iter([0.5] + [0.1] * 19)
     ints = iter([100, 100, 100, 100, 0])
-    monkeypatch.setattr('utils.paste_in.random',
+    monkeypatch.setattr('utils.data.paste_in.random',
                         SimpleNamespace(random=lambda: next(floats), randint=lambda a, b: next(ints)))
     crop = np.full((100, 100, 3), COLOUR, np.uint8)
     mask = np.zeros((100, 100, 3), np.uint8)
@@ -231,7 +231,7 @@ def test_copy_paste_mirrors_objects_into_free_space() -> None:
 
 def test_local_polygon_fill_equals_full_canvas_fill() -> None:
     """The small-canvas fill used for speed gives the reference's full-canvas pixels, border polygons included."""
-    from utils.paste_in import _filled_polygon
+    from utils.data.paste_in import _filled_polygon
     rng = np.random.default_rng(0)
     size = 256
     for _ in range(300):

@@ -53,7 +53,7 @@ import train_step1
 import train_step2
 from models.checkpoint import half_state_dict, save_checkpoint
 from tests.helpers import recording_scores
-from utils.synthetic import generate_dataset
+from utils.data.synthetic import generate_dataset
 from utils.trainer import Trainer, train
 from utils.trainer_step2 import Step2Trainer
 

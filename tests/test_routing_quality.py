@@ -17,6 +17,7 @@ import torch
 from models.checkpoint import half_state_dict, save_checkpoint
 from models.inference import prepare_for_inference
 from tests.helpers import lively_tiny_model, spread_router
+from utils.data.synthetic import generate_dataset
 from utils.evaluation import split_loader
 from utils.general import non_max_suppression, xyxy2xywh
 from utils.path_records import PathRecords, collect_path_records, routed_map
@@ -31,7 +32,6 @@ from utils.router_budget import (
 )
 from utils.routing_quality import add_gains, baseline_columns, router_quality
 from utils.sweep import evaluate_each_threshold, sweep_rows, thresholds_from_scores
-from utils.synthetic import generate_dataset
 
 IMG = 64
 NAMES = ['a', 'b', 'c']
@@ -68,7 +68,7 @@ def routed_val(tmp_path_factory: pytest.TempPathFactory) -> tuple:
 
 
 def _loader(model, data: Path, batch_size: int):
-    from utils.data_config import load_data_config
+    from utils.data.data_config import load_data_config
     opt = argparse.Namespace(img_size=IMG, batch_size=batch_size, task='val', single_cls=False, workers=0)
     return split_loader(model, opt, load_data_config(data), 3, torch.device('cpu'))[0]
 

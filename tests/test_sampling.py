@@ -11,9 +11,8 @@ import torch
 import yaml
 
 from tests.helpers import ROOT
-from utils.data_config import load_data_config
-from utils.datasets import LoadImagesAndLabels
-from utils.sampling import (
+from utils.data.data_config import load_data_config
+from utils.data.sampling import (
     PARTNERS_PER_SAMPLE,
     ImageWeightSampler,
     epoch_image_weights,
@@ -21,7 +20,8 @@ from utils.sampling import (
     labels_to_image_weights,
     multi_scale_resize,
 )
-from utils.synthetic import generate_dataset
+from utils.data.synthetic import generate_dataset
+from utils.datasets import LoadImagesAndLabels
 
 LABELS = [np.array([[0, .5, .5, .1, .1], [0, .2, .2, .1, .1]], np.float32),  # two of class 0
           np.array([[2, .5, .5, .1, .1]], np.float32),  # one of class 2

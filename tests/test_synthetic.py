@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.synthetic import CLASS_NAMES, generate_dataset, main, render_image
+from utils.data.synthetic import CLASS_NAMES, generate_dataset, main, render_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,9 +188,9 @@ def test_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
 
 
 def test_module_entry_point(tmp_path):
-    ok = subprocess.run([sys.executable, '-m', 'utils.synthetic', '--out', str(tmp_path / 'ds'), '--n', '3',
+    ok = subprocess.run([sys.executable, '-m', 'utils.data.synthetic', '--out', str(tmp_path / 'ds'), '--n', '3',
                          '--img', '64'], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and '3 train + 0 val images' in ok.stderr
-    bad = subprocess.run([sys.executable, '-m', 'utils.synthetic', '--out', str(tmp_path / 'x'), '--n', '-5'],
+    bad = subprocess.run([sys.executable, '-m', 'utils.data.synthetic', '--out', str(tmp_path / 'x'), '--n', '-5'],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'Traceback' not in bad.stderr

@@ -236,7 +236,7 @@ def test_bf16_amp_on_the_cpu_trains_and_learns(tmp_path: Path, monkeypatch: pyte
 
     import demo
     from tests.train_helpers import ProbedTrainer
-    from utils.synthetic import generate_dataset
+    from utils.data.synthetic import generate_dataset
     from utils.trainer import train
     skip_run_plots(monkeypatch)
     monkeypatch.setattr(ProbedTrainer, 'probe', [])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-import utils.datasets as datasets
+import utils.data.datasets as datasets
 from tests.helpers import ROOT
 from utils.datasets import LoadImagesAndLabels
 

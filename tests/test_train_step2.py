@@ -21,7 +21,7 @@ from tests.train_helpers import (
     results_epochs,
     skip_run_plots,
 )
-from utils.dataloaders import create_dataloader
+from utils.data.dataloaders import create_dataloader
 from utils.loss import ComputeLossOTADy
 from utils.train_setup import init_seeds, scale_hyp
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.helpers import REFERENCE, coco128_view, requires_coco128, requires_numpy2_sort, requires_reference
-from utils.dataloaders import create_dataloader
+from utils.data.dataloaders import create_dataloader
 
 
 @pytest.fixture(scope='module')

@@ -126,7 +126,7 @@ def test_artifact_data_paths_download_at_the_alias(tmp_path: Path) -> None:
     downloaded from NAME:--artifact_alias; without W&B (or under DDP) it is one line."""
     import argparse
 
-    from utils.data_config import load_data_config
+    from utils.data.data_config import load_data_config
     from utils.wandb_logging import WandbError, WandbRun, check_artifact_paths
     (tmp_path / 'd.yaml').write_text('train: wandb-artifact://shapes_train\nval: val.txt\nnc: 1\n')
     data = load_data_config(tmp_path / 'd.yaml')

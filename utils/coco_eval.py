@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from utils.coco2yolo import COCO80_IDS, class_map
+from utils.data.coco2yolo import COCO80_IDS, class_map
 from utils.general import xyxy2xywh
 
 LOGGER = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from models.inference import prepare_input
+from utils.data.labels import append_label_rows
+from utils.data.letterbox import letterbox
 from utils.general import non_max_suppression, scale_coords
-from utils.labels import append_label_rows
-from utils.letterbox import letterbox
 from utils.sources import Frame
 from utils.torch_utils import time_sync
 

@@ -16,8 +16,8 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from utils.data.labels import IMG_FORMATS, VID_FORMATS
 from utils.errors import UserError
-from utils.labels import IMG_FORMATS, VID_FORMATS
 
 T = TypeVar('T')
 U = TypeVar('U')

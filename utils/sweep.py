@@ -17,7 +17,7 @@ from tqdm import tqdm
 from models.graph import ConfigError
 from models.inference import load_for_inference, prepare_input
 from utils.cli import increment_path
-from utils.data_config import load_data_config
+from utils.data.data_config import load_data_config
 from utils.evaluation import EvalOptions, evaluate, split_loader, summarize
 from utils.loss import ComputeLossOTADy
 from utils.path_records import PathRecords, collect_path_records, routed_map

@@ -19,7 +19,7 @@ import yaml
 
 from models.checkpoint import load_weights, read_checkpoint
 from models.yolo import Model
-from utils.dataloaders import create_dataloader
+from utils.data.dataloaders import create_dataloader
 from utils.train_options import TrainOptionError
 from utils.yaml_io import read_yaml
 

@@ -20,7 +20,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from utils.data_config import load_data_config
+from utils.data.data_config import load_data_config
+from utils.data.sampling import epoch_image_weights, labels_to_class_weights, multi_scale_resize
 from utils.distributed import DistContext, all_ranks_agree, broadcast_flag
 from utils.ema import ModelEMA, de_parallel
 from utils.errors import UserError
@@ -34,7 +35,6 @@ from utils.optim import (
     nominal_accumulate,
     warmup_iterations,
 )
-from utils.sampling import epoch_image_weights, labels_to_class_weights, multi_scale_resize
 from utils.torch_utils import amp_dtype, native_bf16
 from utils.train_checkpoint import (
     epochs_to_train,

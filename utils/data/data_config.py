@@ -10,8 +10,8 @@ import logging
 import os
 from pathlib import Path
 
+from utils.data.labels import IMG_FORMATS
 from utils.errors import UserError
-from utils.labels import IMG_FORMATS
 from utils.yaml_io import read_yaml_mapping
 
 LOGGER = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Convert a COCO instances JSON into YOLO label files, one `<image stem>.txt` per image.
 
-    python -m utils.coco2yolo --json instances_train2017.json --out labels/train2017 [--segments]
+    python -m utils.data.coco2yolo --json instances_train2017.json --out labels/train2017 [--segments]
 
 Each line is `class cx cy w h` (box, normalised by the image size, rounded to 6 decimals) or, with
 --segments, `class x1 y1 x2 y2 ...` (normalised polygon, `%.6f`). Lines keep the order of the annotations
@@ -20,8 +20,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from utils.data.labels import topleft_box_to_yolo
 from utils.errors import UserError
-from utils.labels import topleft_box_to_yolo
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import os
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from utils.datasets import LoadImagesAndLabels
-from utils.sampling import ImageWeightSampler
+from utils.data.datasets import LoadImagesAndLabels
+from utils.data.sampling import ImageWeightSampler
 from utils.torch_utils import torch_distributed_zero_first
 
 LOGGER = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ import random
 
 import numpy as np
 
-from utils.augmentations import random_perspective
+from utils.data.augmentations import random_perspective
+from utils.data.paste_in import copy_paste
 from utils.general import xyn2xy, xywhn2xyxy
-from utils.paste_in import copy_paste
 
 FILL = 114
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from utils.data.labels import IMG_FORMATS, read_label_file
 from utils.errors import UserError
-from utils.labels import IMG_FORMATS, read_label_file
 
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = '0.3-npz'  # 0.3: empty label files no longer carry a message
