@@ -21,10 +21,10 @@ import yaml
 from models.inference import load_for_inference
 from utils.cli import add_detection_flags, add_engine_flags, check_img_size, increment_path, run_cli
 from utils.data.data_config import load_data_config
-from utils.detection import DetectionOutputs, DetectOptions, Detector, FpsMeter
-from utils.drawing import class_colours, display_available, draw_detection, draw_status
+from utils.detection.detector import DetectionOutputs, DetectOptions, Detector, FpsMeter
+from utils.detection.drawing import class_colours, display_available, draw_detection, draw_status
+from utils.detection.sources import Frame, is_stream, iterate_batches, list_sources, prefetch, read_stream_list
 from utils.router_budget import resolve_dy_thres
-from utils.sources import Frame, is_stream, iterate_batches, list_sources, prefetch, read_stream_list
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('detect')

@@ -13,7 +13,7 @@ import yaml
 import detect
 from models.checkpoint import half_state_dict, save_checkpoint
 from tests.helpers import COCO128, lively_tiny_model, requires_coco128, tiny_config
-from utils.detection import letterbox_batch
+from utils.detection.detector import letterbox_batch
 
 
 @pytest.fixture(scope='module')
@@ -192,7 +192,7 @@ def test_view_img_without_a_display_warns_and_saves(tmp_path: Path, tiny: list, 
 
 
 def test_prefetch_keeps_order_prepares_ahead_and_raises_in_order() -> None:
-    from utils.sources import SourceError, prefetch
+    from utils.detection.sources import SourceError, prefetch
     assert list(prefetch(iter(range(5)), lambda i: i * i)) == [(i, i * i) for i in range(5)]
 
     def failing():

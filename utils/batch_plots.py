@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.drawing import class_colours, draw_detection
+from utils.detection.drawing import class_colours, draw_detection
 
 MAX_TILE = 640  # longest side of one image in the mosaic
 PRED_CONF_DRAWN = 0.25  # predictions below this confidence are not drawn (too many at --conf 0.001)

@@ -13,8 +13,8 @@ import torch
 from models.inference import prepare_input
 from utils.data.labels import append_label_rows
 from utils.data.letterbox import letterbox
+from utils.detection.sources import Frame
 from utils.general import non_max_suppression, scale_coords
-from utils.sources import Frame
 from utils.torch_utils import time_sync
 
 CUDA_WARMUP_PASSES = 3
