@@ -28,8 +28,8 @@ import train_step2
 from utils.cli import increment_path, run_cli
 from utils.data.data_config import load_data_config
 from utils.data.synthetic import generate_dataset
-from utils.routing_quality import format_quality
-from utils.sweep import ThresholdResult, dynamic_thresholds, format_thresholds
+from utils.evaluation.routing_quality import format_quality
+from utils.evaluation.sweep import ThresholdResult, dynamic_thresholds, format_thresholds
 from utils.trainer import Trainer, train
 from utils.trainer_step2 import Step2Trainer
 

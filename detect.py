@@ -24,7 +24,7 @@ from utils.data.data_config import load_data_config
 from utils.detection.detector import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.detection.drawing import class_colours, display_available, draw_detection, draw_status
 from utils.detection.sources import Frame, is_stream, iterate_batches, list_sources, prefetch, read_stream_list
-from utils.router_budget import resolve_dy_thres
+from utils.evaluation.router_budget import resolve_dy_thres
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('detect')

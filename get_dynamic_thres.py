@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from utils.cli import add_split_flags, check_split_flags, run_cli
-from utils.sweep import dynamic_thresholds, format_thresholds
+from utils.evaluation.sweep import dynamic_thresholds, format_thresholds
 
 LOGGER = logging.getLogger('get_dynamic_thres')
 ROOT = Path(__file__).resolve().parent

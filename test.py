@@ -18,10 +18,10 @@ import torch
 from models.inference import load_for_inference
 from models.yolo import Model
 from utils.cli import add_detection_flags, add_split_flags, check_split_flags, increment_path, run_cli
-from utils.coco_eval import CocoIds, annotation_path, evaluate_json
 from utils.data.data_config import load_data_config
-from utils.evaluation import EvalOptions, evaluate, per_image_ms, split_loader, summarize
-from utils.router_budget import resolve_dy_thres
+from utils.evaluation.coco_eval import CocoIds, annotation_path, evaluate_json
+from utils.evaluation.router_budget import resolve_dy_thres
+from utils.evaluation.validator import EvalOptions, evaluate, per_image_ms, split_loader, summarize
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('test')

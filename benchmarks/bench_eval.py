@@ -30,7 +30,7 @@ from models.checkpoint import load_weights  # noqa: E402
 from models.inference import prepare_for_inference  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.data.dataloaders import create_dataloader  # noqa: E402
-from utils.evaluation import EvalOptions, evaluate, summarize  # noqa: E402
+from utils.evaluation.validator import EvalOptions, evaluate, summarize  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
 

@@ -29,8 +29,8 @@ from bench_data import DEFAULT_DATA, writable_view  # noqa: E402
 from bench_eval import build_model  # noqa: E402
 
 from utils.data.dataloaders import create_dataloader  # noqa: E402
-from utils.path_records import collect_path_records  # noqa: E402
-from utils.sweep import evaluate_each_threshold, sweep_rows, thresholds_from_scores  # noqa: E402
+from utils.evaluation.path_records import collect_path_records  # noqa: E402
+from utils.evaluation.sweep import evaluate_each_threshold, sweep_rows, thresholds_from_scores  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
 

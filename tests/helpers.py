@@ -193,8 +193,9 @@ def lively_tiny_model(nc: int = 80) -> Model:
 def recording_scores(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """A list that receives the router scores get_dynamic_thres collects (one array per call; with --sweep those of
     its one pass over both paths), unchanged."""
-    import utils.sweep
-    recorded, collect, collect_paths = [], utils.sweep.collect_scores, utils.sweep.collect_path_records
+    import utils.evaluation.sweep
+    recorded, collect, collect_paths = ([], utils.evaluation.sweep.collect_scores,
+                                        utils.evaluation.sweep.collect_path_records)
 
     def recording(model, loader) -> np.ndarray:
         recorded.append(collect(model, loader))
@@ -205,6 +206,6 @@ def recording_scores(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
         recorded.append(records.scores.float().numpy())
         return records
 
-    monkeypatch.setattr(utils.sweep, 'collect_scores', recording)
-    monkeypatch.setattr(utils.sweep, 'collect_path_records', recording_paths)
+    monkeypatch.setattr(utils.evaluation.sweep, 'collect_scores', recording)
+    monkeypatch.setattr(utils.evaluation.sweep, 'collect_path_records', recording_paths)
     return recorded

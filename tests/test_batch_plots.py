@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import torch
 
-from utils.batch_plots import plot_batch, targets_to_boxes
 from utils.detection.drawing import class_colours
+from utils.evaluation.batch_plots import plot_batch, targets_to_boxes
 
 
 def test_targets_to_boxes_converts_centre_rows_per_image() -> None:

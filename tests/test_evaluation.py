@@ -26,10 +26,10 @@ import yaml
 import test as test_script
 from models.checkpoint import half_state_dict, save_checkpoint
 from tests.helpers import COCO128, coco128_view, lively_tiny_model, recording_scores, requires_coco128, tiny_config
-from utils.coco_eval import CocoIds, evaluate_json
 from utils.data.dataloaders import create_dataloader
 from utils.data.labels import img2label_paths, read_label_file
-from utils.evaluation import EvalOptions, evaluate, summarize, validate
+from utils.evaluation.coco_eval import CocoIds, evaluate_json
+from utils.evaluation.validator import EvalOptions, evaluate, summarize, validate
 from utils.general import xywhn2xyxy
 from utils.metrics import ap_per_class, match_predictions
 

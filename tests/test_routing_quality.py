@@ -18,10 +18,8 @@ from models.checkpoint import half_state_dict, save_checkpoint
 from models.inference import prepare_for_inference
 from tests.helpers import lively_tiny_model, spread_router
 from utils.data.synthetic import generate_dataset
-from utils.evaluation import split_loader
-from utils.general import non_max_suppression, xyxy2xywh
-from utils.path_records import PathRecords, collect_path_records, routed_map
-from utils.router_budget import (
+from utils.evaluation.path_records import PathRecords, collect_path_records, routed_map
+from utils.evaluation.router_budget import (
     RouterBudgetError,
     budget_file_for,
     load_router_budget,
@@ -30,8 +28,10 @@ from utils.router_budget import (
     share_for_gflops,
     threshold_for_share,
 )
-from utils.routing_quality import add_gains, baseline_columns, router_quality
-from utils.sweep import evaluate_each_threshold, sweep_rows, thresholds_from_scores
+from utils.evaluation.routing_quality import add_gains, baseline_columns, router_quality
+from utils.evaluation.sweep import evaluate_each_threshold, sweep_rows, thresholds_from_scores
+from utils.evaluation.validator import split_loader
+from utils.general import non_max_suppression, xyxy2xywh
 
 IMG = 64
 NAMES = ['a', 'b', 'c']

@@ -15,7 +15,7 @@ import torch
 
 from models.checkpoint import read_checkpoint
 from utils.ema import de_parallel
-from utils.evaluation import EvalOptions
+from utils.evaluation.validator import EvalOptions
 from utils.trainer import Trainer
 
 

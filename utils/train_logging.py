@@ -25,7 +25,7 @@ from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 # isort: on
 
-from utils.batch_plots import plot_batch, targets_to_boxes  # noqa: E402
+from utils.evaluation.batch_plots import plot_batch, targets_to_boxes  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from utils.data.sampling import epoch_image_weights, labels_to_class_weights, mu
 from utils.distributed import DistContext, all_ranks_agree, broadcast_flag
 from utils.ema import ModelEMA, de_parallel
 from utils.errors import UserError
-from utils.evaluation import EvalOptions, validate
+from utils.evaluation.validator import EvalOptions, validate
 from utils.metrics import fitness
 from utils.optim import (
     apply_warmup,

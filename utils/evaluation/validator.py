@@ -16,12 +16,12 @@ import torch
 from tqdm import tqdm
 
 from models.inference import prepare_input
-from utils.batch_plots import plot_batch, targets_to_boxes
 from utils.cli import check_img_size
-from utils.coco_eval import CocoIds
 from utils.data.dataloaders import create_dataloader
 from utils.data.labels import append_label_rows
 from utils.ema import de_parallel
+from utils.evaluation.batch_plots import plot_batch, targets_to_boxes
+from utils.evaluation.coco_eval import CocoIds
 from utils.general import non_max_suppression, scale_coords, xywh2xyxy
 from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions
 from utils.torch_utils import time_sync

@@ -18,11 +18,11 @@ from models.graph import ConfigError
 from models.inference import load_for_inference, prepare_input
 from utils.cli import increment_path
 from utils.data.data_config import load_data_config
-from utils.evaluation import EvalOptions, evaluate, split_loader, summarize
+from utils.evaluation.path_records import PathRecords, collect_path_records, routed_map
+from utils.evaluation.router_budget import budget_file_for, save_router_budget
+from utils.evaluation.routing_quality import RouterQuality, add_gains, baseline_columns, format_quality, router_quality
+from utils.evaluation.validator import EvalOptions, evaluate, split_loader, summarize
 from utils.loss import ComputeLossOTADy
-from utils.path_records import PathRecords, collect_path_records, routed_map
-from utils.router_budget import budget_file_for, save_router_budget
-from utils.routing_quality import RouterQuality, add_gains, baseline_columns, format_quality, router_quality
 from utils.torch_utils import select_device
 from utils.train_options import load_hyp
 from utils.train_setup import scale_hyp

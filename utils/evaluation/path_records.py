@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from models.inference import prepare_input
 from models.yolo import cat_outputs
-from utils.evaluation import image_stats, to_original_pixels
+from utils.evaluation.validator import image_stats, to_original_pixels
 from utils.general import non_max_suppression
 from utils.loss import ComputeLossOTADy
 from utils.metrics import ap_per_class

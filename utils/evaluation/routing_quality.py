@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
+from utils.evaluation.path_records import PathRecords, routed_map
 from utils.metrics import trapezoid
-from utils.path_records import PathRecords, routed_map
 
 METRICS = ('mAP@.5', 'mAP@.5:.95')
 
