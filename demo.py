@@ -30,8 +30,8 @@ from utils.data.data_config import load_data_config
 from utils.data.synthetic import generate_dataset
 from utils.evaluation.routing_quality import format_quality
 from utils.evaluation.sweep import ThresholdResult, dynamic_thresholds, format_thresholds
-from utils.trainer import Trainer, train
-from utils.trainer_step2 import Step2Trainer
+from utils.train.step2 import Step2Trainer
+from utils.train.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parent
 LOGGER = logging.getLogger('demo')

@@ -16,9 +16,9 @@ import logging
 import sys
 
 from utils.cli import run_cli
-from utils.distributed import per_device
-from utils.train_options import parse_train_options
-from utils.trainer import train
+from utils.train.distributed import per_device
+from utils.train.options import parse_train_options
+from utils.train.trainer import train
 
 LOGGER = logging.getLogger('train_step1')
 

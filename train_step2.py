@@ -16,10 +16,10 @@ import logging
 import sys
 
 from utils.cli import run_cli
-from utils.distributed import per_device
-from utils.train_options import parse_train_options
-from utils.trainer import train
-from utils.trainer_step2 import Step2Trainer
+from utils.train.distributed import per_device
+from utils.train.options import parse_train_options
+from utils.train.step2 import Step2Trainer
+from utils.train.trainer import train
 
 LOGGER = logging.getLogger('train_step2')
 

@@ -11,7 +11,7 @@ import torch
 
 from models.yolo import Model
 from tests.helpers import tiny_config
-from utils.autoanchor import anchor_metric, anchor_stats, check_anchors, kmean_anchors, label_wh
+from utils.train.autoanchor import anchor_metric, anchor_stats, check_anchors, kmean_anchors, label_wh
 
 TINY_ANCHORS = np.array([[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119]], dtype=np.float64)
 
@@ -60,7 +60,7 @@ def test_label_wh_scales_by_each_image_long_side() -> None:
 def test_good_anchors_are_kept(model: Model, caplog: pytest.LogCaptureFixture) -> None:
     before = pixel_anchors(model)
     ds = stub_dataset(np.repeat(TINY_ANCHORS, 5, axis=0))
-    with caplog.at_level(logging.INFO, logger='utils.autoanchor'):
+    with caplog.at_level(logging.INFO, logger='utils.train.autoanchor'):
         assert check_anchors(ds, model) is False
     assert 'Best Possible Recall (BPR) = 1.0000' in caplog.text and 'current anchors are a good fit' in caplog.text
     for (a0, g0, _), (a1, g1, _) in zip(before, pixel_anchors(model)):
@@ -75,7 +75,7 @@ def test_bad_anchors_are_replaced_in_both_heads(model: Model, caplog: pytest.Log
     scaled = label_wh(ds, 640, np.random.default_rng(0))  # what check_anchors(seed=0) sees
     bpr_before = anchor_stats(scaled, TINY_ANCHORS)[0]
     assert bpr_before < 0.98
-    with caplog.at_level(logging.INFO, logger='utils.autoanchor'):
+    with caplog.at_level(logging.INFO, logger='utils.train.autoanchor'):
         assert check_anchors(ds, SimpleNamespace(module=model), seed=0) is True  # DDP-style wrapper unwrapped
     assert 'new anchors saved to model' in caplog.text.lower()
     (a1, g1, s1), (a2, g2, s2) = pixel_anchors(model)
@@ -106,7 +106,7 @@ def test_check_anchors_repeats_with_seed() -> None:
 
 def test_kmeans_falls_back_to_random_init(caplog: pytest.LogCaptureFixture) -> None:
     wh = np.full((20, 2), 50.0)  # one distinct point: k-means cannot return 6 centroids
-    with caplog.at_level(logging.WARNING, logger='utils.autoanchor'):
+    with caplog.at_level(logging.WARNING, logger='utils.train.autoanchor'):
         k = kmean_anchors(wh, n=6, gen=50, seed=0, verbose=False)
     assert 'random init' in caplog.text and k.shape == (6, 2) and np.all(k >= 2.0)
     assert anchor_stats(wh, k)[0] == 1.0

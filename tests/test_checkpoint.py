@@ -168,8 +168,8 @@ def test_atomic_save_keeps_previous_file_on_failure(tmp_path: Path) -> None:
 def test_epoch_copies_and_stripping_from_memory_equal_the_written_checkpoint(tmp_path: Path) -> None:
     """save_epoch serialises last.pt once and byte-copies it to best/epoch files; stripping the checkpoint the
     trainer still holds writes the same file as stripping what is read back from disk."""
-    from utils.ema import ModelEMA
-    from utils.train_checkpoint import save_epoch, strip_checkpoint, training_checkpoint
+    from utils.train.checkpoint import save_epoch, strip_checkpoint, training_checkpoint
+    from utils.train.ema import ModelEMA
     model = Model(tiny_config(dynamic=False))
     optimizer = torch.optim.Adam(model.parameters())
     ckpt = training_checkpoint(0, 0.5, 'line', model, ModelEMA(model), optimizer)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.train_helpers import ProbedTrainer, skip_run_plots
-from utils.trainer import train
+from utils.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The whole demo at a toy size, to check its stages and outputs; LEARN_EPOCHS of its step 1 check that it learns.

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from utils import distributed
-from utils.distributed import init_distributed, torchrun_command
 from utils.torch_utils import DeviceError, cuda_index_for_rank, select_device
+from utils.train import distributed
+from utils.train.distributed import init_distributed, torchrun_command
 
 
 @pytest.fixture

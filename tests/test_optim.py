@@ -11,8 +11,8 @@ from torch import nn
 
 from models.yolo import Model
 from tests.helpers import cfg_path, tiny_config
-from utils.ema import ModelEMA, de_parallel
-from utils.optim import (
+from utils.train.ema import ModelEMA, de_parallel
+from utils.train.optim import (
     apply_warmup,
     build_optimizer,
     freeze_parameters,
@@ -225,7 +225,7 @@ def test_warmup_adam_leaves_beta1(tiny):
 def test_training_seeds_set_cudnn_as_the_reference(seed: int, autotuned: bool) -> None:
     """init_seeds (training: 2 + rank) turns cuDNN autotuning on, seed 0 makes cuDNN deterministic instead (the
     reference's init_torch_seeds); before, training left autotuning off."""
-    from utils.train_setup import init_seeds
+    from utils.train.setup import init_seeds
     saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
         init_seeds(seed)

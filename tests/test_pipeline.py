@@ -54,8 +54,8 @@ import train_step2
 from models.checkpoint import half_state_dict, save_checkpoint
 from tests.helpers import recording_scores
 from utils.data.synthetic import generate_dataset
-from utils.trainer import Trainer, train
-from utils.trainer_step2 import Step2Trainer
+from utils.train.step2 import Step2Trainer
+from utils.train.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = os.environ.get('DYNAMICDET_PIPELINE_MODEL', 'dy-yolov7-tiny')

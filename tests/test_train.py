@@ -25,7 +25,7 @@ from tests.train_helpers import (
     results_epochs,
     skip_run_plots,
 )
-from utils.trainer import Trainer, TrainingError
+from utils.train.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_resume_continues_the_learning_rate_schedule(tmp_path: Path, synthetic: 
 
 
 def test_resume_keeps_the_run_options_but_takes_device_and_no_amp(tmp_path: Path) -> None:
-    from utils.train_options import resume_options
+    from utils.train.options import resume_options
     run = tmp_path / 'runs' / 'exp'
     (run / 'weights').mkdir(parents=True)
     (run / 'opt.yaml').write_text(yaml.safe_dump({'epochs': 7, 'device': '0', 'no_amp': False, 'hyp': 'h.yaml',
@@ -148,7 +148,7 @@ def test_nan_losses_stop_with_one_line_and_keep_the_last_checkpoint(tmp_path: Pa
     """Losses NaN from epoch 1 on: training stops after 5 bad steps in a row (all within epoch 1's 6 batches of 1)
     with one line, and last.pt is epoch 0's."""
     opt = train_step1.parse_opt(_flags(synthetic, tmp_path, 3, '--batch-size', '1'))
-    from utils.trainer import train
+    from utils.train.trainer import train
     with pytest.raises(TrainingError, match='NaN/inf for 5 steps in a row'):
         train(opt, _NanTrainer)
     assert read_checkpoint(tmp_path / 'exp' / 'weights' / 'last.pt')['epoch'] == 0
@@ -212,7 +212,7 @@ def test_recipe_flags_train_an_epoch(tmp_path: Path, synthetic: dict, no_plots, 
 def test_bad_hyp_files_are_one_line(tmp_path: Path, text: str, message: str) -> None:
     """A hyp YAML that is not a mapping, does not parse, lacks a key the recipe reads or holds a non-number is one
     TrainOptionError line naming the file; every shipped hyp passes."""
-    from utils.train_options import TrainOptionError, load_hyp
+    from utils.train.options import TrainOptionError, load_hyp
     root = Path(__file__).resolve().parents[1]
     for shipped in (root / 'hyp').glob('*.yaml'):
         load_hyp(str(shipped))
@@ -237,7 +237,7 @@ def test_bf16_amp_on_the_cpu_trains_and_learns(tmp_path: Path, monkeypatch: pyte
     import demo
     from tests.train_helpers import ProbedTrainer
     from utils.data.synthetic import generate_dataset
-    from utils.trainer import train
+    from utils.train.trainer import train
     skip_run_plots(monkeypatch)
     monkeypatch.setattr(ProbedTrainer, 'probe', [])
     data = generate_dataset(tmp_path / 'data', 40, img_size=64, val_fraction=0.2, seed=0)
@@ -245,7 +245,7 @@ def test_bf16_amp_on_the_cpu_trains_and_learns(tmp_path: Path, monkeypatch: pyte
     flags = ['--cfg', str(tmp_path / 'small.yaml'), '--weight', '', '--hyp', str(demo.HYP1), '--epochs', '20',
              '--img', '64', '--batch-size', '8', '--workers', '0', '--device', 'cpu', '--data', str(data),
              '--project', str(tmp_path), '--notest', '--nosave', '--seed', '0', '--adam', '--noautoanchor', '--amp']
-    with caplog.at_level(logging.INFO, logger='utils.trainer'):
+    with caplog.at_level(logging.INFO, logger='utils.train.trainer'):
         train(train_step1.parse_opt(flags), ProbedTrainer, configure_logging=False)
     assert any(r.getMessage().startswith('AMP: bfloat16 autocast on the CPU') for r in caplog.records)
     before, after = ProbedTrainer.probe

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.train_logging import (
+from utils.train.outputs import (
     ResultsLog,
     TrainWriter,
     plot_labels,

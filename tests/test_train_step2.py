@@ -23,7 +23,7 @@ from tests.train_helpers import (
 )
 from utils.data.dataloaders import create_dataloader
 from utils.loss import ComputeLossOTADy
-from utils.train_setup import init_seeds, scale_hyp
+from utils.train.setup import init_seeds, scale_hyp
 
 TINY2 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml')
 

@@ -59,7 +59,7 @@ def _fake_wandb(calls: list) -> types.ModuleType:
 def small_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Flags of a 2-epoch run of the small model on 8 synthetic images (one step an epoch); validation still
     draws its images (what --bbox_interval sends), the run's other figures are skipped."""
-    import utils.trainer as trainer
+    import utils.train.trainer as trainer
     for name in ('plot_results', 'plot_labels', 'plot_lr_schedule'):
         monkeypatch.setattr(trainer, name, lambda *args, **kwargs: None)
     monkeypatch.delenv('WANDB_DISABLED', raising=False)
@@ -109,7 +109,7 @@ def test_without_wandb_a_wandb_flag_warns_once(small_run: list, monkeypatch: pyt
 
 
 def test_wandb_disabled_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils.wandb_logging import wandb_module
+    from utils.train.wandb_logging import wandb_module
     monkeypatch.setitem(sys.modules, 'wandb', types.ModuleType('wandb'))
     monkeypatch.delenv('WANDB_DISABLED', raising=False)
     monkeypatch.setenv('WANDB_MODE', 'offline')
@@ -127,7 +127,7 @@ def test_artifact_data_paths_download_at_the_alias(tmp_path: Path) -> None:
     import argparse
 
     from utils.data.data_config import load_data_config
-    from utils.wandb_logging import WandbError, WandbRun, check_artifact_paths
+    from utils.train.wandb_logging import WandbError, WandbRun, check_artifact_paths
     (tmp_path / 'd.yaml').write_text('train: wandb-artifact://shapes_train\nval: val.txt\nnc: 1\n')
     data = load_data_config(tmp_path / 'd.yaml')
     asked = []

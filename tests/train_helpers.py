@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from models.checkpoint import read_checkpoint
-from utils.ema import de_parallel
 from utils.evaluation.validator import EvalOptions
-from utils.trainer import Trainer
+from utils.train.ema import de_parallel
+from utils.train.trainer import Trainer
 
 
 def skip_run_plots(patch: pytest.MonkeyPatch) -> None:
     """Make training skip its matplotlib figures (most of a tiny CPU run's time); the reference-outputs test is the
     one that checks them, the other runs check what training does."""
-    import utils.trainer as trainer
+    import utils.train.trainer as trainer
     for name in ('plot_results', 'plot_labels', 'plot_lr_schedule'):
         patch.setattr(trainer, name, lambda *args, **kwargs: None)
     patch.setattr(trainer, 'EvalOptions', lambda **kwargs: EvalOptions(**{**kwargs, 'plots': False}))

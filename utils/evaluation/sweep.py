@@ -24,8 +24,8 @@ from utils.evaluation.routing_quality import RouterQuality, add_gains, baseline_
 from utils.evaluation.validator import EvalOptions, evaluate, split_loader, summarize
 from utils.loss import ComputeLossOTADy
 from utils.torch_utils import select_device
-from utils.train_options import load_hyp
-from utils.train_setup import scale_hyp
+from utils.train.options import load_hyp
+from utils.train.setup import scale_hyp
 
 LOGGER = logging.getLogger(__name__)
 COLUMNS = ('threshold', 'easy_share', 'gflops_per_image', 'mAP@.5', 'mAP@.5:.95', 'ms_per_image')

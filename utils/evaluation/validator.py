@@ -19,12 +19,12 @@ from models.inference import prepare_input
 from utils.cli import check_img_size
 from utils.data.dataloaders import create_dataloader
 from utils.data.labels import append_label_rows
-from utils.ema import de_parallel
 from utils.evaluation.batch_plots import plot_batch, targets_to_boxes
 from utils.evaluation.coco_eval import CocoIds
 from utils.general import non_max_suppression, scale_coords, xywh2xyxy
 from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions
 from utils.torch_utils import time_sync
+from utils.train.ema import de_parallel
 
 LOGGER = logging.getLogger(__name__)
 HEADER = ('%20s' + '%12s' * 6) % ('Class', 'Images', 'Labels', 'P', 'R', 'mAP@.5', 'mAP@.5:.95')

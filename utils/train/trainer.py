@@ -22,12 +22,20 @@ from tqdm import tqdm
 
 from utils.data.data_config import load_data_config
 from utils.data.sampling import epoch_image_weights, labels_to_class_weights, multi_scale_resize
-from utils.distributed import DistContext, all_ranks_agree, broadcast_flag
-from utils.ema import ModelEMA, de_parallel
 from utils.errors import UserError
 from utils.evaluation.validator import EvalOptions, validate
 from utils.metrics import fitness
-from utils.optim import (
+from utils.torch_utils import amp_dtype, native_bf16
+from utils.train.checkpoint import (
+    epochs_to_train,
+    restore_training_state,
+    save_epoch,
+    strip_checkpoint,
+    training_checkpoint,
+)
+from utils.train.distributed import DistContext, all_ranks_agree, broadcast_flag
+from utils.train.ema import ModelEMA, de_parallel
+from utils.train.optim import (
     apply_warmup,
     build_optimizer,
     freeze_parameters,
@@ -35,15 +43,8 @@ from utils.optim import (
     nominal_accumulate,
     warmup_iterations,
 )
-from utils.torch_utils import amp_dtype, native_bf16
-from utils.train_checkpoint import (
-    epochs_to_train,
-    restore_training_state,
-    save_epoch,
-    strip_checkpoint,
-    training_checkpoint,
-)
-from utils.train_logging import (
+from utils.train.options import TrainOptionError, load_hyp
+from utils.train.outputs import (
     ResultsLog,
     TrainWriter,
     cuda_memory_gb,
@@ -54,8 +55,7 @@ from utils.train_logging import (
     progress_header,
     progress_line,
 )
-from utils.train_options import TrainOptionError, load_hyp
-from utils.train_setup import (
+from utils.train.setup import (
     build_train_model,
     check_label_classes,
     init_seeds,
@@ -64,7 +64,7 @@ from utils.train_setup import (
     val_loader,
     write_run_files,
 )
-from utils.wandb_logging import WandbRun, check_artifact_paths
+from utils.train.wandb_logging import WandbRun, check_artifact_paths
 
 LOGGER = logging.getLogger(__name__)
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
@@ -203,7 +203,7 @@ class Trainer:
         self.compute_loss, self.val_loss = self.build_losses(model)
 
     def _first_run_checks(self, model) -> None:
-        from utils.autoanchor import check_anchors
+        from utils.train.autoanchor import check_anchors
         labels = np.concatenate([x for x in self.dataset.labels if len(x)] or [np.zeros((0, 5))])
         plot_labels(labels, self.names, self.save_dir)
         plot_lr_schedule(self.lf, self.epochs, self.hyp['lr0'], self.save_dir)
@@ -408,9 +408,9 @@ def train(opt: argparse.Namespace, trainer_cls: type[Trainer] = Trainer, configu
     """Options → distributed context → trainer; the process group is left however training ends. A caller with
     its own logging set-up (the demo) passes configure_logging=False."""
     from utils.cli import setup_logging
-    from utils.distributed import cleanup, init_distributed
     from utils.torch_utils import select_device
-    from utils.train_options import prepare_options
+    from utils.train.distributed import cleanup, init_distributed
+    from utils.train.options import prepare_options
     opt = prepare_options(opt)
     if configure_logging:
         setup_logging(verbose=opt.global_rank in (-1, 0))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import copy_checkpoint, half_state_dict, load_weights, read_checkpoint, save_checkpoint
-from utils.ema import ModelEMA, de_parallel
+from utils.train.ema import ModelEMA, de_parallel
 
 LOGGER = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from utils.errors import UserError
 from utils.torch_utils import DeviceError, device_spec
-from utils.train_options import distributed_env
+from utils.train.options import distributed_env
 
 LOGGER = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import torch
 
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint
 from models.yolo import Model
-from utils.ema import de_parallel
-from utils.optim import lr_lambda, scaled_weight_decay
-from utils.train_options import TrainOptionError
-from utils.trainer import Trainer
+from utils.train.ema import de_parallel
+from utils.train.optim import lr_lambda, scaled_weight_decay
+from utils.train.options import TrainOptionError
+from utils.train.trainer import Trainer
 
 LOGGER = logging.getLogger(__name__)
 ROUTER = 'router'

@@ -20,7 +20,7 @@ import yaml
 from models.checkpoint import load_weights, read_checkpoint
 from models.yolo import Model
 from utils.data.dataloaders import create_dataloader
-from utils.train_options import TrainOptionError
+from utils.train.options import TrainOptionError
 from utils.yaml_io import read_yaml
 
 LOGGER = logging.getLogger(__name__)
