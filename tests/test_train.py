@@ -20,7 +20,6 @@ from models.checkpoint import read_checkpoint
 from tests.helpers import quick_step1_files, tiny_config
 from tests.train_helpers import (
     assert_resume_keeps_the_rates,
-    forked_training,
     kill_after_epochs,
     results_epochs,
     skip_run_plots,
@@ -77,8 +76,8 @@ def test_kill_and_resume_twice_leaves_no_gap_or_duplicate(tmp_path: Path, synthe
     """A 3-epoch run SIGKILLed early in epoch 1 and again early in epoch 2, then finished by a bare --resume, logs
     each epoch once (results.txt and .csv) and ends stripped; resuming it again is one 'nothing to resume' line."""
     run = tmp_path / 'runs' / 'exp'
-    kill_after_epochs(forked_training(train_step1.main, _flags(synthetic, tmp_path / 'runs', 3)), run, 1)
-    kill_after_epochs(forked_training(train_step1.main, ['--resume', str(run / 'weights' / 'last.pt')]), run, 2)
+    kill_after_epochs(train_step1.main, _flags(synthetic, tmp_path / 'runs', 3), run, 1)
+    kill_after_epochs(train_step1.main, ['--resume', str(run / 'weights' / 'last.pt')], run, 2)
     monkeypatch.chdir(tmp_path)  # a bare --resume takes the newest last*.pt under the working directory
     assert train_step1.train(train_step1.parse_opt(['--resume'])).resolve() == run  # last leg in-process: no kill
     assert results_epochs(run) == [0, 1, 2]

@@ -16,7 +16,6 @@ from models.yolo import Model
 from tests.helpers import ROOT, quick_step1_files, tiny_config
 from tests.train_helpers import (
     assert_resume_keeps_the_rates,
-    forked_training,
     kill_after_epochs,
     results_epochs,
     skip_run_plots,
@@ -62,7 +61,7 @@ def step2_run(tmp_path_factory: pytest.TempPathFactory, step1: dict) -> Path:
     project = tmp_path_factory.mktemp('step2')
     with pytest.MonkeyPatch.context() as patch:
         skip_run_plots(patch)
-        kill_after_epochs(forked_training(train_step2.main, _flags(step1, project, 2)), project / 'exp', 1)
+        kill_after_epochs(train_step2.main, _flags(step1, project, 2), project / 'exp', 1)
         return train_step2.run(train_step2.parse_opt(['--resume', str(project / 'exp' / 'weights' / 'last.pt')]))
 
 

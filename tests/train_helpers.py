@@ -40,24 +40,32 @@ _FORKSERVER = multiprocessing.get_context('forkserver')
 _FORKSERVER.set_forkserver_preload(['torch', 'train_step1', 'train_step2', 'tests.train_helpers'])
 
 
-def _train_in_child(module: str, argv: list[str]) -> None:
-    """A training child: one thread, no figures, the CLI's main(argv)."""
+def _train_in_child(module: str, argv: list[str], hold_after_epoch: int) -> None:
+    """A training child: one thread, no figures, the CLI's main(argv); it stops still once epoch `hold_after_epoch`
+    is saved, so the parent's SIGKILL lands between that epoch and the next however loaded the machine is."""
     torch.set_num_threads(1)
-    skip_run_plots(pytest.MonkeyPatch())  # the child's own module state: never undone, it ends with the child
+    patch = pytest.MonkeyPatch()  # the child's own module state: never undone, it ends with the child
+    skip_run_plots(patch)
+    import utils.train.trainer as trainer
+    save_epoch = trainer.save_epoch
+
+    def save_then_hold(ckpt: dict, weights_dir: Path, epoch: int, *args, **kwargs) -> None:
+        save_epoch(ckpt, weights_dir, epoch, *args, **kwargs)
+        while epoch == hold_after_epoch:
+            time.sleep(1)
+
+    patch.setattr(trainer, 'save_epoch', save_then_hold)
     importlib.import_module(module).main(argv)
 
 
-def forked_training(main: Callable[[list[str]], None], argv: list[str]) -> multiprocessing.Process:
+def kill_after_epochs(main: Callable[[list[str]], None], argv: list[str], run: Path, done: int,
+                      timeout: float = 240) -> None:
     """Run a training CLI's main(argv) (without figures) in a child process forked from a server that has the
-    trainers imported: a real process to SIGKILL, started in a fraction of a second."""
-    process = _FORKSERVER.Process(target=_train_in_child, args=(main.__module__, argv), daemon=True)
+    trainers imported (a real process, started in a fraction of a second) and SIGKILL it once it has finished `done`
+    epochs; then every checkpoint on disk must load as a training checkpoint (none half-written) and results.txt
+    list epochs 0..done-1."""
+    process = _FORKSERVER.Process(target=_train_in_child, args=(main.__module__, argv, done - 1), daemon=True)
     process.start()
-    return process
-
-
-def kill_after_epochs(process: multiprocessing.Process, run: Path, done: int, timeout: float = 240) -> None:
-    """SIGKILL a training process once it has finished `done` epochs (early in the next one); then every checkpoint
-    on disk must load as a training checkpoint (none half-written) and results.txt list epochs 0..done-1."""
     marker = run / 'weights' / f'epoch_{done - 1:03d}.pt'  # the last file an epoch writes (runs of <= 5 epochs)
     deadline = time.time() + timeout
     while time.time() < deadline and process.is_alive() and not marker.is_file():
