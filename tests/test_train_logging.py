@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from utils.train import outputs as run_outputs
 from utils.train.outputs import (
     ResultsLog,
     TrainWriter,
-    plot_labels,
-    plot_lr_schedule,
-    plot_results,
-    plot_train_batch,
     progress_header,
     progress_line,
     read_results_csv,
@@ -103,20 +100,20 @@ def test_restore_rebuilds_missing_csv_rows_and_resets(tmp_path: Path) -> None:
 @pytest.mark.parametrize('epochs', [1, 12])
 def test_plot_results_png(tmp_path: Path, epochs: int) -> None:
     _log_epochs(ResultsLog(tmp_path), range(epochs), total=epochs)
-    path = plot_results(tmp_path)
+    path = run_outputs.plot_results(tmp_path)
     assert path == tmp_path / 'results.png' and path.read_bytes()[:4] == b'\x89PNG'
     assert path.stat().st_size > 20_000
 
 
 def test_plot_results_without_data_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        assert plot_results(tmp_path) is None
+        assert run_outputs.plot_results(tmp_path) is None
     assert 'no epochs' in caplog.text
 
 
 def test_plot_lr_schedule_png(tmp_path: Path) -> None:
     lf = lambda e: ((1 - math.cos(e * math.pi / 10)) / 2) * (0.1 - 1) + 1  # noqa: E731  (one-cycle, lrf 0.1)
-    path = plot_lr_schedule(lf, 10, 0.01, tmp_path)
+    path = run_outputs.plot_lr_schedule(lf, 10, 0.01, tmp_path)
     assert path.name == 'LR.png' and path.read_bytes()[:4] == b'\x89PNG' and path.stat().st_size > 10_000
 
 
@@ -124,7 +121,7 @@ def test_plot_lr_schedule_png(tmp_path: Path) -> None:
 def test_plot_labels_png(tmp_path: Path, n: int) -> None:
     rng = np.random.default_rng(0)
     labels = np.concatenate([rng.integers(0, 3, (n, 1)), rng.uniform(0.05, 0.95, (n, 4)) * [1, 1, 0.5, 0.5]], 1)
-    path = plot_labels(labels, ['cat', 'dog', 'bird'], tmp_path)
+    path = run_outputs.plot_labels(labels, ['cat', 'dog', 'bird'], tmp_path)
     assert path.name == 'labels.png' and path.read_bytes()[:4] == b'\x89PNG'
     assert path.stat().st_size > (50_000 if n else 10_000)
 
@@ -132,7 +129,7 @@ def test_plot_labels_png(tmp_path: Path, n: int) -> None:
 def test_plot_train_batch_scales_normalised_targets(tmp_path: Path) -> None:
     imgs = torch.full((2, 3, 64, 96), 0.5)
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.5, 0.5], [1, 0, 0.25, 0.25, 0.2, 0.2]])
-    path = plot_train_batch(imgs, targets, ['a.jpg', 'b.jpg'], tmp_path / 'train_batch0.jpg', ['x', 'y'])
+    path = run_outputs.plot_train_batch(imgs, targets, ['a.jpg', 'b.jpg'], tmp_path / 'train_batch0.jpg', ['x', 'y'])
     assert path.read_bytes()[:2] == b'\xff\xd8' and path.stat().st_size > 1_000
     assert targets[0, 2] == 0.5  # the caller's targets are left as they were
 
