@@ -172,6 +172,34 @@ def test_build_adam(tiny):
     assert [g['weight_decay'] for g in opt.param_groups] == [0.0, pytest.approx(0.0005), 0.0]
 
 
+
+def test_hard_path_lr_gain_splits_backbone_2_and_head_2(tiny):
+    """Extension: hyp hard_path_lr_gain 3 puts backbone 2's and head 2's parameters (and only them) in groups 3-5,
+    the same three kinds in the same order, at 3·lr0; groups 0-2 hold the rest as the reference's groups would."""
+    opt = build_optimizer(tiny, {**HYP, 'hard_path_lr_gain': 3.0}, total_batch_size=64)
+    names = {id(p): n for n, p in tiny.named_parameters()}
+    groups = [[names[id(p)] for p in g['params']] for g in opt.param_groups]
+    assert len(groups) == 6 and [g['initial_lr'] for g in opt.param_groups] == pytest.approx([0.01] * 3 + [0.03] * 3)
+    assert [g['weight_decay'] for g in opt.param_groups] == [0.0, pytest.approx(0.0005), 0.0] * 2
+    hard = ('model_b2.', 'model_h2.')
+    assert all(n.startswith(hard) for g in groups[3:] for n in g) and groups[4] and groups[5]
+    assert not any(n.startswith(hard) for g in groups[:3] for n in g)
+    reference = [[names[id(p)] for p in g] for g in parameter_groups(tiny)]
+    for kind in range(3):  # each kind split in two, the reference's order kept within each half
+        assert [n for n in reference[kind] if not n.startswith(hard)] == groups[kind]
+        assert [n for n in reference[kind] if n.startswith(hard)] == groups[kind + 3]
+    assert len(build_optimizer(tiny, {**HYP, 'hard_path_lr_gain': 1.0}).param_groups) == 3  # the reference's layout
+
+
+def test_warmup_ramps_the_hard_path_groups_to_their_own_rate(tiny):
+    """Halfway through warmup the hard path's biases (group 5) fall from warmup_bias_lr towards 3·lr0 as group 2
+    does towards lr0; its other groups rise from 0."""
+    opt = build_optimizer(tiny, {**HYP, 'hard_path_lr_gain': 3.0}, total_batch_size=64)
+    apply_warmup(opt, 500, 1000, 0, lr_lambda(10, 0.1), HYP, total_batch_size=64)
+    assert [g['lr'] for g in opt.param_groups] == pytest.approx([0.005, 0.005, 0.055, 0.015, 0.015, 0.065])
+    with pytest.raises(ValueError, match='hard_path_lr_gain'):
+        build_optimizer(tiny, {**HYP, 'hard_path_lr_gain': 0.0})
+
 # ---------------------------------------------------------------------------------------------- lr schedule
 @pytest.mark.parametrize('linear, values', [(False, (1.0, 0.55, 0.1)),   # (1 − cos(π·e/10))/2·(0.1 − 1) + 1
                                             (True, (1.0, 0.5, 0.0))])    # (1 − e/9)·0.9 + 0.1

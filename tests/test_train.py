@@ -207,6 +207,7 @@ def test_recipe_flags_train_an_epoch(tmp_path: Path, synthetic: dict, no_plots, 
     ('lr0: [0.01\n', 'not valid YAML for hyperparameters'),
     ('{drop}', 'missing lr0, mosaic; start from a shipped file'),
     ('{lr0: fast}', 'lr0 must be a number'),
+    ('{gain: -1}', 'hard_path_lr_gain must be positive'),
 ])
 def test_bad_hyp_files_are_one_line(tmp_path: Path, text: str, message: str) -> None:
     """A hyp YAML that is not a mapping, does not parse, lacks a key the recipe reads or holds a non-number is one
@@ -220,6 +221,8 @@ def test_bad_hyp_files_are_one_line(tmp_path: Path, text: str, message: str) -> 
         text = yaml.safe_dump({k: v for k, v in hyp.items() if k not in ('lr0', 'mosaic')})
     elif text == '{lr0: fast}':
         text = yaml.safe_dump({**hyp, 'lr0': 'fast'})
+    elif text == '{gain: -1}':
+        text = yaml.safe_dump({**hyp, 'hard_path_lr_gain': -1})
     (tmp_path / 'h.yaml').write_text(text)
     with pytest.raises(TrainOptionError, match=message) as e:
         load_hyp(str(tmp_path / 'h.yaml'))

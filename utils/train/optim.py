@@ -15,6 +15,12 @@ backbone 1's `model_b.{i}.`. The schedule is a picklable object, not a lambda. W
 The linear schedule with one epoch does not divide by zero. The scaled weight decay is returned in the
 optimizer, not written back into `hyp` (the reference mutated the caller's dict). SyncBatchNorm weights count
 as BatchNorm weights too (the reference tested `nn.BatchNorm2d` only; it built the groups before converting).
+
+Extension: hyp `hard_path_lr_gain` (default 1, the reference's single rate) multiplies the learning rate of the
+hard path's own layers, backbone 2 and head 2 (`HARD_PATH_SECTIONS`). With a gain other than 1 those layers get
+three more groups (3-5, the same three kinds in the same order) at lr0 · gain; warmup and the schedule treat them
+as groups 0-2. Why it exists: trained from scratch for a few hundred steps, head 2 trails head 1 (see the README's
+demo section), and a larger step for the second path is what lets it pass head 1 early.
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ from .ema import de_parallel
 LOGGER = logging.getLogger(__name__)
 FREEZE_SECTION = 'model_b'  # `--freeze N` counts the layers of backbone 1
 IMPLICIT_ATTRS = ('im', 'ia')  # IDetect's implicit layers, in the reference's grouping order
+HARD_PATH_SECTIONS = ('model_b2', 'model_h2')  # backbone 2 and head 2: the layers only the hard path runs
+GROUP_KINDS = 3  # BN weights + implicit, decayed weights, biases
 
 
 def freeze_parameters(model: nn.Module, freeze: int | Sequence[int]) -> list[str]:
@@ -68,10 +76,14 @@ def _implicit_parameters(module: nn.Module) -> list[nn.Parameter]:
     return found
 
 
-def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
-    """(BN weights + implicit parameters, other module weights, module biases), in the reference's order."""
+def parameter_groups(model: nn.Module, only: Callable[[str], bool] = lambda name: True
+                     ) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """(BN weights + implicit parameters, other module weights, module biases), in the reference's order, of the
+    modules whose names `only` accepts."""
     bn_and_implicit, weights, biases = [], [], []
-    for _, module in de_parallel(model).named_modules():
+    for name, module in de_parallel(model).named_modules():
+        if not only(name):
+            continue
         if isinstance(getattr(module, 'bias', None), nn.Parameter):
             biases.append(module.bias)
         if isinstance(module, _BatchNorm):
@@ -96,19 +108,32 @@ def scaled_weight_decay(weight_decay: float, total_batch_size: int, nbs: int = 6
 def build_optimizer(model: nn.Module, hyp: dict, adam: bool = False, total_batch_size: int = 64,
                     nbs: int = 64) -> torch.optim.Optimizer:
     """SGD (Nesterov) or Adam over the three parameter groups; decay on group 1 only; 'initial_lr' recorded."""
-    bn_and_implicit, weights, biases = parameter_groups(model)
+    gain = float(hyp.get('hard_path_lr_gain', 1.0))
+    if gain <= 0:
+        raise ValueError(f'hyp hard_path_lr_gain must be positive, got {gain}')
+    on_hard_path = lambda name: name.split('.')[0] in HARD_PATH_SECTIONS  # noqa: E731
+    kinds = [(parameter_groups(model), 1.0)] if gain == 1 else \
+        [(parameter_groups(model, lambda n: not on_hard_path(n)), 1.0), (parameter_groups(model, on_hard_path), gain)]
     decay = scaled_weight_decay(hyp['weight_decay'], total_batch_size, nbs)
     LOGGER.info('Scaled weight_decay = %s', decay)
+    (bn_and_implicit, weights, biases), _ = kinds[0]
     if adam:
         optimizer = torch.optim.Adam(bn_and_implicit, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
     else:
         optimizer = torch.optim.SGD(bn_and_implicit, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
     optimizer.add_param_group({'params': weights, 'weight_decay': decay})
     optimizer.add_param_group({'params': biases})
+    for (bn_and_implicit, weights, biases), lr_gain in kinds[1:]:
+        lr = hyp['lr0'] * lr_gain
+        optimizer.add_param_group({'params': bn_and_implicit, 'lr': lr})
+        optimizer.add_param_group({'params': weights, 'lr': lr, 'weight_decay': decay})
+        optimizer.add_param_group({'params': biases, 'lr': lr})
     for group in optimizer.param_groups:
         group.setdefault('initial_lr', group['lr'])  # what LambdaLR records; warmup ramps towards it
-    LOGGER.info('Optimizer groups: %d .bias, %d conv.weight, %d other', len(biases), len(weights),
-                len(bn_and_implicit))
+    counts = [sum(len(optimizer.param_groups[j]['params']) for j in range(k, len(optimizer.param_groups), GROUP_KINDS))
+              for k in (2, 1, 0)]
+    LOGGER.info('Optimizer groups: %d .bias, %d conv.weight, %d other%s', *counts,
+                f' (backbone 2 and head 2 at {gain:g}x lr0)' if gain != 1 else '')
     return optimizer
 
 
@@ -144,7 +169,7 @@ def apply_warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int,
     accumulate = max(1, int(np.interp(ni, xi, [1, nbs / total_batch_size]).round()))
     lf = lr_fn(epoch)
     for j, group in enumerate(optimizer.param_groups):
-        start = hyp['warmup_bias_lr'] if j == 2 else 0.0  # group 2 holds the biases (step 1's layout)
+        start = hyp['warmup_bias_lr'] if j % GROUP_KINDS == 2 else 0.0  # groups 2 (and 5) hold the biases
         group['lr'] = float(np.interp(ni, xi, [start, group.setdefault('initial_lr', group['lr']) * lf]))
         if 'momentum' in group:  # Adam/AdamW groups carry 'betas' instead; β1 is not warmed up
             group['momentum'] = float(np.interp(ni, xi, [hyp['warmup_momentum'], hyp['momentum']]))

@@ -40,6 +40,9 @@ def load_hyp(path: str) -> dict:
     bad = [k for k, v in hyp.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
     if bad:
         raise TrainOptionError(f'--hyp {path}: {bad[0]} must be a number, got {hyp[bad[0]]!r}')
+    if hyp.get('hard_path_lr_gain', 1) <= 0:
+        raise TrainOptionError(f'--hyp {path}: hard_path_lr_gain must be positive (1 = the reference\'s single rate), '
+                               f'got {hyp["hard_path_lr_gain"]}')
     return hyp
 
 

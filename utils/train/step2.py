@@ -43,7 +43,6 @@ class Step2Trainer(Trainer):
     """The router's training: frozen detector, adaptive loss, batch-1 validation."""
     loss_names = ('diff', 'score.0', 'score.1', 'total')
     ema_decay = 0.0  # the "EMA" is an exact copy of the model after every step
-    lr_groups = 2
 
     def build_model(self) -> tuple[torch.nn.Module, dict]:
         """The step-2 model with the step-1 detector loaded strictly."""

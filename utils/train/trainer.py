@@ -80,7 +80,6 @@ class Trainer:
     """Step-1 training (the cascaded detector); step 2 overrides the hooks marked as such."""
     loss_names = ('box', 'obj', 'cls', 'total')
     ema_decay = 0.9999
-    lr_groups = 3
 
     def __init__(self, opt: argparse.Namespace, ctx: DistContext) -> None:
         self.opt, self.ctx, self.device = opt, ctx, ctx.device
@@ -109,7 +108,7 @@ class Trainer:
         freeze_parameters(model, self.opt.freeze)
 
     def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """The three reference parameter groups with SGD or Adam."""
+        """The reference's three parameter groups with SGD or Adam (three more with hyp hard_path_lr_gain)."""
         return build_optimizer(model, self.hyp, self.opt.adam, self.opt.total_batch_size, self.nbs)
 
     def lr_function(self):
@@ -169,7 +168,8 @@ class Trainer:
         self.best_epoch = int(ckpt.get('best_epoch', self.start_epoch - 1)) if ckpt else -1
         self.last_saved: dict | None = None  # the checkpoint this process last wrote to last.pt
         self.scheduler.last_epoch = self.start_epoch - 1
-        self.results = ResultsLog(self.save_dir, self.loss_names, self.lr_groups) if ctx.main else None
+        groups = len(self.optimizer.param_groups)
+        self.results = ResultsLog(self.save_dir, self.loss_names, groups) if ctx.main else None
         if ctx.main:
             self.results.restore(state.results_text or '')
         self._setup_data(model)
