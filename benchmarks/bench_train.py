@@ -34,11 +34,11 @@ def measure(opt: argparse.Namespace) -> dict:
 
     from models.yolo import Model
     from utils.data.dataloaders import create_dataloader
+    from utils.hyp import scale_hyp
     from utils.loss import ComputeLossOTADual
     from utils.torch_utils import select_device, time_sync
     from utils.train.ema import ModelEMA
     from utils.train.optim import build_optimizer
-    from utils.train.setup import scale_hyp
     device = select_device(opt.device)
     hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
     torch.manual_seed(0)

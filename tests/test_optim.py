@@ -11,7 +11,8 @@ from torch import nn
 
 from models.yolo import Model
 from tests.helpers import cfg_path, tiny_config
-from utils.train.ema import ModelEMA, de_parallel
+from utils.torch_utils import de_parallel
+from utils.train.ema import ModelEMA
 from utils.train.optim import (
     apply_warmup,
     build_optimizer,

@@ -21,8 +21,9 @@ from tests.train_helpers import (
     skip_run_plots,
 )
 from utils.data.dataloaders import create_dataloader
+from utils.hyp import scale_hyp
 from utils.loss import ComputeLossOTADy
-from utils.train.setup import init_seeds, scale_hyp
+from utils.train.setup import init_seeds
 
 TINY2 = str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml')
 

@@ -15,7 +15,7 @@ import torch
 
 from models.checkpoint import read_checkpoint
 from utils.evaluation.validator import EvalOptions
-from utils.train.ema import de_parallel
+from utils.torch_utils import de_parallel
 from utils.train.trainer import Trainer
 
 

@@ -8,3 +8,7 @@ catch it as one type. Each specific error also keeps its historical base (ValueE
 
 class UserError(Exception):
     """Something the user can fix; its message is one line that names the thing and what to do."""
+
+
+class TrainOptionError(UserError, ValueError):
+    """A flag combination or hyperparameter file that cannot train: one line."""

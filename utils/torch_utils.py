@@ -7,6 +7,7 @@ import os
 import time
 
 import torch
+from torch import nn
 
 from utils.errors import UserError
 
@@ -94,3 +95,9 @@ def torch_distributed_zero_first(local_rank: int):
     yield
     if distributed and local_rank == 0:
         torch.distributed.barrier()
+
+
+def de_parallel(model: nn.Module) -> nn.Module:
+    """The bare model inside a DataParallel / DistributedDataParallel wrapper (the model itself otherwise)."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    return model.module if isinstance(model, wrappers) else model

@@ -22,10 +22,9 @@ from utils.evaluation.path_records import PathRecords, collect_path_records, rou
 from utils.evaluation.router_budget import budget_file_for, save_router_budget
 from utils.evaluation.routing_quality import RouterQuality, add_gains, baseline_columns, format_quality, router_quality
 from utils.evaluation.validator import EvalOptions, evaluate, split_loader, summarize
+from utils.hyp import load_hyp, scale_hyp
 from utils.loss import ComputeLossOTADy
 from utils.torch_utils import select_device
-from utils.train.options import load_hyp
-from utils.train.setup import scale_hyp
 
 LOGGER = logging.getLogger(__name__)
 COLUMNS = ('threshold', 'easy_share', 'gflops_per_image', 'mAP@.5', 'mAP@.5:.95', 'ms_per_image')

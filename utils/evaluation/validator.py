@@ -23,8 +23,7 @@ from utils.evaluation.batch_plots import plot_batch, targets_to_boxes
 from utils.evaluation.coco_eval import CocoIds
 from utils.general import non_max_suppression, scale_coords, xywh2xyxy
 from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions
-from utils.torch_utils import time_sync
-from utils.train.ema import de_parallel
+from utils.torch_utils import de_parallel, time_sync
 
 LOGGER = logging.getLogger(__name__)
 HEADER = ('%20s' + '%12s' * 6) % ('Class', 'Images', 'Labels', 'P', 'R', 'mAP@.5', 'mAP@.5:.95')

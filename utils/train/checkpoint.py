@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import copy_checkpoint, half_state_dict, load_weights, read_checkpoint, save_checkpoint
-from utils.train.ema import ModelEMA, de_parallel
+from utils.torch_utils import de_parallel
+from utils.train.ema import ModelEMA
 
 LOGGER = logging.getLogger(__name__)
 

@@ -19,14 +19,10 @@ from copy import deepcopy
 import torch
 from torch import nn
 
+from utils.torch_utils import de_parallel
+
 # The attributes the trainers copy onto the EMA before validation (the reference's train_step1.py).
 EMA_ATTRIBUTES = ('yaml', 'nc', 'hyp', 'gr', 'names', 'stride', 'class_weights')
-
-
-def de_parallel(model: nn.Module) -> nn.Module:
-    """The bare model inside a DataParallel / DistributedDataParallel wrapper (the model itself otherwise)."""
-    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    return model.module if isinstance(model, wrappers) else model
 
 
 class ModelEMA:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .ema import de_parallel
+from utils.torch_utils import de_parallel
 
 LOGGER = logging.getLogger(__name__)
 FREEZE_SECTION = 'model_b'  # `--freeze N` counts the layers of backbone 1

@@ -15,36 +15,8 @@ import yaml
 
 from models.checkpoint import read_checkpoint
 from utils.cli import increment_path
-from utils.errors import UserError
-from utils.yaml_io import read_yaml_mapping
-
-
-class TrainOptionError(UserError, ValueError):
-    """A flag combination that cannot train: one line."""
-
-
-# The hyperparameters the recipe reads without a default (the shipped hyp/*.yaml have all of them).
-HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr',
-            'box', 'cls', 'cls_pw', 'obj', 'obj_pw', 'anchor_t', 'hsv_h', 'hsv_s', 'hsv_v', 'degrees', 'translate',
-            'scale', 'shear', 'perspective', 'flipud', 'fliplr', 'mosaic', 'mixup')
-
-
-def load_hyp(path: str) -> dict:
-    """Hyperparameters from a YAML mapping holding every key of HYP_KEYS as a number; one-line TrainOptionError."""
-    hyp = read_yaml_mapping(path, TrainOptionError, 'hyperparameters',
-                            f'--hyp {path}: no such file (see hyp/ for the shipped ones)')
-    missing = [k for k in HYP_KEYS if k not in hyp]
-    if missing:
-        raise TrainOptionError(f'--hyp {path}: missing {", ".join(missing)}; start from a shipped file such as '
-                               f'hyp/hyp.scratch.p5.yaml')
-    bad = [k for k, v in hyp.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
-    if bad:
-        raise TrainOptionError(f'--hyp {path}: {bad[0]} must be a number, got {hyp[bad[0]]!r}')
-    if hyp.get('hard_path_lr_gain', 1) <= 0:
-        raise TrainOptionError(f'--hyp {path}: hard_path_lr_gain must be positive (1 = the reference\'s single rate), '
-                               f'got {hyp["hard_path_lr_gain"]}')
-    return hyp
-
+from utils.errors import TrainOptionError
+from utils.hyp import load_hyp
 
 ROUTER_LOSSES = ('adaptive', 'bce')
 

@@ -20,7 +20,7 @@ import yaml
 from models.checkpoint import load_weights, read_checkpoint
 from models.yolo import Model
 from utils.data.dataloaders import create_dataloader
-from utils.train.options import TrainOptionError
+from utils.errors import TrainOptionError
 from utils.yaml_io import read_yaml
 
 LOGGER = logging.getLogger(__name__)
@@ -71,16 +71,6 @@ def build_train_model(opt: argparse.Namespace, hyp: dict, nc: int, device: torch
     model = Model(opt.cfg, ch=3, nc=nc, anchors=hyp.get('anchors'))
     ckpt = load_initial_weights(model, opt)
     return model.to(device), ckpt
-
-
-def scale_hyp(hyp: dict, nl: int, nc: int, img_size: int, label_smoothing: float) -> dict:
-    """Loss gains for the number of levels, classes and image size (the reference's train_step1.py hyp scaling)."""
-    hyp = dict(hyp)
-    hyp['box'] *= 3.0 / nl
-    hyp['cls'] *= nc / 80.0 * 3.0 / nl
-    hyp['obj'] *= (img_size / 640) ** 2 * 3.0 / nl
-    hyp['label_smoothing'] = label_smoothing
-    return hyp
 
 
 def train_loader(opt: argparse.Namespace, data: dict, hyp: dict, img_size: int, gs: int, rank: int):

@@ -15,9 +15,9 @@ import torch
 
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint
 from models.yolo import Model
-from utils.train.ema import de_parallel
+from utils.errors import TrainOptionError
+from utils.torch_utils import de_parallel
 from utils.train.optim import lr_lambda, scaled_weight_decay
-from utils.train.options import TrainOptionError
 from utils.train.trainer import Trainer
 
 LOGGER = logging.getLogger(__name__)

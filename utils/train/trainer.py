@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from utils.data.data_config import load_data_config
 from utils.data.sampling import epoch_image_weights, labels_to_class_weights, multi_scale_resize
-from utils.errors import UserError
+from utils.errors import TrainOptionError, UserError
 from utils.evaluation.validator import EvalOptions, validate
+from utils.hyp import load_hyp, scale_hyp
 from utils.metrics import fitness
-from utils.torch_utils import amp_dtype, native_bf16
+from utils.torch_utils import amp_dtype, de_parallel, native_bf16
 from utils.train.checkpoint import (
     epochs_to_train,
     restore_training_state,
@@ -34,7 +35,7 @@ from utils.train.checkpoint import (
     training_checkpoint,
 )
 from utils.train.distributed import DistContext, all_ranks_agree, broadcast_flag
-from utils.train.ema import ModelEMA, de_parallel
+from utils.train.ema import ModelEMA
 from utils.train.optim import (
     apply_warmup,
     build_optimizer,
@@ -43,7 +44,6 @@ from utils.train.optim import (
     nominal_accumulate,
     warmup_iterations,
 )
-from utils.train.options import TrainOptionError, load_hyp
 from utils.train.outputs import (
     ResultsLog,
     TrainWriter,
@@ -59,7 +59,6 @@ from utils.train.setup import (
     build_train_model,
     check_label_classes,
     init_seeds,
-    scale_hyp,
     train_loader,
     val_loader,
     write_run_files,
