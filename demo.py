@@ -3,7 +3,7 @@ r"""The whole DynamicDet method on your machine, no download: synthetic data →
     python demo.py                                              # a few minutes on 2 CPU cores
     python demo.py --images 2000 --epochs 100 --router-epochs 20  # longer, better
 
-It generates a dataset of shapes (half the images easy: a few large shapes; half hard: many small ones on
+It generates a dataset of shapes (half the images easy: one or two clear shapes; half hard: many faint ones on
 clutter), trains step 1 of our tiny Dy-YOLOv7 (cfg/dy-yolov7-tiny-step1.yaml, 1.2 M parameters) with
 hyp/hyp.demo.step1.yaml, trains the router (step 2, hyp/hyp.demo.step2.yaml), computes the 11 thresholds and
 evaluates at each (the sweep), prints a table for three of them and runs detection on a few images. Each stage

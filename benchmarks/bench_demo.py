@@ -102,8 +102,14 @@ def report(runs: dict[int, tuple[list[dict], float]]) -> str:
             lines.append(f'{seed:>6} {100 * row["easy_share"]:>5.0f}% {row["mAP@.5"]:>8.3f} {row["mAP@.5:.95"]:>11.3f}')
         for figure in FIGURES:
             lines.append(f'  {figure:<11} {spread([rows[pick][figure] for rows, _ in runs.values()])}')
-    gain = [rows[10]['mAP@.5'] - rows[0]['mAP@.5'] for rows, _ in runs.values()]
-    lines.append(f'\nmAP@.5 at threshold 1 minus at threshold 0 (hard path over easy path): {spread(gain)}')
+    lines.append('')
+    for metric in ('mAP@.5', 'mAP@.5:.95'):
+        gain = [rows[10][metric] - rows[0][metric] for rows, _ in runs.values()]
+        lines.append(f'{metric} at threshold 1 minus at threshold 0 (hard path over easy path): {spread(gain)}')
+    router = [rows[5]['mAP@.5:.95'] - rows[5]['random_mAP@.5:.95'] for rows, _ in runs.values()]
+    band = [rows[5]['random_mAP@.5:.95_sd'] for rows, _ in runs.values()]
+    lines.append(f'mAP@.5:.95 at the median score, router minus random routing: {spread(router)} '
+                 f'(the random band\'s sd: {spread(band)})')
     lines.append(f'wall time per demo: {spread([seconds for _, seconds in runs.values()])} s')
     return '\n'.join(lines)
 

@@ -90,7 +90,7 @@ def fill_ratios(num_classes: int, indices: range) -> dict[int, list[float]]:
     """Per class, mask area / box area of the objects of easy images (never occluded)."""
     ratios: dict[int, list[float]] = {c: [] for c in range(num_classes)}
     for index in indices:
-        rendered = render_image(1, index, 128, num_classes)
+        rendered = render_image(1, index, 384, num_classes)  # easy shapes of 30-80 px: little pixelation
         if rendered.kind == 'easy':
             for class_id, mask in zip(rendered.class_ids, rendered.masks):
                 _, _, w, h = mask_box(mask) * np.array([1, 1, mask.shape[1], mask.shape[0]])
@@ -106,7 +106,7 @@ def test_classes_have_distinct_geometry():
     assert np.all(square > 0.97)
     assert np.all(triangle <= 0.52)  # a triangle fills at most half of its box
     assert np.all((cross > 0.4) & (cross < 0.72))
-    assert np.all((ring > 0.45) & (ring < 0.72))
+    assert np.all((ring > 0.4) & (ring < 0.72))
 
 
 def test_easy_and_hard_images_differ():
@@ -117,7 +117,7 @@ def test_easy_and_hard_images_differ():
         sides = [mask_box(m)[2:] * r.image.shape[1::-1] for m in r.masks]
         short = min(r.image.shape[:2])
         if r.kind == 'easy':
-            assert 1 <= len(r.masks) <= 2 and all(max(s) >= 0.25 * short for s in sides)
+            assert 1 <= len(r.masks) <= 2 and all(0.05 * short <= max(s) <= 0.22 * short for s in sides)
         elif r.kind == 'hard':
             assert len(r.masks) >= 3 and all(max(s) <= 0.18 * short for s in sides)
         else:

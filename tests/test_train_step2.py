@@ -89,15 +89,18 @@ def _with_head_losses(router_loss: str, l1: list[float], l2: list[float]) -> Com
 
 def test_router_loss_bce_is_cross_entropy_against_the_median_split() -> None:
     """--router-loss bce: differences L1 - L2 = 2, -3, 1 against the medians each image sees (2, -0.5, 1): only
-    the second is below, so the labels are 0, 1, 0 and the loss is the cross-entropy of the scores against them;
-    its gradient reaches the scores. The default stays the reference's adaptive loss."""
+    the second is below, so the labels are 0, 1, 0, smoothed to 0.05, 0.95, 0.05, and the loss is the cross-entropy
+    of the scores against them; its gradient (s - t) / (s (1 - s)) reaches the scores and vanishes at s = t, so no
+    score is pushed to exactly 0 or 1. The default stays the reference's adaptive loss."""
     maps, score = [torch.zeros(3, 1, 1, 1, 6)] * 2, torch.tensor([[0.3], [0.6], [0.9]], requires_grad=True)
     bce = _with_head_losses('bce', [3.0, 1.0, 2.0], [1.0, 4.0, 1.0])
     total, items = bce((maps, score), torch.zeros(0, 6), torch.zeros(3, 3, 8, 8))
-    expected = -(math.log(0.7) + math.log(0.6) + math.log(0.1))
+    targets = (0.05, 0.95, 0.05)
+    expected = -sum(t * math.log(s) + (1 - t) * math.log(1 - s) for s, t in zip((0.3, 0.6, 0.9), targets))
     assert float(total.detach()) == pytest.approx(expected, rel=1e-6) and float(items[0]) == pytest.approx(0.0)
     total.backward()
-    assert score.grad.view(-1).tolist() == pytest.approx([1 / 0.7, -1 / 0.6, 1 / 0.1], rel=1e-5)
+    assert score.grad.view(-1).tolist() == pytest.approx(
+        [(s - t) / (s * (1 - s)) for s, t in zip((0.3, 0.6, 0.9), targets)], rel=1e-5)
     adaptive = _with_head_losses('adaptive', [3.0, 1.0, 2.0], [1.0, 4.0, 1.0])
     total, _ = adaptive((maps, score.detach()), torch.zeros(0, 6), torch.zeros(3, 3, 8, 8))
     halves = [1.0, -0.25, 0.5]  # the medians seen, halved

@@ -42,6 +42,9 @@ _SIMOTA_TOPK = 10  # IoUs summed for the dynamic k
 _MEDIAN_EVERY_CALL_UNTIL = 10000  # step 2: the tracked median is refreshed on every call up to here,
 _MEDIAN_EVERY = 1000  # then every this many calls
 _SCORE_EPS = 1e-6  # --router-loss bce: scores clamped off 0 and 1 before the log
+# --router-loss bce: labels 0.05 / 0.95, so an image labelled easy (or hard) every epoch settles at a score of 0.95
+# (0.05) instead of driving its logit up until the score rounds to exactly 1.0 (0.0) and ties with others
+ROUTER_LABEL_SMOOTHING = 0.05
 
 
 def smooth_BCE(eps: float = 0.1) -> tuple[float, float]:  # noqa: N802 (the reference's name)
@@ -353,7 +356,7 @@ class ComputeLossOTADy(_LossBase):
     Only the router score receives a gradient.
 
     router_loss 'bce' (extension, train_step2.py --router-loss bce): the loss is instead the binary cross-entropy of
-    s against the label "L1 − L2 below the tracked median". The adaptive loss is linear in s: its gradient on the
+    s against the label "L1 − L2 below the tracked median", smoothed to 0.05 / 0.95. The adaptive loss is linear in s: its gradient on the
     score's logit is (d − m)·s·(1 − s), whose sum over images is not 0 when the differences' mean is not their
     median, so every score drifts to 0 or 1 together; the cross-entropy's gradient s − label balances at scores
     that are probabilities, half the images labelled easy.
@@ -396,7 +399,8 @@ class ComputeLossOTADy(_LossBase):
         half = l1.new_tensor(self.track(diff.tolist())) / 2
         s = score.float().view(-1)
         if self.router_loss == 'bce':  # extension: a proper scoring rule on "head 1 is relatively good here"
-            easy = (diff < 2 * half).float()
+            eps = ROUTER_LABEL_SMOOTHING
+            easy = (diff < 2 * half).float() * (1 - 2 * eps) + eps
             adaptive = F.binary_cross_entropy(s.clamp(_SCORE_EPS, 1 - _SCORE_EPS), easy, reduction='none')
         else:
             adaptive = s * (l1 - half) + (1 - s) * (l2 + half)
