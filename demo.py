@@ -147,7 +147,8 @@ def training_argv(opt: argparse.Namespace, data: Path, out: Path) -> tuple[list[
     """The demo's step-1 and step-2 command lines (step 2 reads step 1's last.pt under out/train/step1)."""
     common = ['--img', str(opt.img), '--batch-size', str(opt.batch_size), '--workers', str(opt.workers),
               '--device', opt.device, '--data', str(data), '--project', str(out / 'train'), '--notest',
-              '--seed', str(opt.seed), '--adam', '--nosave']  # the demo cannot resume: final checkpoints only
+              '--seed', str(opt.seed), '--adam', '--nosave',  # the demo cannot resume: final checkpoints only
+              '--no-amp']  # fp32 on every CPU: bf16 autocast (the default where bf16 is native) cost head 2 most
     step1 = ['--cfg', str(CFG1), '--weight', '', '--hyp', str(HYP1), '--epochs', str(opt.epochs),
              '--name', 'step1', '--noautoanchor', *common]
     # --router-loss bce: the reference's linear loss drives every score to 0 or 1 together (README, step 2)
