@@ -73,9 +73,11 @@ def heads_trainer(lists: dict[str, Path], every: int, rows: list[dict]) -> type[
             self.ema.update_attr(self.model)
             row = {'epoch': epoch}
             opt = EvalOptions(iou_thres=0.65, save_dir=self.save_dir, names=self.names, training=True, plots=False)
-            for split, path in lists.items():
-                loader = val_loader(self.opt, {**self.data, 'val': str(path)}, self.hyp, self.img_size_test,
-                                    self.gs, self.val_batch_size())
+            if not hasattr(self, 'kind_loaders'):  # built at the first evaluation, kept for the rest of the run
+                self.kind_loaders = {split: val_loader(self.opt, {**self.data, 'val': str(path)}, self.hyp,
+                                                       self.img_size_test, self.gs, self.val_batch_size())
+                                     for split, path in lists.items()}
+            for split, loader in self.kind_loaders.items():
                 for name in ('easy', 'hard'):
                     results, _, _ = validate(OnePath(self.ema.ema, name), loader, opt)
                     row[f'{name}_path_{split}'] = round(results[3], 4)

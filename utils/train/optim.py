@@ -111,23 +111,22 @@ def build_optimizer(model: nn.Module, hyp: dict, adam: bool = False, total_batch
     gain = float(hyp.get('hard_path_lr_gain', 1.0))
     if gain <= 0:
         raise ValueError(f'hyp hard_path_lr_gain must be positive, got {gain}')
-    on_hard_path = lambda name: name.split('.')[0] in HARD_PATH_SECTIONS  # noqa: E731
+    def on_hard_path(name: str) -> bool:
+        return name.split('.')[0] in HARD_PATH_SECTIONS
+
     kinds = [(parameter_groups(model), 1.0)] if gain == 1 else \
         [(parameter_groups(model, lambda n: not on_hard_path(n)), 1.0), (parameter_groups(model, on_hard_path), gain)]
     decay = scaled_weight_decay(hyp['weight_decay'], total_batch_size, nbs)
     LOGGER.info('Scaled weight_decay = %s', decay)
-    (bn_and_implicit, weights, biases), _ = kinds[0]
-    if adam:
-        optimizer = torch.optim.Adam(bn_and_implicit, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
-    else:
-        optimizer = torch.optim.SGD(bn_and_implicit, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
-    optimizer.add_param_group({'params': weights, 'weight_decay': decay})
-    optimizer.add_param_group({'params': biases})
-    for (bn_and_implicit, weights, biases), lr_gain in kinds[1:]:
+    groups = []  # per kind: BN weights + implicit (no decay), weights (decay), biases (no decay)
+    for (bn_and_implicit, weights, biases), lr_gain in kinds:
         lr = hyp['lr0'] * lr_gain
-        optimizer.add_param_group({'params': bn_and_implicit, 'lr': lr})
-        optimizer.add_param_group({'params': weights, 'lr': lr, 'weight_decay': decay})
-        optimizer.add_param_group({'params': biases, 'lr': lr})
+        groups += [{'params': bn_and_implicit, 'lr': lr}, {'params': weights, 'lr': lr, 'weight_decay': decay},
+                   {'params': biases, 'lr': lr}]
+    if adam:
+        optimizer = torch.optim.Adam(groups, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
+    else:
+        optimizer = torch.optim.SGD(groups, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
     for group in optimizer.param_groups:
         group.setdefault('initial_lr', group['lr'])  # what LambdaLR records; warmup ramps towards it
     counts = [sum(len(optimizer.param_groups[j]['params']) for j in range(k, len(optimizer.param_groups), GROUP_KINDS))
