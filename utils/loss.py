@@ -47,6 +47,13 @@ _SCORE_EPS = 1e-6  # --router-loss bce: scores clamped off 0 and 1 before the lo
 ROUTER_LABEL_SMOOTHING = 0.05
 
 
+def objects_per_image(targets: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Labelled objects per image of a batch (targets rows: image index, class, box), at least 1 each."""
+    counts = torch.bincount(targets[:, 0].long(), minlength=batch_size) if len(targets) else None
+    counts = targets.new_zeros(batch_size) if counts is None else counts[:batch_size].to(targets.dtype)
+    return counts.clamp(min=1)
+
+
 def smooth_BCE(eps: float = 0.1) -> tuple[float, float]:  # noqa: N802 (the reference's name)
     """Label-smoothed (positive, negative) BCE targets."""
     return 1.0 - 0.5 * eps, 0.5 * eps
@@ -356,7 +363,11 @@ class ComputeLossOTADy(_LossBase):
     Only the router score receives a gradient.
 
     router_loss 'bce' (extension, train_step2.py --router-loss bce): the loss is instead the binary cross-entropy of
-    s against the label "L1 − L2 below the tracked median", smoothed to 0.05 / 0.95. The adaptive loss is linear in s: its gradient on the
+    s against the label "(L1 − L2) · n below its tracked median", smoothed to 0.05 / 0.95, where n is the image's
+    number of labelled objects (at least 1). The per-image losses are means over the image's targets, but the
+    pooled mAP counts every object once, so an image's stake in it grows with n: the gap weighted by n is the
+    image's share of what head 2 gains on the dataset (an image with fifteen objects where head 2 is slightly
+    better gains more than an image with one). The adaptive loss is linear in s: its gradient on the
     score's logit is (d − m)·s·(1 − s), whose sum over images is not 0 when the differences' mean is not their
     median, so every score drifts to 0 or 1 together; the cross-entropy's gradient s − label balances at scores
     that are probabilities, half the images labelled easy.
@@ -396,13 +407,15 @@ class ComputeLossOTADy(_LossBase):
         l1 = self.head_losses(maps[:self.nl], targets, imgs)
         l2 = self.head_losses(maps[self.nl:], targets, imgs)
         diff = l1 - l2
-        half = l1.new_tensor(self.track(diff.tolist())) / 2
         s = score.float().view(-1)
         if self.router_loss == 'bce':  # extension: a proper scoring rule on "head 1 is relatively good here"
+            gap = diff * objects_per_image(targets, len(diff))
+            median = gap.new_tensor(self.track(gap.tolist()))
             eps = ROUTER_LABEL_SMOOTHING
-            easy = (diff < 2 * half).float() * (1 - 2 * eps) + eps
+            easy = (gap < median).float() * (1 - 2 * eps) + eps
             adaptive = F.binary_cross_entropy(s.clamp(_SCORE_EPS, 1 - _SCORE_EPS), easy, reduction='none')
         else:
+            half = l1.new_tensor(self.track(diff.tolist())) / 2
             adaptive = s * (l1 - half) + (1 - s) * (l2 + half)
         items = torch.stack((diff, s, 1 - s, adaptive)).detach().mean(1)
         return adaptive.sum().view(1), items
