@@ -175,3 +175,13 @@ def test_bad_budgets_are_one_line_errors(tmp_path: Path) -> None:
         with pytest.raises(RouterBudgetError, match=message):
             resolve_dy_thres(opt)
     assert json.loads(budget_file_for(weights).read_text())['images'] == 10
+
+
+def test_captured_share_is_undefined_where_the_oracle_gains_only_rounding() -> None:
+    """At 100 % easy the router, random's mean of equal draws and the oracle agree up to the last bit of a float
+    mean: a random mean one bit below the others is no gain, and the captured share is n/a, not 100 %."""
+    row = add_gains({'mAP@.5:.95': 0.086, 'random_mAP@.5:.95': float(np.nextafter(0.086, 0)),
+                     'oracle_mAP@.5:.95': 0.086})
+    assert math.isnan(row['oracle_gain_captured'])
+    row = add_gains({'mAP@.5:.95': 0.09, 'random_mAP@.5:.95': 0.08, 'oracle_mAP@.5:.95': 0.1})
+    assert row['oracle_gain_captured'] == pytest.approx(0.5)

@@ -55,12 +55,17 @@ def _first(order: np.ndarray, n_easy: int, n: int) -> np.ndarray:
     return easy
 
 
+# at 0 % and 100 % easy every routing is the same, but the mean of 20 equal mAPs can differ from them in the last
+# bit: a "gain" below this is none, and no share of it is captured
+_NO_GAIN = 1e-9
+
+
 def add_gains(row: dict, metric: str = 'mAP@.5:.95') -> dict:
     """The router's gain over random at this row, and the share of the oracle's gain over random it captures."""
     gain = row[metric] - row[f'random_{metric}']
     oracle_gain = row[f'oracle_{metric}'] - row[f'random_{metric}']
     row['gain_over_random'] = gain
-    row['oracle_gain_captured'] = gain / oracle_gain if oracle_gain > 0 else math.nan
+    row['oracle_gain_captured'] = gain / oracle_gain if oracle_gain > _NO_GAIN else math.nan
     return row
 
 
