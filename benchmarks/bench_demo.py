@@ -10,7 +10,7 @@ The table shows, at the demo's three printed thresholds (all easy, the median sc
 images, mAP@.5 and mAP@.5:.95 per seed, then mean ± standard deviation and min–max over the seeds. `--repeat` runs
 the first seed a second time and says whether its sweep equals the first run's (the same seed on the same machine
 must give the same table; ms/image is a timing and is left out). The training figures differ between machines
-(instruction sets, thread counts and library builds change float rounding, which 960 training steps amplify), so
+(instruction sets, thread counts and library builds change float rounding, which 1280 training steps amplify), so
 quote the spread with the machine it was measured on; the header prints it.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 untrained model cannot reach; and the same seed training the same weights (what makes its table reproducible).
 
 The default-size demo (the README's first command, 4-13 min on 2 cores) is not run here: its figures depend on
-float rounding that differs between CPUs, amplified by 960 training steps. `benchmarks/bench_demo.py` runs it
+float rounding that differs between CPUs, amplified by 1280 training steps. `benchmarks/bench_demo.py` runs it
 over several seeds and prints each figure's mean and spread; the README quotes those.
 """
 from __future__ import annotations
