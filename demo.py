@@ -1,7 +1,7 @@
 r"""The whole DynamicDet method on your machine, no download: synthetic data → step 1 → step 2 → thresholds → detect.
 
     python demo.py                                              # a few minutes on 2 CPU cores
-    python demo.py --images 2000 --epochs 100 --router-epochs 20  # longer, better
+    python demo.py --images 2000 --epochs 100 --router-epochs 20  # longer (the README's demo section: decay the rate)
 
 It generates a dataset of shapes (half the images easy: one or two clear shapes; half hard: many faint ones on
 clutter), trains step 1 of our tiny Dy-YOLOv7 (cfg/dy-yolov7-tiny-step1.yaml, 1.2 M parameters) with
