@@ -49,9 +49,8 @@ ROUTER_LABEL_SMOOTHING = 0.05
 
 def objects_per_image(targets: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Labelled objects per image of a batch (targets rows: image index, class, box), at least 1 each."""
-    counts = torch.bincount(targets[:, 0].long(), minlength=batch_size) if len(targets) else None
-    counts = targets.new_zeros(batch_size) if counts is None else counts[:batch_size].to(targets.dtype)
-    return counts.clamp(min=1)
+    counts = torch.bincount(targets[:, 0].long(), minlength=batch_size)[:batch_size]
+    return counts.to(targets.dtype).clamp(min=1)
 
 
 def smooth_BCE(eps: float = 0.1) -> tuple[float, float]:  # noqa: N802 (the reference's name)
@@ -365,8 +364,8 @@ class ComputeLossOTADy(_LossBase):
     router_loss 'bce' (extension, train_step2.py --router-loss bce): the loss is instead the binary cross-entropy of
     s against the label "(L1 − L2) · n below its tracked median", smoothed to 0.05 / 0.95, where n is the image's
     number of labelled objects (at least 1). The per-image losses are means over the image's targets, but the
-    pooled mAP counts every object once, so an image's stake in it grows with n: the gap weighted by n is the
-    image's share of what head 2 gains on the dataset (an image with fifteen objects where head 2 is slightly
+    pooled mAP counts every object once, so an image's stake in it grows with n: the gap weighted by n stands for
+    what head 2 gains on that image in the pooled metric (an image with fifteen objects where head 2 is slightly
     better gains more than an image with one). The adaptive loss is linear in s: its gradient on the
     score's logit is (d − m)·s·(1 − s), whose sum over images is not 0 when the differences' mean is not their
     median, so every score drifts to 0 or 1 together; the cross-entropy's gradient s − label balances at scores
