@@ -1,6 +1,6 @@
 """Reproducibility of the README's demo: `python demo.py` over several seeds, each figure's mean and spread.
 
-    python benchmarks/bench_demo.py                          # seeds 0 1 2, the default demo (~4 min each, 2 cores)
+    python benchmarks/bench_demo.py                          # seeds 0 1 2, the default demo (~5 min each, 2 cores)
     python benchmarks/bench_demo.py --seeds 0 1 2 3 4 --repeat
     python benchmarks/bench_demo.py --threads 1 --jobs 2          # two demos at once, one thread each
     python benchmarks/bench_demo.py --seeds 0 1 -- --images 1280 --epochs 40   # flags after -- go to demo.py
