@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -29,6 +28,8 @@ from bench_speed import build  # noqa: E402
 from models.inference import load_for_inference, prepare_input  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.data.letterbox import letterbox  # noqa: E402
+from utils.evaluation.path_records import STAGES  # noqa: E402
+from utils.evaluation.path_records import _both_paths as both_paths  # noqa: E402
 from utils.evaluation.sweep import thresholds_from_scores  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / 'shared' / 'data' / 'coco128' / 'images'
@@ -41,12 +42,12 @@ def load_models(opt: argparse.Namespace) -> dict[str, Model]:
     return {p: load_for_inference(opt.cfg, opt.weight, opt.nc, 'cpu', None, p == 'bf16') for p in ('fp32', 'bf16')}
 
 
-def outputs(model: Model, x: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
-    """Router score and both paths' decoded predictions (fp32) for one image."""
+def outputs(model: Model, x: torch.Tensor, seconds: dict) -> tuple[float, dict[str, torch.Tensor]]:
+    """Router score and both paths' decoded predictions (fp32) for one image, through the sweep's pass over both
+    paths (backbone 1 once); its stage times are added to `seconds`."""
     with torch.inference_mode():
-        x = prepare_input(x, model)
-        b1, score = model._backbone(x)
-        return float(score), {'easy': model._easy(b1)[0].float(), 'hard': model._hard(x, b1)[0].float()}
+        score, out = both_paths(model, prepare_input(x, model), seconds)
+    return float(score), {path: decoded_and_raw[0].float() for path, decoded_and_raw in out.items()}
 
 
 def main() -> None:
@@ -67,21 +68,19 @@ def main() -> None:
     models = load_models(opt)
     scores = {k: [] for k in models}
     deltas: dict[str, list[np.ndarray]] = {'easy': [], 'hard': []}
-    seconds = dict.fromkeys(models, 0.0)
+    stage_seconds = {k: dict.fromkeys(STAGES, 0.0) for k in models}
     for f in files:
         img = letterbox(cv2.imread(str(f)), opt.img, auto=False)[0]
         x = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))[None].float() / 255
         out = {}
         for k, model in models.items():
-            t0 = time.perf_counter()
-            out[k] = outputs(model, x)
-            seconds[k] += time.perf_counter() - t0
+            out[k] = outputs(model, x, stage_seconds[k])
             scores[k].append(out[k][0])
         for path in deltas:
             ref, low = out['fp32'][1][path][0], out['bf16'][1][path][0]
             keep = ref[:, 4] > opt.conf
             deltas[path].append((ref[keep, :4] - low[keep, :4]).abs().numpy())
-    report(files, scores, deltas, seconds)
+    report(files, scores, deltas, {k: sum(v.values()) for k, v in stage_seconds.items()})
 
 
 def report(files: list, scores: dict, deltas: dict, seconds: dict) -> None:

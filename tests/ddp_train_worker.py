@@ -11,10 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_step1  # noqa: E402
 from tests.train_helpers import skip_run_plots  # noqa: E402
-from utils.torch_utils import (
-    de_parallel,  # noqa: E402
-    select_device,  # noqa: E402
-)
+from utils.torch_utils import de_parallel, select_device  # noqa: E402
 from utils.train.distributed import cleanup, init_distributed  # noqa: E402
 from utils.train.options import prepare_options  # noqa: E402
 from utils.train.trainer import Trainer  # noqa: E402

@@ -109,7 +109,6 @@ def test_router_loss_bce_is_cross_entropy_against_the_median_split() -> None:
     assert train_step2.parse_opt(['--cfg', 'x.yaml']).router_loss == 'adaptive'
 
 
-
 def test_router_loss_bce_weights_the_gap_by_each_images_objects() -> None:
     """--router-loss bce labels by (L1 - L2)·n, n = the image's labelled objects (at least 1): gaps 0.2, 0.1, 0.3
     with 1, 4, 0 objects become 0.2, 0.4, 0.3; against the medians each image sees (0.2, 0.3, 0.3) none is below,
@@ -124,6 +123,7 @@ def test_router_loss_bce_weights_the_gap_by_each_images_objects() -> None:
     adaptive = _with_head_losses('adaptive', [1.2, 1.1, 1.3], [1.0, 1.0, 1.0])
     adaptive((maps, score), targets, torch.zeros(3, 3, 8, 8))
     assert adaptive.diff_list == pytest.approx([0.2, 0.1, 0.3])
+
 
 def test_step2_trains_only_the_router(step1: dict, step2_run: Path) -> None:
     """Before and after the resume, every detector tensor (BN statistics included) is bit-identical to the step-1
