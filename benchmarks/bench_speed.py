@@ -64,22 +64,25 @@ def matmul_tflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e12
 
 
-def plain_copy(model: Model) -> Model:
-    """The in-run baseline: the same fused fp32 weights in NCHW, whole batches (what `model.fuse().eval()` gives)."""
-    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-    plain.input_format, plain.chunk_pixels = torch.contiguous_format, 0
-    return plain
-
-
-def build(cfg: str, device: torch.device, precision: str = 'fp32') -> Model:
-    """Fused inference model with a router whose scores spread over images."""
+def random_model(cfg: str) -> Model:
+    """Seeded random weights, eval mode, with a router whose scores spread over images."""
     torch.manual_seed(0)
     model = Model(cfg).eval()
     with torch.no_grad():
         for p in model.router.parameters():
             p.normal_(0, 1.0)
         spread_router(model)
-    return prepare_for_inference(model, device, half=precision == 'fp16', bf16=precision == 'bf16')
+    return model
+
+
+def build(cfg: str, device: torch.device, precision: str = 'fp32') -> Model:
+    """The fused inference model as test.py prepares it, with random_model's weights."""
+    return prepare_for_inference(random_model(cfg), device, half=precision == 'fp16', bf16=precision == 'bf16')
+
+
+def plain_model(cfg: str, device: torch.device) -> Model:
+    """The in-run baseline: random_model's weights fused, fp32, NCHW, whole batches (`model.fuse().eval()`)."""
+    return random_model(cfg).fuse().eval().to(device)
 
 
 def spread_router(model: Model, size: int = 256, gap: float = 4.0) -> None:
@@ -217,7 +220,7 @@ def main() -> None:
             for size in opt.sizes:
                 engines, flops = [('torch', torch_forward(model))], model.flops(size)
                 if opt.plain and precision == 'fp32':
-                    engines.insert(0, ('plain', torch_forward(plain_copy(model))))
+                    engines.insert(0, ('plain', torch_forward(plain_model(cfg, device))))
                 if opt.whole_batch and model.chunk_pixels:
                     whole = copy.copy(model)  # a shallow copy: same weights, own chunk setting
                     whole.chunk_pixels = 0

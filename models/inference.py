@@ -5,6 +5,7 @@ import logging
 
 import torch
 
+from .cpu_kernels import pack_convolutions
 from .yolo import Model
 
 LOGGER = logging.getLogger(__name__)
@@ -16,9 +17,10 @@ CPU_CHUNK_PIXELS = 640 * 640
 
 
 def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half: bool = False,
-                          channels_last: bool = True, bf16: bool = False) -> Model:
+                          channels_last: bool = True, bf16: bool = False, packed: bool = True) -> Model:
     """Fuse (idempotent), switch to eval, move to `device`; fp16 only on CUDA; channels_last layout; `bf16`
-    (extension, CPU): backbones and necks in bfloat16, the router and the two detection heads in fp32.
+    (extension, CPU): backbones and necks in bfloat16, the router and the two detection heads in fp32; `packed`
+    (extension, CPU): convolutions with oneDNN weights packed once and SiLU fused (models.cpu_kernels).
 
     The chosen input dtype and layout are recorded on the model for prepare_input(); on the CPU, batches run in
     chunks of CPU_CHUNK_PIXELS.
@@ -33,7 +35,10 @@ def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half
             part.float()
     model.input_format = torch.channels_last if channels_last else torch.contiguous_format
     model.chunk_pixels = CPU_CHUNK_PIXELS if device.type == 'cpu' else 0
-    return model.to(memory_format=model.input_format)
+    model = model.to(memory_format=model.input_format)
+    if packed and device.type == 'cpu':
+        pack_convolutions(model)
+    return model
 
 
 def prepare_input(images: torch.Tensor, model: Model) -> torch.Tensor:

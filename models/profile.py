@@ -39,8 +39,12 @@ def count_gflops(model: nn.Module, path: str, height: int, width: int) -> float:
         warnings.simplefilter('ignore', DeprecationWarning)
         import thop  # imported lazily: only profiling needs it
     probe = _PathProbe(meta_copy(model).float(), path)  # counts do not depend on the dtype (fp16 on CUDA, --bf16)
+    from thop.vision.basic_hooks import count_convNd
     ch = model.yaml['ch']
-    macs, _ = thop.profile(probe, inputs=(torch.zeros(1, ch, height, width, device='meta'),), verbose=False)
+    # thop finds its rules by exact type: count Conv2d subclasses (models.cpu_kernels.PackedConv2d) as Conv2d
+    subclasses = {type(m): count_convNd for m in probe.modules() if isinstance(m, nn.Conv2d)}
+    macs, _ = thop.profile(probe, inputs=(torch.zeros(1, ch, height, width, device='meta'),), custom_ops=subclasses,
+                           verbose=False)
     return float(macs) * 2 / 1e9
 
 

@@ -1,0 +1,125 @@
+"""oneDNN-packed convolutions with SiLU fused (models.cpu_kernels): the same numbers as nn.Conv2d + SiLU, the same
+state_dict, weights packed for the size the model runs at and following later weight changes."""
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from models import cpu_kernels
+from models.common import Conv
+from models.cpu_kernels import PackedConv2d, onednn_kernels_available, pack_convolutions
+from models.inference import prepare_for_inference
+from models.yolo import Model
+from tests.helpers import tiny_config
+
+pytestmark = pytest.mark.skipif(not onednn_kernels_available(), reason='this torch build has no oneDNN kernels')
+
+
+def _fused_conv(c1: int, c2: int, k: int, s: int, g: int = 1, seed: int = 0) -> Conv:
+    """A Conv block with random weights and batch statistics, fused as prepare_for_inference fuses it."""
+    torch.manual_seed(seed)
+    block = Conv(c1, c2, k, s, g=g)
+    with torch.no_grad():
+        block.bn.running_mean.uniform_(-0.5, 0.5)
+        block.bn.running_var.uniform_(0.5, 2.0)
+        block.bn.weight.uniform_(0.5, 1.5)
+        block.bn.bias.uniform_(-0.5, 0.5)
+    block.eval().fuse()
+    return block
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal to float rounding: oneDNN may sum in another order than the reference call."""
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('k,s,g,layout', [(1, 1, 1, torch.channels_last), (3, 2, 1, torch.channels_last),
+                                          (3, 1, 2, torch.contiguous_format), (3, 1, 1, torch.contiguous_format)])
+def test_packed_block_gives_conv_then_silu(k: int, s: int, g: int, layout: torch.memory_format) -> None:
+    block = _fused_conv(8, 12, k, s, g)
+    packed = copy.deepcopy(block)
+    assert pack_convolutions(packed) == 1
+    assert isinstance(packed.conv, PackedConv2d) and packed.conv.silu and isinstance(packed.act, nn.Identity)
+    x = torch.randn(2, 8, 20, 24).contiguous(memory_format=layout)
+    with torch.inference_mode():
+        expected = block(x)
+        _close(packed(x), expected)
+        _close(packed(x), expected)  # the second call runs the packed weights
+    assert packed.conv._packed_for is not None
+
+
+def test_state_dict_keys_values_and_flops_do_not_change() -> None:
+    torch.manual_seed(0)
+    model = Model(tiny_config(nc=3)).eval()
+    plain = copy.deepcopy(model).fuse()
+    prepared = prepare_for_inference(model, 'cpu')
+    assert sum(isinstance(m, PackedConv2d) for m in prepared.modules()) > 10
+    a, b = plain.state_dict(), prepared.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert prepared.flops(64) == plain.flops(64)  # thop counts the Conv2d subclass as a convolution
+    assert pack_convolutions(prepared) == 0  # nothing left to replace
+
+
+def test_weights_are_packed_for_the_running_size_and_otherwise_used_as_they_are() -> None:
+    conv = PackedConv2d(_fused_conv(4, 4, 3, 1).conv)
+    small, large = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 16, 16)
+    with torch.inference_mode():
+        assert conv._weights_for(small) is not conv.weight  # first size: packed
+        assert conv._weights_for(large) is conv.weight  # another size once: plain weights, no repacking
+        assert conv._packed_for[2] == (8, 8)
+        assert conv._weights_for(large) is not conv.weight  # the same new size twice in a row: packed for it
+        assert conv._packed_for[2] == (16, 16)
+        _close(conv(small), nn.functional.conv2d(small, conv.weight, conv.bias, padding=1))
+
+
+def test_packed_weights_follow_load_state_dict() -> None:
+    block = _fused_conv(4, 6, 3, 1)
+    packed = copy.deepcopy(block)
+    pack_convolutions(packed)
+    x = torch.randn(1, 4, 10, 10)
+    with torch.inference_mode():
+        packed(x)  # packs the current weights
+    new = _fused_conv(4, 6, 3, 1, seed=1)
+    packed.load_state_dict(new.state_dict())
+    with torch.inference_mode():
+        _close(packed(x), new(x))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+def test_gradients_tracing_and_pickling_take_the_plain_convolution() -> None:
+    block = _fused_conv(4, 6, 3, 1)
+    packed = copy.deepcopy(block)
+    pack_convolutions(packed)
+    x = torch.randn(1, 4, 10, 10, requires_grad=True)
+    packed(x).sum().backward()  # autograd through nn.Conv2d's forward
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with torch.inference_mode():
+        packed(x.detach())
+    traced = torch.jit.trace(packed, x.detach())
+    assert 'mkldnn' not in str(traced.inlined_graph)
+    buffer = io.BytesIO()
+    torch.save(packed, buffer)  # oneDNN tensors do not serialise: the packed copy is left out
+    restored = pickle.loads(pickle.dumps(packed))
+    assert restored.conv._packed is None
+    with torch.inference_mode():
+        _close(restored(x.detach()), block(x.detach()))
+
+
+def test_builds_without_the_kernels_keep_plain_convolutions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_kernels, 'onednn_kernels_available', lambda: False)
+    block = _fused_conv(4, 6, 3, 1)
+    assert pack_convolutions(block) == 0
+    assert type(block.conv) is nn.Conv2d and isinstance(block.act, nn.SiLU)
+
+
+def test_unfused_convolutions_are_not_taken() -> None:
+    block = Conv(4, 6, 3, 1).eval()  # conv without bias, then BatchNorm: SiLU cannot move into the conv
+    assert pack_convolutions(block) == 0
+    with pytest.raises(ValueError, match='with bias'):
+        PackedConv2d(block.conv)
