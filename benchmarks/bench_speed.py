@@ -4,16 +4,18 @@ for orientation).
 
     python benchmarks/bench_speed.py                                  # CPU: Dy-YOLOv7 at 640 and 320, batch 1 and 8
     python benchmarks/bench_speed.py --onnx                           # + the exported graphs on ONNX Runtime
-    python benchmarks/bench_speed.py --plain --compile --bf16 --onnx  # CPU: every engine beside the in-run baseline
+    python benchmarks/bench_speed.py --plain --unpacked --compile --bf16 --onnx  # CPU: every engine, one run
     python benchmarks/bench_speed.py --device 0 --half --batches 1 32 --cfgs cfg/dy-yolov7-step2.yaml \
         cfg/dy-yolov7x-step2.yaml cfg/dy-yolov7-w6-step2.yaml           # GPU: adds fp16 and the share of peak
 
-The model is the fused inference model the scripts use (channels_last, inference_mode; fp16 on CUDA). Weights are
-random (speed does not depend on them) except the router's, drawn wide so that images of different brightness get
-different scores: the mixed rows route half of each batch (batch 1: alternately one easy and one hard image).
-`--plain` adds the in-run baseline (the same fused weights in NCHW, whole batches): compare engines to it within
-one run, never to times from another machine. `peak` is the share of the device's dense peak: on the CPU, of this
-run's measured fp32 / bf16 matrix-multiply rate.
+The model (`torch`) is the fused inference model the scripts use (channels_last, inference_mode; fp16 on CUDA;
+on the CPU oneDNN-packed convolutions with SiLU fused). Weights are random (speed does not depend on them) except
+the router's, drawn wide so that images of different brightness get different scores: the mixed rows route half of
+each batch (batch 1: alternately one easy and one hard image). `--plain` adds the in-run baseline (the same fused
+weights in NCHW, whole batches: `model.fuse().eval()`), and `x plain` each engine's speed-up over it in the same
+cell; `--unpacked` the CPU preparation without packed convolutions. Within a cell the engines run in turn, one
+forward each per repetition, so a slow spell of a shared machine falls on all of them. `peak` is the share of the
+device's dense peak: on the CPU, of this run's fastest fp32 / bf16 dense kernel (cpu_peak_tflops).
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,23 +49,37 @@ PEAK_TFLOPS = {'H100 SXM': (66.9, 989.4), 'H100 PCIe': (51.2, 756.0), 'H100': (6
 
 def device_peak(device: torch.device) -> tuple[float, float] | None:
     """Dense peak TFLOP/s: (fp32, fp16) for a known GPU name from its data sheet; on the CPU (fp32, bf16) as this
-    run measures them (a large matrix multiply, the best a convolution could reach)."""
-    if device.type != 'cuda':  # emulated bf16 (no AVX512-BF16/AMX) runs at ~1 GFLOP/s: a small matrix tells that
-        return matmul_tflops(torch.float32), matmul_tflops(torch.bfloat16, 2048 if native_bf16() else 256)
+    run measures them (the fastest dense kernel, the best a convolution could reach)."""
+    if device.type != 'cuda':  # emulated bf16 (no AVX512-BF16/AMX) runs at ~1 GFLOP/s: a small problem tells that
+        return cpu_peak_tflops(torch.float32), cpu_peak_tflops(torch.bfloat16, 1 if native_bf16() else 8)
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def matmul_tflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """TFLOP/s of an n x n matrix multiply on the CPU in dtype: the median of reps after a warm-up."""
+def cpu_peak_tflops(dtype: torch.dtype, shrink: int = 1) -> float:
+    """The best TFLOP/s of three dense kernels in dtype on the CPU: a 2048^3 matrix multiply (MKL's fp32 GEMM ran at
+    half oneDNN's rate on an AMD EPYC), and oneDNN's channels_last 1x1 and 3x3 convolutions (2048 channels on
+    32 x 64, 256 channels on 64 x 64); `shrink` divides the sizes (emulated bf16)."""
+    n, c = 2048 // shrink, 256 // shrink
     a, b = (torch.rand(n, n).to(dtype) for _ in range(2))
-    torch.mm(a, b)
+    x1 = torch.rand(1, n, 32, 64).to(dtype).contiguous(memory_format=torch.channels_last)
+    x3 = torch.rand(1, c, 64, 64).to(dtype).contiguous(memory_format=torch.channels_last)
+    w1, w3 = torch.rand(n, n, 1, 1).to(dtype), torch.rand(c, c, 3, 3).to(dtype)
+    kernels = ((lambda: torch.mm(a, b), 2 * n ** 3), (lambda: F.conv2d(x1, w1), 2 * n * n * 32 * 64),
+               (lambda: F.conv2d(x3, w3, padding=1), 2 * c * c * 9 * 64 * 64))
+    with torch.inference_mode():
+        return max(flops / _median_seconds(kernel) for kernel, flops in kernels) / 1e12
+
+
+def _median_seconds(fn: Callable, reps: int = 5) -> float:
+    """Median seconds of fn() over reps calls after a warm-up call."""
+    fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        fn()
         times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times) / 1e12
+    return statistics.median(times)
 
 
 def random_model(cfg: str) -> Model:
@@ -75,9 +93,11 @@ def random_model(cfg: str) -> Model:
     return model
 
 
-def build(cfg: str, device: torch.device, precision: str = 'fp32') -> Model:
-    """The fused inference model as test.py prepares it, with random_model's weights."""
-    return prepare_for_inference(random_model(cfg), device, half=precision == 'fp16', bf16=precision == 'bf16')
+def build(cfg: str, device: torch.device, precision: str = 'fp32', packed: bool = True) -> Model:
+    """The fused inference model as test.py prepares it, with random_model's weights (`packed` False: without the
+    oneDNN-packed convolutions, as test.py prepared it before them)."""
+    return prepare_for_inference(random_model(cfg), device, half=precision == 'fp16', bf16=precision == 'bf16',
+                                 packed=packed)
 
 
 def plain_model(cfg: str, device: torch.device) -> Model:
@@ -123,20 +143,29 @@ def batches_for(model: Model, path: str, batch: int, size: int) -> tuple[list[to
 
 
 def seconds_per_batch(forward: Callable, batches: list[torch.Tensor], thres: float, reps: int) -> float:
-    """Seconds per batch of forward(x, thres): the median of each batch (after two warm-up passes), averaged over
-    the batches."""
-    device = batches[0].device
-    times: list[list[float]] = [[] for _ in batches]
+    """Seconds per batch of forward(x, thres): see interleaved_seconds."""
+    return interleaved_seconds([(forward, batches, thres)], reps)[0]
+
+
+def interleaved_seconds(cells: list[tuple[Callable, list[torch.Tensor], float]], reps: int) -> list[float]:
+    """Seconds per batch of each (forward, batches, thres): every forward runs once per repetition, in turn, so
+    that a slow spell of the machine falls on all of them; per forward, the median of each batch (after two warm-up
+    passes), averaged over its batches."""
+    device = cells[0][1][0].device
+    times = [[[] for _ in batches] for _, batches, _ in cells]
     with torch.inference_mode():
-        for _ in range(2):  # oneDNN builds its kernels for a shape on the first calls
-            for x in batches:
-                forward(x, thres)
+        for forward, batches, thres in cells:
+            for _ in range(2):  # oneDNN builds its kernels for a shape on the first calls
+                for x in batches:
+                    forward(x, thres)
         for _ in range(reps):
-            for x, own in zip(batches, times):
-                t0 = time_sync(device)
-                forward(x, thres)
-                own.append(time_sync(device) - t0)
-    return statistics.mean(statistics.median(own) for own in times)  # batch 1 mixed: one easy, one hard image
+            for (forward, batches, thres), own in zip(cells, times):
+                for x, per_batch in zip(batches, own):
+                    t0 = time_sync(device)
+                    forward(x, thres)
+                    per_batch.append(time_sync(device) - t0)
+    # batch 1 mixed: one easy and one hard image
+    return [statistics.mean(statistics.median(t) for t in own) for own in times]
 
 
 def torch_forward(model: Model) -> Callable:
@@ -161,20 +190,34 @@ def onnx_forward(model: Model, size: int, folder: Path) -> Callable:
     return forward
 
 
-def row(cfg: str, model: Model, forward: tuple[str, Callable], size: int, flops: dict[str, float], batch: int,
-        path: str, precision: str, reps: int, peak: tuple[float, float] | None) -> str:
-    """One printed line of the table (flops: the model's GFLOPs per path at size)."""
-    batches, thres = batches_for(model, path, batch, size)
-    s = seconds_per_batch(forward[1], batches, thres, reps)
+class Engine(NamedTuple):
+    """One timed column: its name, dtype, the Model it times (for inputs and FLOPs) and the routed forward."""
+    name: str
+    precision: str
+    model: Model
+    forward: Callable
+
+
+def cell_rows(cfg: str, engines: list[Engine], size: int, batch: int, path: str, reps: int,
+              peak: tuple[float, float] | None) -> list[str]:
+    """The printed lines of one (size, batch, path) cell, every engine timed in turn; `x plain` is the speed-up
+    over the plain engine of this cell when there is one."""
+    inputs = [batches_for(e.model, path, batch, size) for e in engines]
+    seconds = interleaved_seconds([(e.forward, b, t) for e, (b, t) in zip(engines, inputs)], reps)
+    base = next((s for e, s in zip(engines, seconds) if e.name == 'plain'), None)
+    flops = engines[0].model.flops(size)
     gflops = {'easy': flops['easy'], 'hard': flops['hard'], 'mixed': (flops['easy'] + flops['hard']) / 2}[path]
-    ips = batch / s
-    tflops = gflops * ips / 1e3
-    share = f'{100 * tflops / peak[precision != "fp32"]:5.1f}%' if peak else '     -'
     name = Path(cfg).stem.rsplit('-step', 1)[0]
-    ref = reference_figure(name, path, size, batch, model)
-    return (f'{name:<14} {size:>5} {batch:>5} {path:<6} {precision:<5} {forward[0]:<6} '
-            f'{1e3 * s / batch:>10.2f} '
-            f'{ips:>9.1f} {gflops:>8.4g} {tflops:>8.3f} {share} {ref}')
+    lines = []
+    for engine, s in zip(engines, seconds):
+        ips = batch / s
+        tflops = gflops * ips / 1e3
+        share = f'{100 * tflops / peak[engine.precision != "fp32"]:5.1f}%' if peak else '     -'
+        ratio = f'{base / s:6.2f}x' if base else '      -'
+        ref = reference_figure(name, path, size, batch, engine.model)
+        lines.append(f'{name:<14} {size:>5} {batch:>5} {path:<6} {engine.precision:<5} {engine.name:<6} '
+                     f'{1e3 * s / batch:>10.2f} {ips:>9.1f} {gflops:>8.4g} {tflops:>8.3f} {share} {ratio} {ref}')
+    return lines
 
 
 def reference_figure(name: str, path: str, size: int, batch: int, model: Model) -> str:
@@ -204,37 +247,45 @@ def main() -> None:
     p.add_argument('--whole-batch', action='store_true', help='also rows without CPU chunking (chunk_pixels 0)')
     p.add_argument('--plain', action='store_true',
                    help='also the in-run baseline: the fused model in NCHW, whole batches (fp32 rows)')
+    p.add_argument('--unpacked', action='store_true',
+                   help='also the CPU preparation without the oneDNN-packed convolutions (as before them)')
     add_engine_flags(p)  # --compile [MODE]: also compiled rows; --bf16: also bfloat16 rows (CPU)
     opt = p.parse_args()
     device = select_device(opt.device)
     peak = device_peak(device)
-    kinds = 'fp16 data sheet' if device.type == 'cuda' else 'bf16, measured: 2048x2048 matmul'
+    kinds = 'fp16 data sheet' if device.type == 'cuda' else 'bf16, measured: best of matmul, 1x1 and 3x3 conv'
     print(f'device: {torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}, '
           f'{torch.get_num_threads()} threads, torch {torch.__version__}; peak TFLOP/s (fp32, {kinds}): '
           + (f'{peak[0]:.3f}, {peak[1]:.3f}' if peak else 'unknown'))
     print(f'{"model":<14} {"size":>5} {"batch":>5} {"path":<6} {"dtype":<5} {"engine":<6} {"ms/img":>10} {"img/s":>9} '
-          f'{"GFLOPs":>8} {"TFLOP/s":>8} {"peak":>6} reference')
+          f'{"GFLOPs":>8} {"TFLOP/s":>8} {"peak":>6} {"x plain":>7} reference')
     for cfg in opt.cfgs:
-        for precision in precisions(opt, device):
-            model = build(cfg, device, precision)
-            for size in opt.sizes:
-                engines, flops = [('torch', torch_forward(model))], model.flops(size)
-                if opt.plain and precision == 'fp32':
-                    engines.insert(0, ('plain', torch_forward(plain_model(cfg, device))))
-                if opt.whole_batch and model.chunk_pixels:
-                    whole = copy.copy(model)  # a shallow copy: same weights, own chunk setting
-                    whole.chunk_pixels = 0
-                    engines.append(('whole', torch_forward(whole)))
-                if opt.compile:
-                    compiled = compile_paths(copy.copy(model), opt.compile)  # a shallow copy: same weights, own compiled stages
-                    engines.append(('compil', torch_forward(compiled)))
-                if opt.onnx and precision == 'fp32':
-                    engines.append(('ort', onnx_forward(model, size, Path(tempfile.mkdtemp()))))
-                for batch in opt.batches:
-                    for path in opt.paths:
-                        for engine in engines:
-                            print(row(cfg, model, engine, size, flops, batch, path, precision, opt.reps, peak), flush=True)
+        for size in opt.sizes:
+            engines = engines_for(cfg, opt, device, size)
+            for batch in opt.batches:
+                for path in opt.paths:
+                    print('\n'.join(cell_rows(cfg, engines, size, batch, path, opt.reps, peak)), flush=True)
 
+
+def engines_for(cfg: str, opt: argparse.Namespace, device: torch.device, size: int) -> list[Engine]:
+    """The engines the flags ask for, the in-run baseline first."""
+    engines = [Engine('plain', 'fp32', m, torch_forward(m)) for m in ([plain_model(cfg, device)] if opt.plain else [])]
+    if opt.unpacked and device.type == 'cpu':
+        m = build(cfg, device, packed=False)
+        engines.append(Engine('unpack', 'fp32', m, torch_forward(m)))
+    for precision in precisions(opt, device):
+        model = build(cfg, device, precision)
+        engines.append(Engine('torch', precision, model, torch_forward(model)))
+        if opt.whole_batch and model.chunk_pixels:
+            whole = copy.copy(model)  # a shallow copy: same weights, own chunk setting
+            whole.chunk_pixels = 0
+            engines.append(Engine('whole', precision, whole, torch_forward(whole)))
+        if opt.compile:
+            compiled = compile_paths(copy.copy(model), opt.compile)  # a shallow copy: same weights, own stages
+            engines.append(Engine('compil', precision, compiled, torch_forward(compiled)))
+        if opt.onnx and precision == 'fp32':
+            engines.append(Engine('ort', precision, model, onnx_forward(model, size, Path(tempfile.mkdtemp()))))
+    return engines
 
 if __name__ == '__main__':
     main()
