@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -142,30 +143,78 @@ def batches_for(model: Model, path: str, batch: int, size: int) -> tuple[list[to
     return [pool], float((lo + hi) / 2)
 
 
-def seconds_per_batch(forward: Callable, batches: list[torch.Tensor], thres: float, reps: int) -> float:
-    """Seconds per batch of forward(x, thres): see interleaved_seconds."""
-    return interleaved_seconds([(forward, batches, thres)], reps)[0]
+Timer = Callable[[int], float]  # runs batch i of a cell once, returns its seconds
 
 
-def interleaved_seconds(cells: list[tuple[Callable, list[torch.Tensor], float]], reps: int) -> list[float]:
-    """Seconds per batch of each (forward, batches, thres): every forward runs once per repetition, in turn, so
-    that a slow spell of the machine falls on all of them; per forward, the median of each batch (after two warm-up
-    passes), averaged over its batches."""
-    device = cells[0][1][0].device
-    times = [[[] for _ in batches] for _, batches, _ in cells]
-    with torch.inference_mode():
-        for forward, batches, thres in cells:
-            for _ in range(2):  # oneDNN builds its kernels for a shape on the first calls
-                for x in batches:
-                    forward(x, thres)
-        for _ in range(reps):
-            for (forward, batches, thres), own in zip(cells, times):
-                for x, per_batch in zip(batches, own):
-                    t0 = time_sync(device)
-                    forward(x, thres)
-                    per_batch.append(time_sync(device) - t0)
-    # batch 1 mixed: one easy and one hard image
+def interleaved_seconds(timers: list[tuple[Timer, int]], reps: int) -> list[float]:
+    """Seconds per batch of each (timer, number of batches): every engine runs once per repetition, in turn, so
+    that a slow spell of the machine falls on all of them; per engine, the median of each batch (after two warm-up
+    passes: oneDNN builds its kernels for a shape on the first calls), averaged over its batches (batch 1 mixed:
+    one easy and one hard image)."""
+    for run, n in timers:
+        for i in [*range(n)] * 2:
+            run(i)
+    times = [[[] for _ in range(n)] for _, n in timers]
+    for _ in range(reps):
+        for (run, n), own in zip(timers, times):
+            for i in range(n):
+                own[i].append(run(i))
     return [statistics.mean(statistics.median(t) for t in own) for own in times]
+
+
+def local_timer(model: Model, forward: Callable) -> Callable[[str, int, int], tuple[Timer, int]]:
+    """For a (path, batch, size) cell: a Timer of forward on batches_for(model, ...) in this process, and their
+    number."""
+    def cell(path: str, batch: int, size: int) -> tuple[Timer, int]:
+        batches, thres = batches_for(model, path, batch, size)
+        device = batches[0].device
+
+        def run(i: int) -> float:
+            with torch.inference_mode():
+                t0 = time_sync(device)
+                forward(batches[i], thres)
+                return time_sync(device) - t0
+        return run, len(batches)
+    return cell
+
+
+class FreshProcessBaseline:
+    """The plain baseline (plain_model) timed in a fresh process: prepare_for_inference changes process-wide
+    state on the CPU (glibc malloc keeps freed memory), which a user's `model.fuse().eval()` process does not
+    have. One forward at a time, on request, so it alternates with this process's engines."""
+
+    def __init__(self, cfg: str) -> None:
+        ctx = multiprocessing.get_context('spawn')
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_baseline_worker, args=(child, cfg, torch.get_num_threads()), daemon=True)
+        self.process.start()
+
+    def __call__(self, path: str, batch: int, size: int) -> tuple[Timer, int]:
+        self.conn.send(('cell', path, batch, size))
+        n = self.conn.recv()
+
+        def run(i: int) -> float:
+            self.conn.send(('run', i))
+            return self.conn.recv()
+        return run, n
+
+
+def _baseline_worker(conn, cfg: str, threads: int) -> None:
+    """FreshProcessBaseline's process: builds the plain model, then answers 'cell' (its batch count) and 'run'
+    (one forward's seconds) until the pipe closes."""
+    torch.set_num_threads(threads)
+    cell = local_timer(model := plain_model(cfg, torch.device('cpu')), torch_forward(model))
+    run = None
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message[0] == 'cell':
+            run, n = cell(*message[1:])
+            conn.send(n)
+        else:
+            conn.send(run(message[1]))
 
 
 def torch_forward(model: Model) -> Callable:
@@ -176,45 +225,52 @@ def torch_forward(model: Model) -> Callable:
     return forward
 
 
-def onnx_forward(model: Model, size: int, folder: Path) -> Callable:
-    """The same model exported (export.py's three graphs) and routed by models.exported on ONNX Runtime."""
+def onnx_timer(model: Model) -> Callable[[str, int, int], tuple[Timer, int]]:
+    """local_timer of the same model exported (export.py's three graphs, once per image size) and routed by
+    models.exported on ONNX Runtime."""
     from models.export import export_onnx, split_model
     from models.exported import ExportedDynamicModel
-    parts, examples, manifest = split_model(model, (size, size), 1, True)
-    export_onnx(parts, examples, manifest, folder / f'bench{size}')
-    runner = ExportedDynamicModel(manifest.save(folder / f'bench{size}_export.yaml'), 'onnx')
+    folder, runners = Path(tempfile.mkdtemp()), {}
 
-    def forward(x: torch.Tensor, thres: float):
-        runner.dy_thres = thres
-        return runner(x)
-    return forward
+    def cell(path: str, batch: int, size: int) -> tuple[Timer, int]:
+        if size not in runners:
+            parts, examples, manifest = split_model(model, (size, size), 1, True)
+            export_onnx(parts, examples, manifest, folder / f'bench{size}')
+            runners[size] = ExportedDynamicModel(manifest.save(folder / f'bench{size}_export.yaml'), 'onnx')
+        runner = runners[size]
+
+        def forward(x: torch.Tensor, thres: float):
+            runner.dy_thres = thres
+            return runner(x)
+        return local_timer(model, forward)(path, batch, size)
+    return cell
 
 
 class Engine(NamedTuple):
-    """One timed column: its name, dtype, the Model it times (for inputs and FLOPs) and the routed forward."""
+    """One timed column: its name, dtype, the Model it times (None in another process) and its timer factory."""
     name: str
     precision: str
-    model: Model
-    forward: Callable
+    model: Model | None
+    cell: Callable[[str, int, int], tuple[Timer, int]]
 
 
 def cell_rows(cfg: str, engines: list[Engine], size: int, batch: int, path: str, reps: int,
               peak: tuple[float, float] | None) -> list[str]:
     """The printed lines of one (size, batch, path) cell, every engine timed in turn; `x plain` is the speed-up
     over the plain engine of this cell when there is one."""
-    inputs = [batches_for(e.model, path, batch, size) for e in engines]
-    seconds = interleaved_seconds([(e.forward, b, t) for e, (b, t) in zip(engines, inputs)], reps)
+    seconds = interleaved_seconds([e.cell(path, batch, size) for e in engines], reps)
     base = next((s for e, s in zip(engines, seconds) if e.name == 'plain'), None)
-    flops = engines[0].model.flops(size)
+    model = next(e.model for e in engines if e.model is not None)
+    flops = model.flops(size)
     gflops = {'easy': flops['easy'], 'hard': flops['hard'], 'mixed': (flops['easy'] + flops['hard']) / 2}[path]
     name = Path(cfg).stem.rsplit('-step', 1)[0]
+    ref = reference_figure(name, path, size, batch, model)
     lines = []
     for engine, s in zip(engines, seconds):
         ips = batch / s
         tflops = gflops * ips / 1e3
         share = f'{100 * tflops / peak[engine.precision != "fp32"]:5.1f}%' if peak else '     -'
         ratio = f'{base / s:6.2f}x' if base else '      -'
-        ref = reference_figure(name, path, size, batch, engine.model)
         lines.append(f'{name:<14} {size:>5} {batch:>5} {path:<6} {engine.precision:<5} {engine.name:<6} '
                      f'{1e3 * s / batch:>10.2f} {ips:>9.1f} {gflops:>8.4g} {tflops:>8.3f} {share} {ratio} {ref}')
     return lines
@@ -260,32 +316,39 @@ def main() -> None:
     print(f'{"model":<14} {"size":>5} {"batch":>5} {"path":<6} {"dtype":<5} {"engine":<6} {"ms/img":>10} {"img/s":>9} '
           f'{"GFLOPs":>8} {"TFLOP/s":>8} {"peak":>6} {"x plain":>7} reference')
     for cfg in opt.cfgs:
+        engines = engines_for(cfg, opt, device)
         for size in opt.sizes:
-            engines = engines_for(cfg, opt, device, size)
             for batch in opt.batches:
                 for path in opt.paths:
                     print('\n'.join(cell_rows(cfg, engines, size, batch, path, opt.reps, peak)), flush=True)
 
 
-def engines_for(cfg: str, opt: argparse.Namespace, device: torch.device, size: int) -> list[Engine]:
+def engines_for(cfg: str, opt: argparse.Namespace, device: torch.device) -> list[Engine]:
     """The engines the flags ask for, the in-run baseline first."""
-    engines = [Engine('plain', 'fp32', m, torch_forward(m)) for m in ([plain_model(cfg, device)] if opt.plain else [])]
+    engines = []
+    if opt.plain and device.type == 'cpu':
+        engines.append(Engine('plain', 'fp32', None, FreshProcessBaseline(cfg)))
+    elif opt.plain:
+        engines.append(torch_engine('plain', 'fp32', plain_model(cfg, device)))
     if opt.unpacked and device.type == 'cpu':
-        m = build(cfg, device, packed=False)
-        engines.append(Engine('unpack', 'fp32', m, torch_forward(m)))
+        engines.append(torch_engine('unpack', 'fp32', build(cfg, device, packed=False)))
     for precision in precisions(opt, device):
         model = build(cfg, device, precision)
-        engines.append(Engine('torch', precision, model, torch_forward(model)))
+        engines.append(torch_engine('torch', precision, model))
         if opt.whole_batch and model.chunk_pixels:
             whole = copy.copy(model)  # a shallow copy: same weights, own chunk setting
             whole.chunk_pixels = 0
-            engines.append(Engine('whole', precision, whole, torch_forward(whole)))
-        if opt.compile:
-            compiled = compile_paths(copy.copy(model), opt.compile)  # a shallow copy: same weights, own stages
-            engines.append(Engine('compil', precision, compiled, torch_forward(compiled)))
+            engines.append(torch_engine('whole', precision, whole))
+        if opt.compile:  # a shallow copy: same weights, own compiled stages
+            engines.append(torch_engine('compil', precision, compile_paths(copy.copy(model), opt.compile)))
         if opt.onnx and precision == 'fp32':
-            engines.append(Engine('ort', precision, model, onnx_forward(model, size, Path(tempfile.mkdtemp()))))
+            engines.append(Engine('ort', precision, model, onnx_timer(model)))
     return engines
+
+
+def torch_engine(name: str, precision: str, model: Model) -> Engine:
+    """An Engine timing the PyTorch model's routed forward in this process."""
+    return Engine(name, precision, model, local_timer(model, torch_forward(model)))
 
 if __name__ == '__main__':
     main()

@@ -5,6 +5,8 @@ import logging
 
 import torch
 
+from utils.cpu_memory import retain_freed_memory
+
 from .cpu_kernels import pack_convolutions
 from .yolo import Model
 
@@ -20,7 +22,9 @@ def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half
                           channels_last: bool = True, bf16: bool = False, packed: bool = True) -> Model:
     """Fuse (idempotent), switch to eval, move to `device`; fp16 only on CUDA; channels_last layout; `bf16`
     (extension, CPU): backbones and necks in bfloat16, the router and the two detection heads in fp32; `packed`
-    (extension, CPU): convolutions with oneDNN weights packed once and SiLU fused (models.cpu_kernels).
+    (extension, CPU): convolutions with oneDNN weights packed once and SiLU fused (models.cpu_kernels). On the CPU
+    it also makes glibc malloc keep freed memory for reuse, process-wide (utils.cpu_memory: no page faults on every
+    forward pass; the process keeps its peak memory).
 
     The chosen input dtype and layout are recorded on the model for prepare_input(); on the CPU, batches run in
     chunks of CPU_CHUNK_PIXELS.
@@ -36,8 +40,10 @@ def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half
     model.input_format = torch.channels_last if channels_last else torch.contiguous_format
     model.chunk_pixels = CPU_CHUNK_PIXELS if device.type == 'cpu' else 0
     model = model.to(memory_format=model.input_format)
-    if packed and device.type == 'cpu':
-        pack_convolutions(model)
+    if device.type == 'cpu':
+        retain_freed_memory()
+        if packed:
+            pack_convolutions(model)
     return model
 
 
