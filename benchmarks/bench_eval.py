@@ -7,7 +7,9 @@ machine, and no ratio divides times from two machines.
 
 Without --weight the model is randomly initialised with objectness biases raised and class biases lowered, so
 NMS sees many candidates as with a trained model at --conf-thres 0.001 (an untrained model produces none); the
-NMS figure is then only indicative. Both rows use the inference preparation of test.py (fused, channels_last).
+NMS figure is then only indicative. The rows use the inference preparation of test.py (fused, channels_last, on
+the CPU oneDNN-packed convolutions); `--unpacked` adds the same rows without packed convolutions, each right after
+its packed row (`--repeat 3` to see the spread).
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ from utils.evaluation.validator import EvalOptions, evaluate, summarize  # noqa:
 from utils.torch_utils import select_device  # noqa: E402
 
 
-def build_model(cfg: str, weight: str, device: torch.device) -> Model:
-    """Fused eval model: the checkpoint's weights, or random ones with busy objectness."""
+def build_model(cfg: str, weight: str, device: torch.device, packed: bool = True) -> Model:
+    """Fused eval model as test.py prepares it (`packed` False: without oneDNN-packed convolutions): the
+    checkpoint's weights, or random ones with busy objectness."""
     torch.manual_seed(0)  # the router's random weights decide the routes: keep them the same run to run
     model = Model(cfg, nc=80)
     if weight:
@@ -46,7 +49,7 @@ def build_model(cfg: str, weight: str, device: torch.device) -> Model:
                 bias = conv.bias.data.view(det.na, -1)
                 bias[:, 4] += 3.0  # most anchors pass the objectness pre-filter ...
                 bias[:, 5:] -= 6.0  # ... but few classes pass conf 0.001, as with a trained model
-    return prepare_for_inference(model, device)
+    return prepare_for_inference(model, device, packed=packed)
 
 
 def main() -> None:
@@ -59,17 +62,24 @@ def main() -> None:
     parser.add_argument('--dy-thres', type=float, nargs='+', default=[0.0, 2.0],
                         help='thresholds to run (0: every image easy, 2: every image hard, else routed by score)')
     parser.add_argument('--data', type=Path, default=DEFAULT_DATA)
+    parser.add_argument('--unpacked', action='store_true',
+                        help='also run each row without the oneDNN-packed convolutions (CPU), right after it')
+    parser.add_argument('--repeat', type=int, default=1, help='run the whole list this many times')
     opt = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     device = select_device(opt.device)
-    model = build_model(opt.cfg, opt.weight, device)
+    models = {'packed': build_model(opt.cfg, opt.weight, device)}
+    if opt.unpacked:
+        models['unpacked'] = build_model(opt.cfg, opt.weight, device, packed=False)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {device}, {opt.img_size} px, '
           f'{"weights " + opt.weight if opt.weight else "random weights (busy objectness)"}')
     print(f'{"dy_thres":>9}{"batch":>6}{"images":>8}{"total s":>10}{"img/s":>8}{"model ms/img":>14}{"NMS ms/img":>12}'
-          f'{"easy %":>8}{"vs ref":>9}')
+          f'{"easy %":>8}  model')
     with tempfile.TemporaryDirectory() as tmp:
         data = writable_view(opt.data.resolve(), Path(tmp) / 'data')
-        for dy_thres, batch in ((t, b) for t in opt.dy_thres for b in opt.batches):
+        rows = [(t, b, name) for _ in range(opt.repeat) for t in opt.dy_thres for b in opt.batches for name in models]
+        for dy_thres, batch, name in rows:
+            model = models[name]
             model.dy_thres = dy_thres
             t0 = time.perf_counter()
             loader, _ = create_dataloader(str(data), opt.img_size, batch, 32, pad=0.5, rect=True, workers=8)
@@ -79,7 +89,7 @@ def main() -> None:
             total = time.perf_counter() - t0
             n = max(out.seen, 1)
             print(f'{dy_thres:>9g}{batch:>6}{out.seen:>8}{total:>10.1f}{n / total:>8.2f}{1e3 * out.t_inference / n:>14.0f}'
-                  f'{1e3 * out.t_nms / n:>12.1f}{100 * out.n_easy / max(out.n_routed, 1):>8.0f}')
+                  f'{1e3 * out.t_nms / n:>12.1f}{100 * out.n_easy / max(out.n_routed, 1):>8.0f}  {name}', flush=True)
 
 
 if __name__ == '__main__':

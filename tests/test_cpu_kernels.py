@@ -5,15 +5,18 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from models import cpu_kernels
+from models.checkpoint import save_checkpoint
 from models.common import Conv
 from models.cpu_kernels import PackedConv2d, onednn_kernels_available, pack_convolutions
-from models.inference import prepare_for_inference
+from models.inference import load_for_inference, prepare_for_inference
 from models.yolo import Model
 from tests.helpers import tiny_config
 
@@ -123,3 +126,14 @@ def test_unfused_convolutions_are_not_taken() -> None:
     assert pack_convolutions(block) == 0
     with pytest.raises(ValueError, match='with bias'):
         PackedConv2d(block.conv)
+
+
+def test_load_for_inference_the_scripts_and_the_readme_use_packs_the_convolutions(tmp_path: Path) -> None:
+    cfg = tmp_path / 'tiny.yaml'
+    cfg.write_text(yaml.safe_dump(tiny_config(nc=3)))
+    torch.manual_seed(0)
+    save_checkpoint({'model': Model(cfg).state_dict()}, tmp_path / 'tiny.pt')
+    model = load_for_inference(str(cfg), str(tmp_path / 'tiny.pt'), 3, 'cpu')
+    fused_blocks = [m for m in model.modules() if isinstance(m, Conv)]
+    assert fused_blocks and all(isinstance(m.conv, PackedConv2d) and m.conv.silu for m in fused_blocks)
+    assert model.input_format == torch.channels_last
