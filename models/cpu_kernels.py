@@ -22,9 +22,22 @@ LOGGER = logging.getLogger(__name__)
 
 
 def onednn_kernels_available() -> bool:
-    """Whether this torch build has oneDNN and the fused-convolution operator (a private one: absent builds fall back)."""
-    return (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, 'mkldnn_reorder_conv2d_weight')
-            and hasattr(torch.ops.mkldnn, '_convolution_pointwise'))
+    """Whether this torch build has oneDNN and the fused-convolution operator (a private one), and a small packed
+    convolution with SiLU gives F.conv2d + F.silu on this CPU; where not, the plain modules stay."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, 'mkldnn_reorder_conv2d_weight')
+            and hasattr(torch.ops.mkldnn, '_convolution_pointwise')):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+    x = torch.randn(1, 4, 6, 6, generator=gen)
+    try:
+        with torch.inference_mode():
+            return torch.allclose(PackedConv2d(conv, silu=True)(x), F.silu(conv(x)), rtol=1e-4, atol=1e-4)
+    except (RuntimeError, NotImplementedError) as e:  # e.g. a platform whose oneDNN lacks the kernel
+        LOGGER.debug('oneDNN fused convolution failed its probe: %s', e)
+        return False
 
 
 def _tracing() -> bool:
