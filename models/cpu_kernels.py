@@ -4,7 +4,7 @@ and the SiLU that follows them applied inside the same call.
 On the CPU a plain fp32 nn.Conv2d hands oneDNN its weights in PyTorch's layout on every call, and oneDNN reorders
 them to its blocked layout each time; the SiLU after it is a second pass over the activations. Profiled on Dy-YOLOv7
 at 640 (easy path, batch 1, 2 cores), the convolutions took 83 % of the time and SiLU 13 %. PackedConv2d keeps the
-reordered weights (chosen for the shape of the first input it sees) and passes SiLU to oneDNN as a post-op, through
+reordered weights (for the input size the model runs at) and passes SiLU to oneDNN as a post-op, through
 the operator torch.compile's CPU backend emits for the same fusion (`torch.ops.mkldnn._convolution_pointwise`).
 The outputs equal the unfused modules' to float rounding; the state_dict is unchanged.
 """
@@ -97,15 +97,15 @@ class PackedConv2d(nn.Conv2d):
         """The packed weights if they were made for x's size (packing them for the first size, or for a size
         met twice in a row), else the plain weight tensor."""
         w, size = self.weight, tuple(x.shape[2:])
-        key = (w._version, w.data_ptr(), size)
-        if self._packed_for != key and (self._packed_for is None or size == self._last_size
-                                        or self._packed_for[:2] != key[:2]):
+        weight_id = (w._version, w.data_ptr())
+        stale = self._packed_for is None or self._packed_for[:2] != weight_id
+        if stale or (size != self._packed_for[2] and size == self._last_size):
             self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 w.detach().to_mkldnn(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
                 list(x.shape))
-            self._packed_for = key
+            self._packed_for = (*weight_id, size)
         self._last_size = size
-        return self._packed if self._packed_for == key else w
+        return self._packed if self._packed_for[2] == size else w
 
 
 def pack_convolutions(model: nn.Module) -> int:
