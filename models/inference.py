@@ -19,12 +19,13 @@ CPU_CHUNK_PIXELS = 640 * 640
 
 
 def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half: bool = False,
-                          channels_last: bool = True, bf16: bool = False, packed: bool = True) -> Model:
+                          channels_last: bool = True, bf16: bool = False, packed: bool = True,
+                          retain_memory: bool = True) -> Model:
     """Fuse (idempotent), switch to eval, move to `device`; fp16 only on CUDA; channels_last layout; `bf16`
     (extension, CPU): backbones and necks in bfloat16, the router and the two detection heads in fp32; `packed`
     (extension, CPU): convolutions with oneDNN weights packed once and SiLU fused (models.cpu_kernels). On the CPU
-    it also makes glibc malloc keep freed memory for reuse, process-wide (utils.cpu_memory: no page faults on every
-    forward pass; the process keeps its peak memory).
+    `retain_memory` (extension) makes glibc malloc keep freed memory for reuse, process-wide (utils.cpu_memory: no
+    page faults on every forward pass; the process keeps its peak memory).
 
     The chosen input dtype and layout are recorded on the model for prepare_input(); on the CPU, batches run in
     chunks of CPU_CHUNK_PIXELS.
@@ -40,10 +41,10 @@ def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half
     model.input_format = torch.channels_last if channels_last else torch.contiguous_format
     model.chunk_pixels = CPU_CHUNK_PIXELS if device.type == 'cpu' else 0
     model = model.to(memory_format=model.input_format)
-    if device.type == 'cpu':
+    if device.type == 'cpu' and retain_memory:
         retain_freed_memory()
-        if packed:
-            pack_convolutions(model)
+    if device.type == 'cpu' and packed:
+        pack_convolutions(model)
     return model
 
 
