@@ -31,6 +31,7 @@ from utils.data.letterbox import letterbox  # noqa: E402
 from utils.evaluation.path_records import STAGES  # noqa: E402
 from utils.evaluation.path_records import _both_paths as both_paths  # noqa: E402
 from utils.evaluation.sweep import thresholds_from_scores  # noqa: E402
+from utils.torch_utils import BF16_MODES  # noqa: E402
 
 DEFAULT_IMAGES = ROOT.parent / 'shared' / 'data' / 'coco128' / 'images'
 
@@ -38,8 +39,9 @@ DEFAULT_IMAGES = ROOT.parent / 'shared' / 'data' / 'coco128' / 'images'
 def load_models(opt: argparse.Namespace) -> dict[str, Model]:
     """The fp32 and the bf16 model, with the same weights."""
     if not opt.weight:
-        return {p: build(opt.cfg, torch.device('cpu'), p) for p in ('fp32', 'bf16')}
-    return {p: load_for_inference(opt.cfg, opt.weight, opt.nc, 'cpu', None, p == 'bf16') for p in ('fp32', 'bf16')}
+        return {p: build(opt.cfg, torch.device('cpu'), p, bf16_mode=opt.bf16) for p in ('fp32', 'bf16')}
+    return {p: load_for_inference(opt.cfg, opt.weight, opt.nc, 'cpu', None, opt.bf16 if p == 'bf16' else None)
+            for p in ('fp32', 'bf16')}
 
 
 def outputs(model: Model, x: torch.Tensor, seconds: dict) -> tuple[float, dict[str, torch.Tensor]]:
@@ -59,6 +61,7 @@ def main() -> None:
     p.add_argument('--img', type=int, default=640)
     p.add_argument('--conf', type=float, default=0.001, help='fp32 objectness above which boxes are compared')
     p.add_argument('--max-images', type=int, default=0, help='0: all')
+    p.add_argument('--bf16', default='all', choices=BF16_MODES, help="--bf16's MODE (keep-routes: fp32 backbone 1)")
     opt = p.parse_args()
     files = sorted(f for f in Path(opt.images).rglob('*') if f.suffix.lower() in ('.jpg', '.jpeg', '.png'))
     files = files[:opt.max_images] if opt.max_images else files

@@ -94,11 +94,12 @@ def random_model(cfg: str) -> Model:
     return model
 
 
-def build(cfg: str, device: torch.device, precision: str = 'fp32', packed: bool = True) -> Model:
+def build(cfg: str, device: torch.device, precision: str = 'fp32', packed: bool = True,
+          bf16_mode: str = 'all') -> Model:
     """The fused inference model as test.py prepares it, with random_model's weights (`packed` False: without the
-    oneDNN-packed convolutions, as test.py prepared it before them)."""
-    return prepare_for_inference(random_model(cfg), device, half=precision == 'fp16', bf16=precision == 'bf16',
-                                 packed=packed)
+    oneDNN-packed convolutions, as test.py prepared it before them; `bf16_mode`: --bf16's MODE for bf16)."""
+    return prepare_for_inference(random_model(cfg), device, half=precision == 'fp16',
+                                 bf16=bf16_mode if precision == 'bf16' else None, packed=packed)
 
 
 def plain_model(cfg: str, device: torch.device) -> Model:
@@ -333,8 +334,9 @@ def engines_for(cfg: str, opt: argparse.Namespace, device: torch.device) -> list
     if opt.unpacked and device.type == 'cpu':
         engines.append(torch_engine('unpack', 'fp32', build(cfg, device, packed=False)))
     for precision in precisions(opt, device):
-        model = build(cfg, device, precision)
-        engines.append(torch_engine('torch', precision, model))
+        model = build(cfg, device, precision, bf16_mode=opt.bf16 or 'all')
+        name = 'keeprt' if precision == 'bf16' and opt.bf16 == 'keep-routes' else 'torch'
+        engines.append(torch_engine(name, precision, model))
         if opt.whole_batch and model.chunk_pixels:
             whole = copy.copy(model)  # a shallow copy: same weights, own chunk setting
             whole.chunk_pixels = 0

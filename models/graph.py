@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from utils.errors import UserError
@@ -87,6 +88,8 @@ class Section(nn.ModuleList):
 
     `refs[i]` lists where row i reads from; `multi[i]` says whether it takes a list. `keep` holds the rows whose
     outputs later rows or other sections read (set by the model); only those and the last output are stored.
+    `input_dtype` (None: no cast) casts floating tensors read from other sections, set where sections run in
+    different dtypes (models.inference, `--bf16 keep-routes`).
     """
 
     def __init__(self, spec: SectionSpec, layers: list[nn.Module], refs: list[list[Ref]], multi: list[bool],
@@ -97,6 +100,7 @@ class Section(nn.ModuleList):
         self.multi = multi
         self.channels = channels
         self.keep: set[int] = set()
+        self.input_dtype: torch.dtype | None = None
 
     def forward(self, sources: dict[str, Any]) -> list[Any]:
         """Run every row; `sources` maps 'input' and earlier section keys to their output lists."""
@@ -105,12 +109,18 @@ class Section(nn.ModuleList):
         own = self.spec.key
         for i, layer in enumerate(self):
             inputs = [prev if (r.source == own and r.index == i - 1) else
-                      (outs if r.source == own else sources[r.source])[r.index] for r in self.refs[i]]
+                      outs[r.index] if r.source == own else self._cast(sources[r.source][r.index])
+                      for r in self.refs[i]]
             prev = layer(inputs if self.multi[i] else inputs[0])
             if i in self.keep:
                 outs[i] = prev
         outs[-1] = prev
         return outs
+
+    def _cast(self, x: Any) -> Any:
+        if self.input_dtype is None or not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return x
+        return x.to(self.input_dtype)
 
 
 class _RowError(Exception):

@@ -6,6 +6,7 @@ import logging
 import torch
 
 from utils.cpu_memory import retain_freed_memory
+from utils.torch_utils import BF16_MODES
 
 from .cpu_kernels import pack_convolutions
 from .yolo import Model
@@ -18,11 +19,23 @@ LOGGER = logging.getLogger(__name__)
 CPU_CHUNK_PIXELS = 640 * 640
 
 
+def bf16_mode(bf16: bool | str | None) -> str | None:
+    """A --bf16 value as one of BF16_MODES, or None for fp32 (True means 'all')."""
+    if bf16 in (None, False):
+        return None
+    mode = 'all' if bf16 is True else bf16
+    if mode not in BF16_MODES:
+        raise ValueError(f'bf16 mode must be one of {BF16_MODES}, got {bf16!r}')
+    return mode
+
+
 def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half: bool = False,
-                          channels_last: bool = True, bf16: bool = False, packed: bool = True,
+                          channels_last: bool = True, bf16: bool | str | None = False, packed: bool = True,
                           retain_memory: bool = True) -> Model:
     """Fuse (idempotent), switch to eval, move to `device`; fp16 only on CUDA; channels_last layout; `bf16`
-    (extension, CPU): backbones and necks in bfloat16, the router and the two detection heads in fp32; `packed`
+    (extension, CPU): backbones and necks in bfloat16, the router and the two detection heads in fp32 (True or
+    'all'), or 'keep-routes': backbone 1 in fp32 too, so the router sees fp32's features and every route is
+    fp32's; `packed`
     (extension, CPU): convolutions with oneDNN weights packed once and SiLU fused (models.cpu_kernels). On the CPU
     `retain_memory` (extension) makes glibc malloc keep freed memory for reuse, process-wide (utils.cpu_memory: no
     page faults on every forward pass; the process keeps its peak memory).
@@ -34,10 +47,8 @@ def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half
     model = model.fuse().eval().to(device)
     if half and device.type == 'cuda':
         model = model.half()
-    elif bf16:
-        model = model.to(torch.bfloat16)
-        for part in ([model.router] if model.dynamic else []) + [model.model_h[-1], model.model_h2[-1]]:
-            part.float()
+    elif bf16_mode(bf16):
+        _to_bf16(model, keep_backbone1=bf16_mode(bf16) == 'keep-routes')
     model.input_format = torch.channels_last if channels_last else torch.contiguous_format
     model.chunk_pixels = CPU_CHUNK_PIXELS if device.type == 'cpu' else 0
     model = model.to(memory_format=model.input_format)
@@ -46,6 +57,19 @@ def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half
     if device.type == 'cpu' and packed:
         pack_convolutions(model)
     return model
+
+
+def _to_bf16(model: Model, keep_backbone1: bool) -> None:
+    """Backbones and necks in bfloat16; the router and the detection heads stay fp32 (they cast their inputs).
+    Only the bfloat16 parts are converted: a round trip through bfloat16 would round the fp32 parts' weights.
+    With `keep_backbone1` backbone 1 stays fp32 and the bfloat16 sections cast what they read from it."""
+    heads = (model.model_h[-1], model.model_h2[-1])
+    for section in ([] if keep_backbone1 else [model.model_b]) + [model.model_b2, model.model_h, model.model_h2]:
+        for layer in section:
+            if not any(layer is head for head in heads):
+                layer.to(torch.bfloat16)
+    if keep_backbone1:
+        model.model_h.input_dtype = model.model_b2.input_dtype = torch.bfloat16
 
 
 def prepare_input(images: torch.Tensor, model: Model) -> torch.Tensor:
@@ -72,10 +96,11 @@ def compile_paths(model: Model, mode: str = 'default') -> Model:
 
 
 def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device | str = 'cpu',
-                       compile: str | None = None, bf16: bool = False) -> Model:
+                       compile: str | None = None, bf16: bool | str | None = False) -> Model:
     """Model from a config with a checkpoint loaded strictly (weights_only), float, fused, eval, no gradients;
     `compile` (extension, --compile MODE) compiles the three stages of the routed forward in that torch.compile mode;
-    `bf16` (extension, --bf16) runs the backbones in bfloat16 on the CPU (ignored with a warning on CUDA: fp16 there).
+    `bf16` (extension, --bf16 [MODE]) runs the backbones in bfloat16 on the CPU ('keep-routes': all but backbone 1,
+so routes are fp32's; ignored with a warning on CUDA: fp16 there).
 
     Raises ConfigError / CheckpointError with one-line messages for a missing or mismatched cfg or checkpoint.
     """
@@ -92,5 +117,5 @@ def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device | s
         p.requires_grad_(False)
     if bf16 and device.type != 'cpu':
         LOGGER.warning('WARNING: --bf16 applies to CPU inference; on CUDA the model runs in fp16')
-    model = prepare_for_inference(model.float(), device, bf16=bf16 and device.type == 'cpu')
+    model = prepare_for_inference(model.float(), device, bf16=bf16_mode(bf16) if device.type == 'cpu' else None)
     return compile_paths(model, compile) if compile else model

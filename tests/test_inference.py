@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from models.inference import compile_paths, prepare_for_inference, prepare_input
+from models.inference import bf16_mode, compile_paths, prepare_for_inference, prepare_input
 from models.yolo import Model
 from tests.helpers import dark_to_bright, spread_router, tiny_config
 
@@ -182,6 +182,34 @@ def test_bf16_backbones_keep_routes_and_boxes_of_fp32(models: tuple[Model, Model
     assert torch.equal(half.last_easy, fast.last_easy) and int(fast.last_easy.sum()) == 3
     assert (got[..., :4] - expected[..., :4]).abs().max() < 0.02 * 64  # pixels, on a 64 px image
     assert (got[..., 4:] - expected[..., 4:]).abs().max() < 0.02
+
+
+def test_bf16_keep_routes_gives_fp32_scores_and_routes_exactly(models: tuple[Model, Model]) -> None:
+    """--bf16 keep-routes (CPU): backbone 1 stays fp32, so the router's scores are fp32's bit for bit and so is
+    every route, even at a threshold between two images' scores; backbone 2 and the necks run in bfloat16 (they
+    cast what they read from backbone 1), boxes within bfloat16's error."""
+    _, fast = models
+    kept = prepare_for_inference(copy.deepcopy(fast), 'cpu', bf16='keep-routes')
+    assert next(kept.model_b.parameters()).dtype == torch.float32
+    assert next(kept.model_b2.parameters()).dtype == next(kept.model_h[0].parameters()).dtype == torch.bfloat16
+    x = dark_to_bright(6, 64, seed=5)
+    with torch.inference_mode():
+        scores, kept_scores = _scores(fast, prepare_input(x, fast)), _scores(kept, prepare_input(x, kept))
+        assert torch.equal(kept_scores, scores)
+        ordered = scores.sort().values
+        fast.dy_thres = kept.dy_thres = float(ordered[2] + ordered[3]) / 2  # no margin needed
+        expected, got = fast(prepare_input(x, fast))[0], kept(prepare_input(x, kept))[0]
+    assert torch.equal(kept.last_easy, fast.last_easy) and int(fast.last_easy.sum()) == 3
+    assert got.dtype == torch.float32
+    assert (got[..., :4] - expected[..., :4]).abs().max() < 0.02 * 64  # pixels, on a 64 px image
+    assert (got[..., 4:] - expected[..., 4:]).abs().max() < 0.02
+
+
+def test_bf16_modes_are_checked() -> None:
+    assert [bf16_mode(v) for v in (None, False, True, 'all', 'keep-routes')] == [None, None, 'all', 'all',
+                                                                                 'keep-routes']
+    with pytest.raises(ValueError, match='keep-routes'):
+        bf16_mode('fast')
 
 
 def test_gflops_count_any_dtype(models: tuple[Model, Model]) -> None:

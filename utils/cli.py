@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.torch_utils import BF16_MODES
 
 LOGGER = logging.getLogger(__name__)
 
@@ -74,14 +75,17 @@ COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune')
 def add_engine_flags(p) -> None:
     """Inference-engine extensions: --compile [MODE] (torch.compile of the routed forward's three stages;
     'reduce-overhead' also captures each stage as CUDA graphs, one per batch size met, on a GPU; pays a one-off
-    compile time per shape) and --bf16 (bfloat16 backbones on the CPU)."""
+    compile time per shape) and --bf16 [MODE] (bfloat16 backbones on the CPU; 'keep-routes' keeps backbone 1 in
+    fp32, so every route is fp32's)."""
     p.add_argument('--compile', nargs='?', const='default', default=None, choices=COMPILE_MODES, metavar='MODE',
                    help='torch.compile the three stages of the routed forward (extension; first batches of each '
                         'shape are slow); MODE reduce-overhead adds CUDA-graph capture per path on a GPU, '
                         f'one of {", ".join(COMPILE_MODES)} (default: default)')
-    p.add_argument('--bf16', action='store_true',
-                   help='CPU: run backbones and necks in bfloat16, router and heads in fp32 (extension; ~2x faster '
-                        'on CPUs with AVX512-BF16 or AMX; boxes within ~1 px at 640, see README)')
+    p.add_argument('--bf16', nargs='?', const='all', default=None, choices=BF16_MODES, metavar='MODE',
+                   help='CPU: run backbones and necks in bfloat16, router and heads in fp32 (extension; ~1.5x faster '
+                        'than fp32 on CPUs with AVX512-BF16 or AMX; boxes within ~1 px at 640, see README); MODE '
+                        'keep-routes keeps backbone 1 in fp32 so every route is fp32\'s (slower), one of '
+                        f'{", ".join(BF16_MODES)} (default: all)')
 
 
 def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:

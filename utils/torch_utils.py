@@ -61,6 +61,9 @@ def select_device(device: str = '', batch_size: int | None = None) -> torch.devi
     return torch.device('cuda', cuda_index_for_rank([int(i) for i in ids], local_rank))
 
 
+BF16_MODES = ('all', 'keep-routes')  # --bf16 [MODE]: every backbone, or all but backbone 1 (fp32's routes)
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, as oneDNN reports it)."""
     try:
