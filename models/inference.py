@@ -32,13 +32,13 @@ def bf16_mode(bf16: bool | str | None) -> str | None:
 def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half: bool = False,
                           channels_last: bool = True, bf16: bool | str | None = False, packed: bool = True,
                           retain_memory: bool = True) -> Model:
-    """Fuse (idempotent), switch to eval, move to `device`; fp16 only on CUDA; channels_last layout; `bf16`
-    (extension, CPU): backbones and necks in bfloat16, the router and the two detection heads in fp32 (True or
-    'all'), or 'keep-routes': backbone 1 in fp32 too, so the router sees fp32's features and every route is
-    fp32's; `packed`
-    (extension, CPU): convolutions with oneDNN weights packed once and SiLU fused (models.cpu_kernels). On the CPU
-    `retain_memory` (extension) makes glibc malloc keep freed memory for reuse, process-wide (utils.cpu_memory: no
-    page faults on every forward pass; the process keeps its peak memory).
+    """Fuse (idempotent), switch to eval, move to `device`; fp16 only on CUDA; channels_last layout.
+
+    Extensions, on the CPU: `bf16` True or 'all' runs the backbones and necks in bfloat16 with the router and both
+    detection heads in fp32; 'keep-routes' also keeps backbone 1 in fp32, so the router reads fp32's features and
+    every route is fp32's. `packed`: convolutions with oneDNN weights packed once and SiLU fused into them
+    (models.cpu_kernels). `retain_memory`: glibc malloc keeps freed memory for reuse, process-wide
+    (utils.cpu_memory: no page faults on every forward pass; the process keeps its peak memory).
 
     The chosen input dtype and layout are recorded on the model for prepare_input(); on the CPU, batches run in
     chunks of CPU_CHUNK_PIXELS.
@@ -47,8 +47,8 @@ def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half
     model = model.fuse().eval().to(device)
     if half and device.type == 'cuda':
         model = model.half()
-    elif bf16_mode(bf16):
-        _to_bf16(model, keep_backbone1=bf16_mode(bf16) == 'keep-routes')
+    elif mode := bf16_mode(bf16):
+        _to_bf16(model, keep_backbone1=mode == 'keep-routes')
     model.input_format = torch.channels_last if channels_last else torch.contiguous_format
     model.chunk_pixels = CPU_CHUNK_PIXELS if device.type == 'cpu' else 0
     model = model.to(memory_format=model.input_format)
@@ -100,7 +100,7 @@ def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device | s
     """Model from a config with a checkpoint loaded strictly (weights_only), float, fused, eval, no gradients;
     `compile` (extension, --compile MODE) compiles the three stages of the routed forward in that torch.compile mode;
     `bf16` (extension, --bf16 [MODE]) runs the backbones in bfloat16 on the CPU ('keep-routes': all but backbone 1,
-so routes are fp32's; ignored with a warning on CUDA: fp16 there).
+    so routes are fp32's; ignored with a warning on CUDA: fp16 there).
 
     Raises ConfigError / CheckpointError with one-line messages for a missing or mismatched cfg or checkpoint.
     """
