@@ -255,14 +255,13 @@ class Engine(NamedTuple):
     cell: Callable[[str, int, int], tuple[Timer, int]]
 
 
-def cell_rows(cfg: str, engines: list[Engine], size: int, batch: int, path: str, reps: int,
-              peak: tuple[float, float] | None) -> list[str]:
-    """The printed lines of one (size, batch, path) cell, every engine timed in turn; `x plain` is the speed-up
-    over the plain engine of this cell when there is one."""
+def cell_rows(cfg: str, engines: list[Engine], size: int, flops: dict[str, float], batch: int, path: str,
+              reps: int, peak: tuple[float, float] | None) -> list[str]:
+    """The printed lines of one (size, batch, path) cell, every engine timed in turn (flops: the model's GFLOPs
+    per path at size); `x plain` is the speed-up over the plain engine of this cell when there is one."""
     seconds = interleaved_seconds([e.cell(path, batch, size) for e in engines], reps)
     base = next((s for e, s in zip(engines, seconds) if e.name == 'plain'), None)
     model = next(e.model for e in engines if e.model is not None)
-    flops = model.flops(size)
     gflops = {'easy': flops['easy'], 'hard': flops['hard'], 'mixed': (flops['easy'] + flops['hard']) / 2}[path]
     name = Path(cfg).stem.rsplit('-step', 1)[0]
     ref = reference_figure(name, path, size, batch, model)
@@ -319,9 +318,10 @@ def main() -> None:
     for cfg in opt.cfgs:
         engines = engines_for(cfg, opt, device)
         for size in opt.sizes:
+            flops = next(e.model for e in engines if e.model is not None).flops(size)  # the same in every dtype
             for batch in opt.batches:
                 for path in opt.paths:
-                    print('\n'.join(cell_rows(cfg, engines, size, batch, path, opt.reps, peak)), flush=True)
+                    print('\n'.join(cell_rows(cfg, engines, size, flops, batch, path, opt.reps, peak)), flush=True)
 
 
 def engines_for(cfg: str, opt: argparse.Namespace, device: torch.device) -> list[Engine]:

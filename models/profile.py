@@ -38,8 +38,8 @@ def count_gflops(model: nn.Module, path: str, height: int, width: int) -> float:
     with warnings.catch_warnings():  # thop imports distutils-era version helpers
         warnings.simplefilter('ignore', DeprecationWarning)
         import thop  # imported lazily: only profiling needs it
+        from thop.vision.basic_hooks import count_convNd
     probe = _PathProbe(meta_copy(model).float(), path)  # counts do not depend on the dtype (fp16 on CUDA, --bf16)
-    from thop.vision.basic_hooks import count_convNd
     ch = model.yaml['ch']
     # thop finds its rules by exact type: count Conv2d subclasses (models.cpu_kernels.PackedConv2d) as Conv2d
     subclasses = {type(m): count_convNd for m in probe.modules() if isinstance(m, nn.Conv2d)}
