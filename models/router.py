@@ -24,6 +24,23 @@ class AdaptiveRouter(nn.Module):
         self.layer2 = nn.Conv2d(c // reduction, out_channels, kernel_size=1)
 
     def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        dtype = self.layer1.weight.dtype  # fp32 when the backbones run in bfloat16 (--bf16): routes stay exact
-        pooled = torch.cat([x.mean((2, 3), keepdim=True, dtype=dtype) for x in xs], 1)
+        dtype = self.layer1.weight.dtype  # fp32 when the backbones run in bfloat16 (--bf16)
+        pooled = torch.cat([global_mean(x, dtype) for x in xs], 1)
         return self.layer2(self.relu(self.layer1(pooled))).flatten(1).sigmoid()
+
+
+def global_mean(x: torch.Tensor, dtype: torch.dtype, chunk_elements: int = 1 << 19) -> torch.Tensor:
+    """Mean over H and W as (B, C, 1, 1) in `dtype`, accumulated in `dtype`.
+
+    Same dtype: `x.mean` (the reference's numbers). Wider dtype (bfloat16 maps, fp32 router): summed over row
+    bands of about `chunk_elements`, because `mean(dtype=...)` first copies the whole map to `dtype`, which for
+    the 320x320 map of Dy-YOLOv7 costs ~10 ms per image out of cache, against ~1 ms for bands that stay in cache.
+    """
+    if x.dtype == dtype:
+        return x.mean((2, 3), keepdim=True)
+    b, c, h, w = x.shape
+    rows = max(1, chunk_elements // max(1, b * c * w))
+    total = torch.zeros((b, c, 1, 1), dtype=dtype, device=x.device)
+    for band in x.split(rows, 2):
+        total += band.sum((2, 3), keepdim=True, dtype=dtype)
+    return total / (h * w)
