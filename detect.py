@@ -19,12 +19,27 @@ import numpy as np
 import yaml
 
 from models.inference import load_for_inference
-from utils.cli import add_detection_flags, add_engine_flags, check_img_size, increment_path, run_cli
+from utils.cli import (
+    add_detection_flags,
+    add_engine_flags,
+    check_detection_flags,
+    check_img_size,
+    increment_path,
+    run_cli,
+)
 from utils.data.data_config import load_data_config
 from utils.detection.detector import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.detection.drawing import class_colours, display_available, draw_detection, draw_status
-from utils.detection.sources import Frame, is_stream, iterate_batches, list_sources, prefetch, read_stream_list
-from utils.evaluation.router_budget import resolve_dy_thres
+from utils.detection.sources import (
+    Frame,
+    SourceError,
+    is_stream,
+    iterate_batches,
+    list_sources,
+    prefetch,
+    read_stream_list,
+)
+from utils.evaluation.router_budget import apply_routing_flags
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('detect')
@@ -56,6 +71,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     opt = p.parse_args(argv)
     if opt.num_classes < 1 or opt.img_size < 1 or opt.batch_size < 1:
         p.error('--num-classes, --img-size and --batch-size must be positive')
+    check_detection_flags(p, opt)
     return opt
 
 
@@ -93,8 +109,7 @@ def load_detector(opt: argparse.Namespace) -> Detector:
     """The strict-loaded, fused model with --dy-thres, fp16 on CUDA, wrapped with the NMS settings."""
     device = select_device(opt.device)
     model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device, opt.compile, opt.bf16)
-    if model.dynamic:
-        model.dy_thres = opt.dy_thres = resolve_dy_thres(opt)
+    apply_routing_flags(model, opt)
     if device.type == 'cuda':
         model.half()
     stride = int(model.stride.max())
@@ -106,15 +121,15 @@ def run_detect(opt: argparse.Namespace) -> Path:
     """Detect on every frame of --source; returns the run folder."""
     names = class_names(opt)
     (read_stream_list if is_stream(opt.source) else list_sources)(opt.source)  # fail before creating anything
+    detector = load_detector(opt)  # before the run folder: a checkpoint that does not fit leaves nothing behind
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     (save_dir / 'labels' if opt.save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     if opt.view_img and not display_available():
         LOGGER.warning('WARNING: --view-img: this OpenCV build or machine cannot open windows; results are only saved')
         opt.view_img = False
-    detector = load_detector(opt)
     colours = class_colours(len(names))
     outputs = DetectionOutputs(save_dir, not opt.nosave, opt.save_txt, opt.save_conf, opt.save_crop)
-    fps_meter, t_start = FpsMeter(), time.perf_counter()
+    fps_meter, t_start, seen = FpsMeter(), time.perf_counter(), 0
     try:
         batches = iterate_batches(opt.source, opt.batch_size)
         # files: read and letterbox the next batches while the model runs; live streams: always the newest frame
@@ -122,7 +137,7 @@ def run_detect(opt: argparse.Namespace) -> Path:
             prefetch(batches, detector.letterbox)
         for frames, boxed in prepared:
             result = detector(frames, boxed)
-            fps = fps_meter.update(len(frames))
+            fps, seen = fps_meter.update(len(frames)), seen + len(frames)
             t_inf, t_nms = result.inference_s / len(frames), result.nms_s / len(frames)  # per image
             for frame, det, route in zip(frames, result.detections, result.routes):
                 message = log_line(frame, det, route, t_inf, t_nms, names)
@@ -140,6 +155,11 @@ def run_detect(opt: argparse.Namespace) -> Path:
                 LOGGER.info(message)
     finally:
         outputs.close()
+    if not seen:
+        for folder in (save_dir / 'labels', save_dir):  # nothing was written: leave no empty run folder
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise SourceError(f'--source {opt.source}: no image or video frame could be read (see the warnings above)')
     LOGGER.info(f'Done. ({time.perf_counter() - t_start:.3f}s)')
     return save_dir
 

@@ -17,10 +17,17 @@ import torch
 
 from models.inference import load_for_inference
 from models.yolo import Model
-from utils.cli import add_detection_flags, add_split_flags, check_split_flags, increment_path, run_cli
+from utils.cli import (
+    add_detection_flags,
+    add_split_flags,
+    check_detection_flags,
+    check_split_flags,
+    increment_path,
+    run_cli,
+)
 from utils.data.data_config import load_data_config
 from utils.evaluation.coco_eval import CocoIds, annotation_path, evaluate_json
-from utils.evaluation.router_budget import resolve_dy_thres
+from utils.evaluation.router_budget import apply_routing_flags
 from utils.evaluation.validator import EvalOptions, evaluate, per_image_ms, split_loader, summarize
 from utils.torch_utils import select_device
 
@@ -40,6 +47,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--save-results', action='store_true', help='append mAP, dy_thres and speed to a results file')
     opt = p.parse_args(argv)
     check_split_flags(p, opt)
+    check_detection_flags(p, opt)
     opt.save_json |= opt.data.endswith('coco.yaml')
     opt.save_txt |= opt.save_hybrid
     return opt
@@ -48,9 +56,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 def load_model(opt: argparse.Namespace, nc: int, device: torch.device) -> Model:
     """Model from --cfg with --weight loaded strictly, fused, in eval mode, threshold set."""
     model = load_for_inference(opt.cfg, opt.weight, nc, device, opt.compile, opt.bf16)
+    apply_routing_flags(model, opt)
     if model.dynamic:
-        opt.dy_thres = resolve_dy_thres(opt)
-        model.dy_thres = opt.dy_thres
         LOGGER.info('Set dynamic threshold to %f', opt.dy_thres)
     return model
 

@@ -21,6 +21,8 @@ from torch import nn
 
 from utils.errors import UserError
 
+from .detect import IDetect
+
 COPY_CHUNK = 16 << 20  # bytes per read when copying a checkpoint file
 
 
@@ -84,7 +86,7 @@ def _examples(keys: list[str], n: int = 3) -> str:
     return f'{len(keys)} ({shown}{", ..." if len(keys) > n else ""})'
 
 
-def _mismatch_message(name: str, model: nn.Module, missing: list[str], unexpected: list[str],
+def _mismatch_message(name: str, model: nn.Module, state: dict, missing: list[str], unexpected: list[str],
                       reshaped: list[str]) -> str:
     cfg = getattr(model, 'yaml_file', type(model).__name__)
     parts = []
@@ -99,7 +101,21 @@ def _mismatch_message(name: str, model: nn.Module, missing: list[str], unexpecte
         hint = '; it looks like a step-1 checkpoint: train the router with train_step2.py first'
     elif unexpected and all(k.startswith('router.') for k in unexpected):
         hint = '; it looks like a step-2 checkpoint: use the step-2 config'
+    elif reshaped and not missing and not unexpected:
+        hint = _class_count_hint(model, state, reshaped)
     return f'{name} does not fit {cfg}: ' + '; '.join(parts) + hint
+
+
+def _class_count_hint(model: nn.Module, state: dict, reshaped: list[str]) -> str:
+    """'; it has K classes, the model N: ...' when only the detection layers' output tensors differ."""
+    heads = {prefix: m for prefix, m in model.named_modules() if isinstance(m, IDetect)}
+    outputs = ('.m.', '.im.')  # output convs and their implicit scales: na·(nc + 5) channels
+    if not heads or not all(any(k.startswith(p + o) for p in heads for o in outputs) for k in reshaped):
+        return ''
+    prefix, head = next(iter(heads.items()))
+    classes = state[f'{prefix}.m.0.weight'].shape[0] // head.na - 5
+    return (f'; the checkpoint detects {classes} classes, the model {head.nc}: give the number it was trained '
+            f'for (nc in the data YAML, --num-classes for detect.py)')
 
 
 def load_weights(model: nn.Module, weights: str | Path | dict, strict: bool = True, entry: str = 'model',
@@ -120,7 +136,7 @@ def load_weights(model: nn.Module, weights: str | Path | dict, strict: bool = Tr
         unexpected = [k for k in state if k not in own]
         reshaped = [k for k in own if k in state and own[k].shape != state[k].shape]
         if missing or unexpected or reshaped:
-            raise CheckpointError(_mismatch_message(name, model, missing, unexpected, reshaped))
+            raise CheckpointError(_mismatch_message(name, model, state, missing, unexpected, reshaped))
         keys = list(own)
     else:
         keys = [k for k in own if k in state and own[k].shape == state[k].shape

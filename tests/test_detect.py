@@ -208,3 +208,21 @@ def test_prefetch_keeps_order_prepares_ahead_and_raises_in_order() -> None:
     early.close()  # stopping early ends the worker thread
     import threading
     assert not any(t.name == 'prefetch' and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize('nc', [None, 5])
+def test_detect_with_nothing_readable_or_a_wrong_class_count_leaves_no_run_folder(tmp_path: Path, tiny: list,
+                                                                                  capsys, nc) -> None:
+    source = tmp_path / 'bad.jpg'
+    source.write_text('not an image')
+    if nc is None:
+        message = 'no image or video frame could be read'
+    else:
+        _write_clip(tmp_path / 'clip.mp4', frames=1)
+        source, message = tmp_path / 'clip.mp4', 'the checkpoint detects 80 classes, the model 5'
+    extra = [] if nc is None else ['--num-classes', str(nc)]
+    with pytest.raises(SystemExit) as e:
+        detect.main(tiny + extra + ['--source', str(source), '--project', str(tmp_path / 'runs'), '--save-txt'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and message in err[-1] and 'Traceback' not in '\n'.join(err)
+    assert not (tmp_path / 'runs' / 'exp').exists()

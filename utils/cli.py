@@ -108,6 +108,16 @@ def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:
                         '--weight)')
 
 
+def check_detection_flags(p, opt) -> None:
+    """argparse-style one-line errors for thresholds that cannot be meant: NMS ones outside [0, 1], NaN ones."""
+    for flag in ('conf_thres', 'iou_thres'):
+        value = getattr(opt, flag)
+        if not 0 <= value <= 1:
+            p.error(f'--{flag.replace("_", "-")} {value}: must lie between 0 and 1')
+    if math.isnan(opt.dy_thres):
+        p.error('--dy-thres nan: give a number (score >= T takes the easy path)')
+
+
 def add_split_flags(p, run_note: str = '') -> None:
     """Flags shared by the scripts that run a checkpoint over a data split (reference names and defaults)."""
     p.add_argument('--cfg', type=str, default='', help='model.yaml path (a step-2 config for dynamic routing)')

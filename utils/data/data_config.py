@@ -39,6 +39,9 @@ def _check_names(cfg: dict, path: Path) -> None:
     if isinstance(names, dict):  # {0: person, ...}: newer YOLO YAMLs
         names = [names[k] for k in sorted(names)]
         cfg['names'] = names
+    if names is not None and not isinstance(names, list):
+        raise DataConfigError(f'{path}: `names` must be a list of class names (or a mapping from class id), '
+                              f'got {names!r}')
     if 'nc' not in cfg and names is not None:
         cfg['nc'] = len(names)
     if 'nc' not in cfg:
@@ -76,9 +79,16 @@ def _hidden(relative: Path) -> bool:
 
 
 def _read_list(txt: Path) -> list[str]:
+    if txt.suffix[1:].lower() in IMG_FORMATS:  # one image given as the split
+        return [str(txt)]
     folder = str(txt.parent) + os.sep
     files = []
-    for line in txt.read_text(encoding='utf-8').splitlines():
+    try:  # utf-8-sig: a byte-order mark (Windows Notepad) is not part of the first path
+        text = txt.read_text(encoding='utf-8-sig')
+    except UnicodeDecodeError as e:
+        raise DataConfigError(f'{txt} is not a UTF-8 text list of image paths ({e.reason} at byte {e.start}); '
+                              f'save it as UTF-8, one path per line') from None
+    for line in text.splitlines():
         line = line.strip()
         if line:
             # './x' in a list is relative to the list's folder; other relative lines to the working directory
@@ -87,7 +97,7 @@ def _read_list(txt: Path) -> list[str]:
 
 
 def list_image_files(paths: str | list[str]) -> list[str]:
-    """Image paths from txt lists and/or folders (searched recursively), image extensions only, sorted."""
+    """Image paths from txt lists, folders (searched recursively) and single images; image extensions only, sorted."""
     files: list[str] = []
     for p in (paths if isinstance(paths, (list, tuple)) else [paths]):
         p = Path(p)
@@ -98,7 +108,11 @@ def list_image_files(paths: str | list[str]) -> list[str]:
             files += _read_list(p)
         else:
             raise DataConfigError(f'{p} does not exist; check the split paths in the data YAML')
-    images = sorted(f.replace('/', os.sep) for f in files if f.rsplit('.', 1)[-1].lower() in IMG_FORMATS)
+    listed = [f.replace('/', os.sep) for f in files if f.rsplit('.', 1)[-1].lower() in IMG_FORMATS]
+    images = sorted(set(listed))  # the reference's cache (a dict by path) kept each image once too
+    if len(images) < len(listed):
+        LOGGER.warning(f'WARNING: {len(listed) - len(images)} image paths in {paths} are listed more than once; '
+                       f'each image is used once')
     if not images:
         raise DataConfigError(f'no images found in {paths}; expected a txt list of image paths or an image folder '
                               f'({", ".join(IMG_FORMATS)})')

@@ -137,7 +137,7 @@ class LoadImagesAndLabels(Dataset):
         r = self.img_size / max(h0, w0)
         if r != 1:
             interp = cv2.INTER_AREA if r < 1 and not self.augment else cv2.INTER_LINEAR
-            img = cv2.resize(img, (int(w0 * r), int(h0 * r)), interpolation=interp)
+            img = cv2.resize(img, (max(1, int(w0 * r)), max(1, int(h0 * r))), interpolation=interp)  # thin: ≥ 1 px
         return img, (h0, w0), img.shape[:2]
 
     def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:

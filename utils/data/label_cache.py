@@ -24,7 +24,7 @@ from utils.data.labels import IMG_FORMATS, read_label_file
 from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
-CACHE_VERSION = '0.3-npz'  # 0.3: empty label files no longer carry a message
+CACHE_VERSION = '0.4-npz'  # 0.4: triangle files, zero-size box and byte-order-mark handling
 STATUSES = ('found', 'missing', 'empty', 'corrupt')
 MIN_IMAGE_SIDE = 10
 SCAN_THREADS = min(8, os.cpu_count() or 1)
@@ -47,6 +47,30 @@ class DatasetError(UserError, ValueError):
     """A split that cannot be used (no images, no usable images, no labels for training): one line."""
 
 
+def _jpeg_complete(path: str) -> bool:
+    """Whether a JPEG's image data ends with an end-of-image marker; bytes after it (a phone's motion-photo video,
+    padding) are allowed. Entropy-coded data stuffs every 0xFF byte, so the first FF D9 after the first
+    start-of-scan marker is the end of the image (an EXIF thumbnail's own FF D9 comes before it)."""
+    with open(path, 'rb') as f:
+        f.seek(-2, 2)
+        if f.read() == b'\xff\xd9':  # the usual case: nothing after the image
+            return True
+        f.seek(0)
+        data = f.read()
+    pos = 2  # after the start-of-image marker
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xDA:  # start of scan
+            return data.find(b'\xff\xd9', pos) != -1
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], 'big')
+    return False
+
+
 def _image_size(path: str) -> tuple[int, int]:
     """(w, h) after EXIF rotation; raises ValueError naming the problem."""
     if not os.path.isfile(path):
@@ -61,11 +85,8 @@ def _image_size(path: str) -> tuple[int, int]:
         orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     if fmt not in IMG_FORMATS:
         raise ValueError(f'unsupported image format {fmt or "unknown"}')
-    if fmt in ('jpeg', 'mpo'):
-        with open(path, 'rb') as f:
-            f.seek(-2, 2)
-            if f.read() != b'\xff\xd9':
-                raise ValueError('truncated JPEG (no end-of-image marker)')
+    if fmt in ('jpeg', 'mpo') and not _jpeg_complete(path):
+        raise ValueError('truncated JPEG (no end-of-image marker)')
     if orientation in (6, 8):  # rotated by 90°: OpenCV applies it when reading
         w, h = h, w
     if min(w, h) < MIN_IMAGE_SIDE:

@@ -2,9 +2,11 @@
 utils/datasets.py).
 
 Faithful: the path rule, the polygon rule (a line with more than 8 fields makes the whole file polygons), and
-the checks. Extension: instead of discarding a whole image for one bad row, rows are repaired or dropped one by
-one with a warning naming the file and the reason (slightly-out coordinates clipped, wild ones and bad class ids
-dropped, duplicates removed); a file whose rows cannot be parsed at all is still corrupt.
+the checks. Extensions: files of triangles only are polygons too (the reference rejects them), box rows in a
+polygon file are warned about, a UTF-8 byte-order mark is ignored, and instead of discarding a whole image for
+one bad row, rows are repaired or dropped one by one with a warning naming the file and the reason
+(slightly-out coordinates clipped, wild ones and bad class ids dropped, duplicates removed); a file whose rows
+cannot be parsed at all is still corrupt.
 """
 from __future__ import annotations
 
@@ -50,9 +52,23 @@ class LabelFile:
     messages: list[str] = field(default_factory=list)
 
 
-def _parse_rows(text: str) -> tuple[np.ndarray, list[np.ndarray]]:
+def _is_polygon_file(rows: list[list[str]], messages: list[str]) -> bool:
+    """The reference's rule (any row over 8 fields), plus files of triangles only (7 fields each, which the
+    reference rejects as corrupt); warns about box rows in a polygon file, read as the reference reads them."""
+    if rows and all(len(r) >= 7 and len(r) % 2 for r in rows):
+        return True
+    if not any(len(r) > 8 for r in rows):
+        return False
+    boxes = [i + 1 for i, r in enumerate(rows) if len(r) == 5]
+    if boxes:
+        messages.append(f'lines {boxes[:5]} have 5 fields in a polygon file: read as the 2-point polygons '
+                        f'(x, y), (w, h) as the reference does; write boxes there as 4-corner polygons')
+    return True
+
+
+def _parse_rows(text: str, messages: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
     rows = [line.split() for line in text.strip().splitlines() if line.strip()]
-    if any(len(r) > 8 for r in rows):
+    if _is_polygon_file(rows, messages):
         classes = np.array([r[0] for r in rows], dtype=np.float32)
         segments = [np.array(r[1:], dtype=np.float32).reshape(-1, 2) for r in rows]
         return np.concatenate((classes.reshape(-1, 1), segments2boxes(segments)), 1), segments
@@ -79,6 +95,10 @@ def _repair(labels: np.ndarray, segments: list[np.ndarray], nc: int | None,
         messages.append(f'clipped {int(out_of_range.sum())} rows slightly outside [0, 1]')
     labels = labels[keep].copy()
     labels[:, 1:] = labels[:, 1:].clip(0, 1)
+    flat = (labels[:, 3:5] == 0).any(1)
+    if flat.any():  # kept as the reference keeps them; training's box filter drops them after augmentation
+        messages.append(f'{int(flat.sum())} rows have zero width or height: no prediction can match them '
+                        f'in evaluation')
     segments = [s.clip(0, 1) for s, k in zip(segments, keep) if k]
     _, first = np.unique(labels, axis=0, return_index=True)
     if len(first) < len(labels):
@@ -94,12 +114,12 @@ def read_label_file(path: str | Path, nc: int | None = None) -> LabelFile:
     path = Path(path)
     if not path.is_file():
         return LabelFile(np.zeros((0, 5), np.float32), status='missing')
-    try:
-        labels, segments = _parse_rows(path.read_text(encoding='utf-8', errors='strict'))
+    messages: list[str] = []
+    try:  # utf-8-sig: a byte-order mark (Windows Notepad) is not part of the first class id
+        labels, segments = _parse_rows(path.read_text(encoding='utf-8-sig', errors='strict'), messages)
     except (ValueError, UnicodeDecodeError, OSError) as e:  # OSError: unreadable (permissions, I/O)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         return LabelFile(np.zeros((0, 5), np.float32), status='corrupt', messages=[f'unreadable labels: {reason}'])
-    messages: list[str] = []
     labels, segments = _repair(labels, segments, nc, messages)
     return LabelFile(labels, segments, 'found' if len(labels) else 'empty', messages)
 

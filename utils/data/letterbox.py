@@ -22,7 +22,7 @@ def letterbox(img: np.ndarray, new_shape: int | tuple[int, int] = (640, 640), co
     if not scaleup:
         r = min(r, 1.0)
     ratio = (r, r)
-    unpad_w, unpad_h = int(round(w0 * r)), int(round(h0 * r))
+    unpad_w, unpad_h = max(1, int(round(w0 * r))), max(1, int(round(h0 * r)))  # a 4000x30 image: 640x5, not 0
     dw, dh = new_w - unpad_w, new_h - unpad_h
     if auto:
         dw, dh = dw % stride, dh % stride

@@ -62,12 +62,12 @@ def read_stream_list(source: str) -> list[str]:
 def list_sources(source: str) -> list[str]:
     """Files of a path, folder (sorted) or glob: images first, then videos; SourceError when nothing usable."""
     p = str(Path(source).expanduser())
-    if any(c in p for c in '*?['):
-        files = sorted(glob.glob(p, recursive=True))
-    elif os.path.isdir(p):
-        files = sorted(glob.glob(os.path.join(p, '*.*')))
+    if os.path.isdir(p):  # an existing folder or file first: its name may hold glob characters ('run [v1]')
+        files = sorted(glob.glob(os.path.join(glob.escape(p), '*.*')))
     elif os.path.isfile(p):
         files = [p]
+    elif any(c in p for c in '*?['):
+        files = sorted(glob.glob(p, recursive=True))
     else:
         raise SourceError(f'--source {source}: no such file or folder')
     ext = [f.rsplit('.', 1)[-1].lower() for f in files]

@@ -113,3 +113,17 @@ def resolve_dy_thres(opt) -> float:
     LOGGER.info(f'dy_thres {threshold:.6g}: {100 * share:.1f}% easy on the {budget["images"]} {budget["task"]} '
                 f'images the percentiles came from, {mean:.4g} GFLOPs per image')
     return threshold
+
+
+def apply_routing_flags(model, opt) -> None:
+    """Set the model's threshold from --dy-thres / --easy-share / --gflops (opt.dy_thres follows); a model
+    without a router ignores them, with one warning when any was given."""
+    if model.dynamic:
+        model.dy_thres = opt.dy_thres = resolve_dy_thres(opt)
+        return
+    given = [flag for flag, value, default in (('--dy-thres', opt.dy_thres, 0.5),
+                                               ('--easy-share', getattr(opt, 'easy_share', None), None),
+                                               ('--gflops', getattr(opt, 'gflops', None), None)) if value != default]
+    if given:
+        LOGGER.warning(f'WARNING: {" ".join(given)} has no effect: {getattr(opt, "cfg", "the model")} has no router '
+                       f'(a step-1 config); every image takes the hard path. Use the step-2 config and checkpoint')

@@ -88,9 +88,10 @@ def val_loader(opt: argparse.Namespace, data: dict, hyp: dict, img_size: int, gs
                              prefix='val: ', nc=data['nc'])[0]
 
 
-def check_label_classes(labels: list[np.ndarray], nc: int, data_file: str) -> None:
+def check_label_classes(labels: list[np.ndarray], nc: int, data_file: str, label_files: list[str]) -> None:
     """Every label class must be below nc (the data layer drops such rows; a wrong nc would drop them all)."""
-    classes = np.concatenate([x[:, 0] for x in labels if len(x)]) if any(len(x) for x in labels) else np.zeros(0)
-    if len(classes) and classes.max() >= nc:
-        raise TrainOptionError(f'{data_file}: labels use class {int(classes.max())} but nc is {nc}; '
-                               'set nc/names to cover every class or fix the labels')
+    over = [(int(x[:, 0].max()), f) for x, f in zip(labels, label_files) if len(x) and x[:, 0].max() >= nc]
+    if over:
+        top, file = max(over)
+        raise TrainOptionError(f'{data_file}: labels use class {top} (e.g. {file}; {len(over)} files over nc) but '
+                               f'nc is {nc}; set nc/names to cover every class or fix the labels')

@@ -189,7 +189,7 @@ class Trainer:
         self.nl = model.model_h2[-1].nl
         self.img_size, self.img_size_test = [math.ceil(x / self.gs) * self.gs for x in opt.img_size]
         self.loader, self.dataset = train_loader(opt, self.data, self.hyp, self.img_size, self.gs, ctx.rank)
-        check_label_classes(self.dataset.labels, self.nc, opt.data)
+        check_label_classes(self.dataset.labels, self.nc, opt.data, self.dataset.label_files)
         self.nb = len(self.loader)
         self.val_loader = None
         if ctx.main:
