@@ -121,7 +121,7 @@ def test_checkpoint_for_another_class_count_says_so(tmp_path: Path) -> None:
 
 def test_label_classes_over_nc_name_a_file() -> None:
     labels = [np.array([[0, .5, .5, .1, .1]]), np.zeros((0, 5)), np.array([[9, .5, .5, .1, .1]])]
-    with pytest.raises(TrainOptionError, match=r'labels use class 9 \(e.g. c.txt; 1 files over nc\) but nc is 3'):
+    with pytest.raises(TrainOptionError, match=r'labels use class 9 but nc is 3 \(in c.txt; 1 label files over nc\)'):
         check_label_classes(labels, 3, 'data.yaml', ['a.txt', 'b.txt', 'c.txt'])
 
 

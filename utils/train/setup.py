@@ -93,5 +93,5 @@ def check_label_classes(labels: list[np.ndarray], nc: int, data_file: str, label
     over = [(int(x[:, 0].max()), f) for x, f in zip(labels, label_files) if len(x) and x[:, 0].max() >= nc]
     if over:
         top, file = max(over)
-        raise TrainOptionError(f'{data_file}: labels use class {top} (e.g. {file}; {len(over)} files over nc) but '
-                               f'nc is {nc}; set nc/names to cover every class or fix the labels')
+        raise TrainOptionError(f'{data_file}: labels use class {top} but nc is {nc} (in {file}; {len(over)} label '
+                               f'files over nc); set nc/names to cover every class or fix the labels')
