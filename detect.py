@@ -24,6 +24,7 @@ from utils.cli import (
     add_engine_flags,
     check_detection_flags,
     check_img_size,
+    check_writable,
     increment_path,
     run_cli,
 )
@@ -121,6 +122,7 @@ def run_detect(opt: argparse.Namespace) -> Path:
     """Detect on every frame of --source; returns the run folder."""
     names = class_names(opt)
     (read_stream_list if is_stream(opt.source) else list_sources)(opt.source)  # fail before creating anything
+    check_writable(Path(opt.project) / opt.name)
     detector = load_detector(opt)  # before the run folder: a checkpoint that does not fit leaves nothing behind
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     (save_dir / 'labels' if opt.save_txt else save_dir).mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from utils.cli import (
     add_split_flags,
     check_detection_flags,
     check_split_flags,
+    check_writable,
     increment_path,
     run_cli,
 )
@@ -91,8 +92,7 @@ def write_json(opt: argparse.Namespace, rows: list, save_dir: Path, anno: Path |
 def run_test(opt: argparse.Namespace) -> tuple:
     """Standalone evaluation; returns ((mP, mR, mAP@.5, mAP@.5:.95), per-class maps, (ms inference, NMS, total))."""
     data = load_data_config(opt.data, required=(opt.task,))
-    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
-    save_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(Path(opt.project) / opt.name)
     device = select_device(opt.device, opt.batch_size)
     # rect batches change shape: cuDNN autotuning would re-tune for each one (the reference's test.py leaves it off)
     torch.backends.cudnn.benchmark = False
@@ -100,6 +100,8 @@ def run_test(opt: argparse.Namespace) -> tuple:
     names = ['item'] if opt.single_cls else [str(n) for n in data['names']]
     model = load_model(opt, nc, device)
     loader, dataset, img_size = split_loader(model, opt, data, nc, device)
+    save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)  # made once the inputs are known good
+    save_dir.mkdir(parents=True, exist_ok=True)
     anno = annotation_path(data, data[opt.task])
     coco_ids = CocoIds(nc, anno, opt.data.endswith('coco.yaml')) if opt.save_json else None
     eval_opt = EvalOptions(opt.conf_thres, opt.iou_thres, save_dir, names, opt.verbose, plots=True,

@@ -65,13 +65,15 @@ def read_checkpoint(path: str | Path, map_location: Any = 'cpu') -> dict:
     """Load a checkpoint dict safely. A bare state_dict is returned as {'model': state_dict}."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f'{path}: weights file not found; check the --weight path')
+        what = 'is a folder, not a weights file' if path.is_dir() else 'weights file not found'
+        raise CheckpointError(f'{path}: {what}; check the --weight path')
     try:
         ckpt = _torch_load(path, map_location)
     except CheckpointError:
         raise
     except Exception as e:  # torch.load raises many types on foreign bytes; all mean the same to the user
-        raise CheckpointError(f'{path}: not a PyTorch checkpoint ({_short(e)})') from None
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint, or a truncated one (an interrupted copy or '
+                              f'download): {_short(e)}') from None
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         ckpt = {'model': ckpt}
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):

@@ -10,12 +10,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import detect
 import test as test_script
 from models.checkpoint import CheckpointError, load_weights
 from models.yolo import Model
 from tests.helpers import tiny_config
+from utils.cli import OutputFolderError, check_writable, run_cli
 from utils.data.data_config import DataConfigError, list_image_files, load_data_config
 from utils.data.label_cache import scan_one
 from utils.data.labels import read_label_file
@@ -144,3 +146,37 @@ def test_routing_flags_on_a_model_without_a_router_warn(caplog: pytest.LogCaptur
     caplog.clear()
     apply_routing_flags(model, test_script.parse_opt([]))
     assert not caplog.records
+
+
+def test_an_unwritable_output_folder_is_one_line_before_any_work(tmp_path: Path) -> None:
+    blocker = tmp_path / 'runs'
+    blocker.write_text('a file where the run folder should go')
+    with pytest.raises(OutputFolderError, match='choose another --project') as info:
+        check_writable(blocker / 'test' / 'exp')
+    assert '\n' not in str(info.value)
+    check_writable(tmp_path / 'new' / 'exp')  # missing folders below a writable one are fine
+
+
+@pytest.mark.parametrize('error,code,message', [
+    (OSError(28, 'No space left on device', 'runs/exp/best.pt'), 2, 'runs/exp/best.pt: No space left on device'),
+    (KeyboardInterrupt(), 130, 'interrupted (Ctrl-C)')])
+def test_file_system_errors_and_ctrl_c_mid_run_are_one_line(error: BaseException, code: int, message: str,
+                                                            capsys) -> None:
+    def run(_opt) -> None:
+        raise error
+    with pytest.raises(SystemExit) as e:
+        run_cli(run, {}, logging.getLogger('test'))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == code and err[-1].startswith(f'error: {message}') and 'Traceback' not in ''.join(err)
+
+
+def test_test_py_that_fails_on_its_inputs_leaves_no_run_folder(tmp_path: Path, capsys) -> None:
+    _jpeg(tmp_path / 'images' / 'a.jpg')
+    data = tmp_path / 'data.yaml'
+    data.write_text(f'val: {tmp_path / "images"}\nnc: 3\n')
+    cfg = tmp_path / 'tiny.yaml'
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    with pytest.raises(SystemExit):
+        test_script.main(['--cfg', str(cfg), '--weight', str(tmp_path / 'none.pt'), '--data', str(data),
+                          '--device', 'cpu', '--img-size', '64', '--project', str(tmp_path / 'runs')])
+    assert 'weights file not found' in capsys.readouterr().err and not (tmp_path / 'runs').exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -50,6 +51,19 @@ def check_img_size(img_size: int, stride: int) -> int:
     return new_size
 
 
+class OutputFolderError(UserError, ValueError):
+    """An output folder that cannot be written: one line, before any work is done."""
+
+
+def check_writable(folder: str | Path, flag: str = '--project') -> None:
+    """Raise OutputFolderError unless `folder`, or the nearest existing folder above it, can be written."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path('.'))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputFolderError(f'{folder}: cannot write there ({existing} is not a writable folder); '
+                                f'choose another {flag}')
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one line naming the problem and exit (no traceback)."""
     sys.stderr.write(f'error: {message}\n')
@@ -57,13 +71,19 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def run_cli(run, opt, logger: logging.Logger):
-    """Log the options, run, and turn every user error (utils.errors.UserError) into one line and exit code 2."""
+    """Log the options, run, and turn every user error (utils.errors.UserError) and every file-system error met
+    mid-run into one line and exit code 2; Ctrl-C into one line and exit code 130."""
     setup_logging()
     logger.info(opt)
     try:
         return run(opt)
     except UserError as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        fail('interrupted (Ctrl-C)', 130)
+    except OSError as e:  # a full disk, a folder removed or made read-only while running
+        where = f'{e.filename}: ' if e.filename else ''
+        fail(f'{where}{e.strerror or e}; check that its folder exists, is writable and its disk has space')
 
 
 TASKS = ('train', 'val', 'test')

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from models.graph import ConfigError
 from models.inference import load_for_inference, prepare_input
-from utils.cli import increment_path
+from utils.cli import check_writable, increment_path
 from utils.data.data_config import load_data_config
 from utils.evaluation.path_records import PathRecords, collect_path_records, routed_map
 from utils.evaluation.router_budget import budget_file_for, save_router_budget
@@ -70,6 +70,9 @@ def dynamic_thresholds(opt: argparse.Namespace,
     """get_dynamic_thres.py's job for its options: scores on --task → thresholds (handed to on_thresholds before
     any sweep, so they show at once) and the router percentiles file; with opt.sweep, the one-pass sweep too."""
     data = load_data_config(opt.data, required=(opt.task,))
+    check_writable(Path(opt.project) / opt.name)  # before the pass over the split, not after it
+    if opt.sweep:
+        load_hyp(opt.hyp)  # a bad --hyp fails now, not after loading the model and scanning the split
     device = select_device(opt.device, opt.batch_size)
     model = load_for_inference(opt.cfg, opt.weight, data['nc'], device, opt.compile, opt.bf16)
     if not model.dynamic:
