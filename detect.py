@@ -27,6 +27,7 @@ from utils.cli import (
     check_writable,
     increment_path,
     run_cli,
+    warn_existing_labels,
 )
 from utils.data.data_config import load_data_config
 from utils.detection.detector import DetectionOutputs, DetectOptions, Detector, FpsMeter
@@ -126,6 +127,8 @@ def run_detect(opt: argparse.Namespace) -> Path:
     detector = load_detector(opt)  # before the run folder: a checkpoint that does not fit leaves nothing behind
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)
     (save_dir / 'labels' if opt.save_txt else save_dir).mkdir(parents=True, exist_ok=True)
+    if opt.save_txt:
+        warn_existing_labels(save_dir)
     if opt.view_img and not display_available():
         LOGGER.warning('WARNING: --view-img: this OpenCV build or machine cannot open windows; results are only saved')
         opt.view_img = False

@@ -25,6 +25,7 @@ from utils.cli import (
     check_writable,
     increment_path,
     run_cli,
+    warn_existing_labels,
 )
 from utils.data.data_config import load_data_config
 from utils.evaluation.coco_eval import CocoIds, annotation_path, evaluate_json
@@ -102,6 +103,8 @@ def run_test(opt: argparse.Namespace) -> tuple:
     loader, dataset, img_size = split_loader(model, opt, data, nc, device)
     save_dir = increment_path(Path(opt.project) / opt.name, opt.exist_ok)  # made once the inputs are known good
     save_dir.mkdir(parents=True, exist_ok=True)
+    if opt.save_txt:
+        warn_existing_labels(save_dir)
     anno = annotation_path(data, data[opt.task])
     coco_ids = CocoIds(nc, anno, opt.data.endswith('coco.yaml')) if opt.save_json else None
     eval_opt = EvalOptions(opt.conf_thres, opt.iou_thres, save_dir, names, opt.verbose, plots=True,

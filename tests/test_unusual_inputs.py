@@ -17,7 +17,7 @@ import test as test_script
 from models.checkpoint import CheckpointError, load_weights
 from models.yolo import Model
 from tests.helpers import tiny_config
-from utils.cli import OutputFolderError, check_writable, run_cli
+from utils.cli import OutputFolderError, check_writable, run_cli, warn_existing_labels
 from utils.data.data_config import DataConfigError, list_image_files, load_data_config
 from utils.data.label_cache import scan_one
 from utils.data.labels import read_label_file
@@ -180,3 +180,15 @@ def test_test_py_that_fails_on_its_inputs_leaves_no_run_folder(tmp_path: Path, c
         test_script.main(['--cfg', str(cfg), '--weight', str(tmp_path / 'none.pt'), '--data', str(data),
                           '--device', 'cpu', '--img-size', '64', '--project', str(tmp_path / 'runs')])
     assert 'weights file not found' in capsys.readouterr().err and not (tmp_path / 'runs').exists()
+
+
+def test_reusing_a_run_folder_with_labels_warns_that_rows_append(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        warn_existing_labels(tmp_path)
+        (tmp_path / 'labels').mkdir()
+        (tmp_path / 'labels' / 'a.txt').write_text('0 0.5 0.5 0.1 0.1\n')
+        warn_existing_labels(tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f'WARNING: {tmp_path / "labels"} already holds 1 label files; --save-txt appends to them (as the reference '
+        f'does): remove them, or drop --exist-ok for a new run folder']

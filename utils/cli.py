@@ -64,6 +64,15 @@ def check_writable(folder: str | Path, flag: str = '--project') -> None:
                                 f'choose another {flag}')
 
 
+def warn_existing_labels(save_dir: Path) -> None:
+    """--save-txt appends rows per image (as the reference does): say so when --exist-ok reuses a folder that
+    already holds label files, whose rows the new ones would join."""
+    old = sum(1 for _ in (save_dir / 'labels').glob('*.txt'))
+    if old:
+        LOGGER.warning(f'WARNING: {save_dir / "labels"} already holds {old} label files; --save-txt appends to '
+                       f'them (as the reference does): remove them, or drop --exist-ok for a new run folder')
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one line naming the problem and exit (no traceback)."""
     sys.stderr.write(f'error: {message}\n')
