@@ -29,7 +29,7 @@ from utils.cli import (
     run_cli,
     warn_existing_labels,
 )
-from utils.data.data_config import load_data_config
+from utils.data.data_config import DataConfigError, load_data_config
 from utils.detection.detector import DetectionOutputs, DetectOptions, Detector, FpsMeter
 from utils.detection.drawing import class_colours, display_available, draw_detection, draw_status
 from utils.detection.sources import (
@@ -73,14 +73,22 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     opt = p.parse_args(argv)
     if opt.num_classes < 1 or opt.img_size < 1 or opt.batch_size < 1:
         p.error('--num-classes, --img-size and --batch-size must be positive')
+    outside = sorted({c for c in opt.classes or [] if not 0 <= c < opt.num_classes})
+    if outside:  # NMS would drop every box of these ids without a word
+        p.error(f'--classes {" ".join(map(str, outside))}: outside 0..{opt.num_classes - 1} '
+                f'(--num-classes {opt.num_classes}); give class ids the model detects')
     check_detection_flags(p, opt)
     return opt
 
 
 def class_names(opt: argparse.Namespace) -> list[str]:
-    """--data names, else COCO names for 80 classes, else numbers."""
+    """--data names (its nc must be --num-classes), else COCO names for 80 classes, else numbers."""
     if opt.data:
-        names = [str(n) for n in load_data_config(opt.data, required=())['names']]
+        data = load_data_config(opt.data, required=())
+        if data['nc'] != opt.num_classes:  # its names would label the boxes with another dataset's classes
+            raise DataConfigError(f'--data {opt.data}: has {data["nc"]} classes but --num-classes is '
+                                  f'{opt.num_classes}; pass the data YAML the checkpoint was trained on, or drop --data')
+        names = [str(n) for n in data['names']]
     elif opt.num_classes == 80:
         names = [str(n) for n in yaml.safe_load((ROOT / 'data' / 'coco.yaml').read_text())['names']]
     else:

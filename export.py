@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import math
 from pathlib import Path
 
-from models.export import export_onnx, export_torchscript, split_model
-from models.exported import ExportError
+from models.export import DEFAULT_OPSET, ExportError, export_onnx, export_torchscript, onnx_opsets, split_model
 from models.graph import ConfigError
 from models.inference import load_for_inference
-from utils.cli import check_img_size, fail, run_cli
+from utils.cli import check_img_size, check_writable, fail, run_cli
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('export')
@@ -37,13 +37,26 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--static-batch', action='store_true', help='fix the batch axis to --batch-size')
     p.add_argument('--dy-thres', type=float, default=0.5, help='default threshold written to the manifest')
     p.add_argument('--include', nargs='+', default=['onnx'], choices=FORMATS, help='formats to write')
-    p.add_argument('--opset', type=int, default=17, help='ONNX opset')
+    p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset')
     p.add_argument('--device', default='cpu', help='device to trace on (cpu or a cuda index)')
     p.add_argument('--out', default='', help='output folder (default: beside --weight)')
     opt = p.parse_args(argv)
+    check_export_flags(p, opt)
+    return opt
+
+
+def check_export_flags(p: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
+    """argparse-style one-line errors for values no export can use (before the model is loaded)."""
     if len(opt.img_size) not in (1, 2) or min(opt.img_size) < 32 or opt.batch_size < 1:
         p.error('--img-size takes one or two sizes of at least 32, --batch-size at least 1')
-    return opt
+    if opt.num_classes < 1:
+        p.error(f'--num-classes {opt.num_classes}: must be at least 1 (the class count the checkpoint was trained for)')
+    opsets = onnx_opsets()
+    if 'onnx' in opt.include and opt.opset not in opsets:
+        p.error(f'--opset {opt.opset}: this torch exports opsets {opsets.start} to {opsets.stop - 1}; '
+                f'the default is {DEFAULT_OPSET}')
+    if math.isnan(opt.dy_thres):
+        p.error('--dy-thres nan: give a number (score >= T takes the easy path)')
 
 
 def run(opt: argparse.Namespace) -> Path:
@@ -55,8 +68,9 @@ def run(opt: argparse.Namespace) -> Path:
     size = [check_img_size(s, stride) for s in (opt.img_size * 2)[:2]]
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); export a step-2 model')
-    parts, examples, manifest = split_model(model, tuple(size), opt.batch_size, not opt.static_batch)
     folder = Path(opt.out) if opt.out else Path(opt.weight).parent
+    check_writable(folder, '--out')  # by default beside --weight, which may be a read-only folder
+    parts, examples, manifest = split_model(model, tuple(size), opt.batch_size, not opt.static_batch)
     folder.mkdir(parents=True, exist_ok=True)
     base = folder / Path(opt.weight).stem
     written = []

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,11 +18,45 @@ import torch
 import yaml
 from torch import nn
 
+from utils.errors import UserError
+
 from .inference import prepare_input
 from .yolo import Model
 
 LOGGER = logging.getLogger(__name__)
 PARTS = ('part1', 'easy', 'hard')
+DEFAULT_OPSET = 17
+
+
+class ExportError(UserError, RuntimeError):
+    """A graph that cannot be exported or written, or a manifest or graph that cannot be used; one line naming the
+    file and the fix (models.exported re-exports it)."""
+
+
+def onnx_opsets() -> range:
+    """The opsets the installed torch.onnx's TorchScript-based exporter (dynamo=False, used here) accepts."""
+    constants = getattr(torch.onnx, '_constants', None)  # private, but where torch keeps the exporter's own bounds
+    low = getattr(constants, 'ONNX_MIN_OPSET', 7)
+    return range(low, getattr(constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', DEFAULT_OPSET) + 1)
+
+
+def _unwritable(path: Path, cause: str) -> ExportError:
+    return ExportError(f'{path}: cannot be written ({cause}); make {path.parent} writable or free space, '
+                       f'or pass --out with another folder')
+
+
+@contextmanager
+def reported_as_export_error(path: Path, what: str, fix: str = '') -> Iterator[None]:
+    """Exporter and file-system failures while writing `path` as one-line ExportErrors naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise _unwritable(path, e.strerror or str(e)) from None
+    except RuntimeError as e:  # torch.onnx errors, tracer errors, torch.jit's C++ file writer
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if 'open file failed' in first:
+            raise _unwritable(path, first.rpartition('strerror: ')[2] or first) from None
+        raise ExportError(f'{path}: {what} failed: {first}{fix}') from None
 
 
 def _b1_reads(section) -> set[int]:
@@ -115,15 +151,19 @@ def output_names(part: str, manifest: ExportManifest) -> list[str]:
     return ['score', *[f'f{i}' for i in manifest.features]] if part == 'part1' else ['detections']
 
 
-def export_onnx(parts: dict, examples: dict, manifest: ExportManifest, out: Path, opset: int = 17) -> list[Path]:
-    """One .onnx per part (legacy TorchScript-based exporter: no extra packages); batch axis dynamic if asked."""
+def export_onnx(parts: dict, examples: dict, manifest: ExportManifest, out: Path, opset: int = DEFAULT_OPSET
+                ) -> list[Path]:
+    """One .onnx per part (legacy TorchScript-based exporter: no extra packages); batch axis dynamic if asked;
+    ExportError (one line) when the exporter or the write fails."""
     written = []
     for name, module in parts.items():
         path = out.with_name(f'{out.name}_{name}.onnx')
         ins = input_names(name, manifest.easy_features, manifest.hard_features)
         outs = output_names(name, manifest)
         axes = {n: {0: 'batch'} for n in ins + outs} if manifest.dynamic_batch else None
-        with torch.no_grad(), warnings.catch_warnings():
+        fix = f'; try --opset {DEFAULT_OPSET}' if opset != DEFAULT_OPSET else ''
+        with reported_as_export_error(path, f'ONNX export at opset {opset}', fix), torch.no_grad(), \
+                warnings.catch_warnings():
             warnings.simplefilter('ignore')  # tracer notes on Python floats from shapes: the batch axis stays free
             torch.onnx.export(module.eval(), examples[name], str(path), input_names=ins, output_names=outs,
                               dynamic_axes=axes, opset_version=opset, dynamo=False)
@@ -133,14 +173,14 @@ def export_onnx(parts: dict, examples: dict, manifest: ExportManifest, out: Path
 
 
 def export_torchscript(parts: dict, examples: dict, manifest: ExportManifest, out: Path) -> list[Path]:
-    """One traced .torchscript per part."""
+    """One traced .torchscript per part; ExportError (one line) when tracing or the write fails."""
     written = []
     for name, module in parts.items():
         path = out.with_name(f'{out.name}_{name}.torchscript')
-        with torch.no_grad(), warnings.catch_warnings():
+        with reported_as_export_error(path, 'TorchScript trace'), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # as above; TorchScript is deprecated upstream but still runs
             traced = torch.jit.trace(module.eval(), examples[name], strict=False, check_trace=False)
-        traced.save(str(path))
+            traced.save(str(path))
         manifest.files[f'{name}_torchscript'] = path.name
         written.append(path)
     return written

@@ -14,13 +14,9 @@ import numpy as np
 import torch
 import yaml
 
-from utils.errors import UserError
+from .export import PARTS, ExportError, input_names
 
-from .export import PARTS, input_names
-
-
-class ExportError(UserError, RuntimeError):
-    """A manifest or graph that cannot be used; one line naming the file and the fix."""
+__all__ = ['ExportError', 'ExportedDynamicModel']  # ExportError lives in models.export, which cannot import this
 
 
 def _onnx_session(path: Path) -> Callable:

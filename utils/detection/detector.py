@@ -14,10 +14,39 @@ from models.inference import prepare_input
 from utils.data.labels import append_label_rows
 from utils.data.letterbox import letterbox
 from utils.detection.sources import Frame
+from utils.errors import UserError
 from utils.general import non_max_suppression, scale_coords
 from utils.torch_utils import time_sync
 
 CUDA_WARMUP_PASSES = 3
+IMAGE_WRITE_CAUSES = 'folder not writable, disk full, or an extension OpenCV cannot encode'
+VIDEO_WRITE_CAUSES = 'folder not writable, disk full, or no mp4v encoder in this OpenCV build'
+
+
+class OutputWriteError(UserError, OSError):
+    """A drawn image, crop or video that could not be written: one line naming the file."""
+
+
+def write_failed(path: Path, cause: str) -> OutputWriteError:
+    """The one-line error for a result file OpenCV did not write."""
+    return OutputWriteError(f'{path}: could not be written ({cause}); free space, make that folder writable, or '
+                            f'choose another --project')
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """cv2.imwrite that raises OutputWriteError instead of returning False or raising cv2.error, so that no result
+    is reported saved when it was not."""
+    try:
+        written, cause = cv2.imwrite(str(path), image), IMAGE_WRITE_CAUSES
+    except cv2.error as e:  # e.g. 'could not find a writer for the specified extension'
+        written, cause = False, str(e).strip().splitlines()[-1]
+    if not written:
+        raise write_failed(path, cause)
+
+
+def savable_name(name: str) -> str:
+    """The file name, with .jpg for formats OpenCV reads but cannot write (.mpo, .dng)."""
+    return name if cv2.haveImageWriter(name) else f'{Path(name).stem}.jpg'
 
 
 @dataclass
@@ -148,7 +177,7 @@ class DetectionOutputs:
         for k, (*xyxy, _, cls) in enumerate(det.tolist()):
             folder = self.save_dir / 'crops' / names[int(cls)]
             folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(folder / f'{self.stem(frame)}_{k}.jpg'), crop_box(frame.image, xyxy))
+            write_image(folder / f'{self.stem(frame)}_{k}.jpg', crop_box(frame.image, xyxy))
 
     def _video_path(self, frame: Frame) -> Path:
         name = self.source_name(frame)
@@ -159,17 +188,22 @@ class DetectionOutputs:
             path = self.save_dir / f'{name}_{k}.mp4'
         return path
 
+    def _open_writer(self, frame: Frame, shape: tuple) -> tuple[cv2.VideoWriter, Path]:
+        path = self._video_path(frame)
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), frame.fps, (shape[1], shape[0]))
+        if not writer.isOpened():  # VideoWriter never raises: every later write() would be lost silently
+            raise write_failed(path, VIDEO_WRITE_CAUSES)
+        return writer, path
+
     def image(self, frame: Frame, drawn: np.ndarray) -> str:
         """Write the drawn frame (image file, or the source's mp4); returns the path written."""
         if frame.kind == 'image':
-            path = self.save_dir / Path(frame.path).name
-            cv2.imwrite(str(path), drawn)
+            path = self.save_dir / savable_name(Path(frame.path).name)
+            write_image(path, drawn)
             return str(path)
         key = (frame.path, frame.position)  # a stream listed twice still gets two files
         if key not in self.writers:
-            path = self._video_path(frame)
-            h, w = drawn.shape[:2]
-            self.writers[key] = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), frame.fps, (w, h)), path
+            self.writers[key] = self._open_writer(frame, drawn.shape)
         writer, path = self.writers[key]
         writer.write(drawn)
         return str(path)
