@@ -15,10 +15,23 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import copy_checkpoint, half_state_dict, load_weights, read_checkpoint, save_checkpoint
+from utils.errors import TrainOptionError
 from utils.torch_utils import de_parallel
 from utils.train.ema import ModelEMA
 
 LOGGER = logging.getLogger(__name__)
+ROUTER = 'router'  # the state_dict prefix of step 2's router: only step-2 checkpoints hold it
+
+
+def checkpoint_step(ckpt: dict) -> int:
+    """2 for a checkpoint holding a router (a step-2 run's), 1 otherwise."""
+    return 2 if any(ROUTER in k for k in ckpt.get('model') or {}) else 1
+
+
+def non_finite_tensors(ckpt: dict) -> list[str]:
+    """The names of the model and EMA entries holding NaN or inf (fp16 also overflows above 65504)."""
+    return [f'{entry}.{k}' for entry in ('model', 'ema') for k, v in (ckpt.get(entry) or {}).items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def training_checkpoint(epoch: int, best_fitness: float, results_text: str, model: torch.nn.Module,
@@ -81,12 +94,18 @@ def epochs_to_train(ckpt: dict, epochs: int, weights: str) -> int:
     return epochs
 
 
-def restore_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, ema: ModelEMA | None) -> RestoredState:
+def restore_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
+                           source: str = 'the checkpoint') -> RestoredState:
     """Optimizer (its learning rates included), EMA, best fitness, results text and start epoch from a checkpoint;
     absent keys restore nothing. Call it after creating the lr scheduler, which resets every group's lr."""
     state = RestoredState()
     if ckpt.get('optimizer') is not None:
-        optimizer.load_state_dict(ckpt['optimizer'])
+        try:
+            optimizer.load_state_dict(ckpt['optimizer'])
+        except ValueError as e:  # torch: another number of parameter groups, or groups of other sizes
+            raise TrainOptionError(f'{source}: its optimizer state does not fit this run\'s ({e}); it was saved '
+                                   'with another step, model or hyp (hard_path_lr_gain): train with those, or start '
+                                   'from a finished (stripped) checkpoint') from None
         state.best_fitness = float(ckpt.get('best_fitness') or 0.0)
     if ema is not None and ckpt.get('ema') is not None:
         load_weights(ema.ema, ckpt, entry='ema')

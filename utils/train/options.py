@@ -8,17 +8,21 @@ Extended: `--patience` (early stopping), `--no-amp`, `--amp` (bf16 autocast on C
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
-import yaml
-
 from models.checkpoint import read_checkpoint
+from models.config import load_config
 from utils.cli import increment_path
 from utils.errors import TrainOptionError
 from utils.hyp import load_hyp
+from utils.train.checkpoint import checkpoint_step
+from utils.yaml_io import read_yaml_mapping
 
+LOGGER = logging.getLogger(__name__)
 ROUTER_LOSSES = ('adaptive', 'bce')
+KEPT_ON_RESUME = ('resume', 'device', 'no_amp', 'local_rank', 'help')  # flags --resume does not replace
 
 
 def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
@@ -96,8 +100,23 @@ def distributed_env(opt: argparse.Namespace) -> None:
         opt.global_rank = opt.local_rank
 
 
-def check_train_options(opt: argparse.Namespace) -> None:
-    """One-line TrainOptionError for values that cannot train."""
+def check_model_config(cfg: str, step: int) -> None:
+    """One-line TrainOptionError unless --cfg is a model config file of this step (a router only in step 2)."""
+    example = f'cfg/dy-yolov7-step{step}.yaml'
+    if not cfg:  # our checkpoints hold weights only, so the architecture always comes from a config
+        raise TrainOptionError(f'--cfg is required, e.g. --cfg {example} (--weight gives weights only)')
+    if Path(cfg).is_dir():
+        raise TrainOptionError(f'--cfg {cfg}: is a folder, not a model config; pass a file such as {example}')
+    dynamic = bool(load_config(cfg)[0].get('dynamic'))  # a missing or malformed file is one ConfigError line
+    if step == 1 and dynamic:  # its loss would expect both heads' maps and fail after the first step
+        raise TrainOptionError(f'--cfg {cfg}: a step-2 config (it has a router); train_step1.py trains the '
+                               f'detector: use the step-1 config, e.g. {example}')
+    if step == 2 and not dynamic:
+        raise TrainOptionError(f'--cfg {cfg}: not a step-2 config (no router); use cfg/*-step2.yaml')
+
+
+def check_train_options(opt: argparse.Namespace, step: int = 1) -> None:
+    """One-line TrainOptionError for values that cannot train (step: 1 or 2, the script's)."""
     if opt.epochs < 1:
         raise TrainOptionError(f'--epochs {opt.epochs}: must be at least 1')
     if opt.batch_size < 1:
@@ -107,8 +126,10 @@ def check_train_options(opt: argparse.Namespace) -> None:
                                'processes (GPUs): use a multiple of the process count')
     if not 1 <= len(opt.img_size) <= 2 or min(opt.img_size) < 32:
         raise TrainOptionError(f'--img-size {" ".join(map(str, opt.img_size))}: give one or two sizes >= 32')
-    if not opt.cfg:  # our checkpoints hold weights only, so the architecture always comes from a config
-        raise TrainOptionError('--cfg is required, e.g. --cfg cfg/dy-yolov7-step1.yaml (--weight gives weights only)')
+    check_model_config(opt.cfg, step)
+    if step == 2 and not opt.weight:  # a router trained on a random detector is worthless
+        raise TrainOptionError('--weight is required: the step-1 checkpoint whose detector the router learns to '
+                               'route, e.g. --weight runs/train/dy-yolov7-step1/weights/last.pt')
     load_hyp(opt.hyp)  # a bad hyp file fails here, before the run folder exists
     opt.img_size.extend([opt.img_size[-1]] * (2 - len(opt.img_size)))
     opt.total_batch_size = opt.batch_size
@@ -123,39 +144,66 @@ def latest_run_checkpoint(search_dir: str | Path = '.') -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
-def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
+def ignored_with_resume(opt: argparse.Namespace, step: int) -> list[str]:
+    """The flags given with --resume that it replaces by the run's own (those differing from the defaults)."""
+    p = argparse.ArgumentParser()
+    add_train_flags(p, step)
+    # argparse keeps its flag list in the private _actions only; it is how each dest's flag name is found
+    return [a.option_strings[0] for a in p._actions if a.option_strings and a.dest not in KEPT_ON_RESUME
+            and getattr(opt, a.dest, a.default) != a.default]
+
+
+def read_resumable(ckpt_path: Path, step: int) -> dict:
+    """The run options saved beside a checkpoint that this step can continue; one-line errors otherwise."""
+    opt_file = ckpt_path.parent.parent / 'opt.yaml'
+    saved = read_yaml_mapping(opt_file, TrainOptionError, "the run's options",
+                              f'--resume {ckpt_path}: its run folder has no opt.yaml ({opt_file}); '
+                              'start a new run with --weight instead')
+    ckpt = read_checkpoint(ckpt_path)
+    if ckpt.get('epoch', -1) == -1 or ckpt.get('optimizer') is None:
+        raise TrainOptionError(f'--resume {ckpt_path}: this run is finished (stripped checkpoint), nothing to '
+                               'resume; fine-tune from it with --weight instead')
+    run_step = checkpoint_step(ckpt)
+    if run_step != step:  # the other step's optimizer has other parameter groups
+        raise TrainOptionError(f'--resume {ckpt_path}: this checkpoint is a step-{run_step} run\'s; resume it with '
+                               f'train_step{run_step}.py --resume {ckpt_path}')
+    data = saved.get('data')
+    if data is not None and not Path(str(data)).is_file():
+        raise TrainOptionError(f'--resume {ckpt_path}: the run\'s data YAML {data} is not found; correct `data:` in '
+                               f'{opt_file} (--data is ignored with --resume)')
+    return saved
+
+
+def resume_options(opt: argparse.Namespace, step: int = 1) -> argparse.Namespace:
     """Replace the options by the resumed run's opt.yaml (keeping this process's rank) and point at its files."""
     ckpt_path = Path(opt.resume) if isinstance(opt.resume, str) else latest_run_checkpoint()
     if not ckpt_path.is_file():
         raise TrainOptionError(f'--resume {ckpt_path}: no such checkpoint')
     run_dir = ckpt_path.parent.parent
-    opt_file = run_dir / 'opt.yaml'
-    if not opt_file.is_file():
-        raise TrainOptionError(f'--resume {ckpt_path}: its run folder has no opt.yaml ({opt_file}); '
-                               'start a new run with --weight instead')
-    ckpt = read_checkpoint(ckpt_path)
-    if ckpt.get('epoch', -1) == -1 or ckpt.get('optimizer') is None:
-        raise TrainOptionError(f'--resume {ckpt_path}: this run is finished (stripped checkpoint), nothing to '
-                               'resume; fine-tune from it with --weight instead')
-    saved = yaml.safe_load(opt_file.read_text())
+    saved = read_resumable(ckpt_path, step)
+    ignored = ignored_with_resume(opt, step)
+    if ignored and getattr(opt, 'global_rank', -1) in (-1, 0):  # once, not once per DDP process
+        LOGGER.warning(f'WARNING: --resume continues with the run\'s own options ({run_dir / "opt.yaml"}); '
+                       f'ignored: {", ".join(ignored)}')
     keep = {k: getattr(opt, k) for k in ('local_rank', 'global_rank', 'world_size', 'device') if hasattr(opt, k)}
     if getattr(opt, 'no_amp', False):  # the way out of fp16 overflows must work on the run that overflowed
         keep['no_amp'] = True
     resumed = argparse.Namespace(**{**vars(opt), **saved, **keep})
     resumed.resume, resumed.weight = True, str(ckpt_path)
     resumed.cfg = str(run_dir / 'cfg.yaml') if (run_dir / 'cfg.yaml').is_file() else saved.get('cfg', '')
-    resumed.hyp = str(run_dir / 'hyp.yaml') if (run_dir / 'hyp.yaml').is_file() else saved['hyp']
+    resumed.hyp = str(run_dir / 'hyp.yaml') if (run_dir / 'hyp.yaml').is_file() else saved.get('hyp', '')
     resumed.batch_size = saved.get('total_batch_size', saved.get('batch_size'))
     resumed.save_dir = str(run_dir)
     return resumed
 
 
-def prepare_options(opt: argparse.Namespace) -> argparse.Namespace:
-    """Distributed environment, resume, checks and the run folder, in the reference's order."""
+def prepare_options(opt: argparse.Namespace, step: int = 1) -> argparse.Namespace:
+    """Distributed environment, resume, checks and the run folder's name, in the reference's order (step: the
+    training script's, 1 or 2)."""
     distributed_env(opt)
     if opt.resume:
-        opt = resume_options(opt)
-    check_train_options(opt)
+        opt = resume_options(opt, step)
+    check_train_options(opt, step)
     if not opt.resume:
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, opt.exist_ok))
     return opt

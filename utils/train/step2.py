@@ -4,7 +4,8 @@
 Faithful at batch 1: detector frozen and every BatchNorm kept in eval mode each epoch, router-only AdamW/SGD with
 two groups (weights with decay, biases), linear schedule, EMA with decay 0 (an exact copy), batch-1 validation at
 dy_thres 0.5. Fixed: a step-1 checkpoint's optimizer, epoch and EMA never carry into step 2 (the reference then
-crashed on the group count); every detector tensor must be in --weight (the router may be absent). Extended:
+crashed on the group count); --weight is required and every detector tensor must be in it (the router may be
+absent); no autoanchor (it replaced the frozen detector's anchors, so its boxes came out wrong). Extended:
 --batch-size B > 1 applies the adaptive formula per image (the reference refuses B != 1).
 """
 from __future__ import annotations
@@ -15,13 +16,12 @@ import torch
 
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint
 from models.yolo import Model
-from utils.errors import TrainOptionError
 from utils.torch_utils import de_parallel
+from utils.train.checkpoint import ROUTER
 from utils.train.optim import lr_lambda, scaled_weight_decay
 from utils.train.trainer import Trainer
 
 LOGGER = logging.getLogger(__name__)
-ROUTER = 'router'
 
 
 def load_detector(model: Model, weights: str) -> dict:
@@ -41,20 +41,24 @@ def load_detector(model: Model, weights: str) -> dict:
 
 class Step2Trainer(Trainer):
     """The router's training: frozen detector, adaptive loss, batch-1 validation."""
+    step = 2
     loss_names = ('diff', 'score.0', 'score.1', 'total')
     ema_decay = 0.0  # the "EMA" is an exact copy of the model after every step
 
     def build_model(self) -> tuple[torch.nn.Module, dict]:
-        """The step-2 model with the step-1 detector loaded strictly."""
+        """The step-2 model with the step-1 detector loaded strictly (the options checks made --cfg a step-2
+        config and --weight given)."""
         model = Model(self.opt.cfg, ch=3, nc=self.nc, anchors=self.hyp.get('anchors'))
-        if not model.dynamic:
-            raise TrainOptionError(f'--cfg {self.opt.cfg}: not a step-2 config (no router); use cfg/*-step2.yaml')
-        ckpt = load_detector(model, self.opt.weight) if self.opt.weight else {}
+        ckpt = load_detector(model, self.opt.weight)
         return model.to(self.device), ckpt
 
     def restorable(self, ckpt: dict) -> dict:
         """Only a resumed step-2 run continues its optimizer / epoch / EMA; a step-1 checkpoint brings weights."""
         return ckpt if self.opt.resume else {}
+
+    def check_anchors(self, model: torch.nn.Module) -> None:
+        """No autoanchor: the anchors belong to the frozen detector, whose weights were trained with them."""
+        LOGGER.info('autoanchor: skipped in step 2: the anchors are the step-1 detector\'s (frozen with it)')
 
     def prepare_model(self, model: torch.nn.Module) -> None:
         """--freeze as step 1, then everything but the router frozen."""

@@ -12,7 +12,7 @@ import argparse
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,9 @@ from utils.hyp import load_hyp, scale_hyp
 from utils.metrics import fitness
 from utils.torch_utils import amp_dtype, de_parallel, native_bf16
 from utils.train.checkpoint import (
+    checkpoint_step,
     epochs_to_train,
+    non_finite_tensors,
     restore_training_state,
     save_epoch,
     strip_checkpoint,
@@ -75,8 +77,25 @@ class TrainingError(UserError, RuntimeError):
     """Training cannot go on (non-finite losses, out of memory): one line; checkpoints on disk are intact."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C while training; its message is the one line saying how to continue (a KeyboardInterrupt still)."""
+
+
+def exit_on_interrupt(run: Callable) -> Callable:
+    """run, with a Ctrl-C during training turned into its one 'continue with' line and exit code 130."""
+    def interruptible(*args, **kwargs):
+        """run(*args, **kwargs); TrainingInterrupted becomes `error: <its line>` and exit code 130."""
+        from utils.cli import fail
+        try:
+            return run(*args, **kwargs)
+        except TrainingInterrupted as e:
+            fail(str(e), 130)
+    return interruptible
+
+
 class Trainer:
     """Step-1 training (the cascaded detector); step 2 overrides the hooks marked as such."""
+    step = 1  # which training script's options and checkpoints this trainer takes
     loss_names = ('box', 'obj', 'cls', 'total')
     ema_decay = 0.9999
 
@@ -99,7 +118,12 @@ class Trainer:
         return build_train_model(self.opt, self.hyp, self.nc, self.device)
 
     def restorable(self, ckpt: dict) -> dict:
-        """The checkpoint whose optimizer / EMA / epoch / results continue here (step 1: any given .pt)."""
+        """The checkpoint whose optimizer / EMA / epoch / results continue here (step 1: any given .pt but an
+        unfinished step-2 run's, whose optimizer trains the router)."""
+        if ckpt.get('optimizer') is not None and checkpoint_step(ckpt) == 2:
+            raise TrainOptionError(f'--weight {self.opt.weight}: an unfinished step-2 run\'s checkpoint (its '
+                                   f'optimizer trains the router); continue it with train_step2.py --resume '
+                                   f'{self.opt.weight}, or give step 1 a step-1 checkpoint')
         return ckpt
 
     def prepare_model(self, model: torch.nn.Module) -> None:
@@ -124,6 +148,12 @@ class Trainer:
                                    'use it without --single-backbone (a single-backbone config is needed for it)')
         return (ComputeLossOTA if single else ComputeLossOTADual)(model), ComputeLoss(model)
 
+    def check_anchors(self, model: torch.nn.Module) -> None:
+        """Autoanchor: re-fit the anchors to the labels when they fit badly (not with --noautoanchor)."""
+        from utils.train.autoanchor import check_anchors
+        if not self.opt.noautoanchor:
+            check_anchors(self.dataset, model, thr=self.hyp['anchor_t'], imgsz=self.img_size)
+
     def on_epoch_start(self, model: torch.nn.Module) -> None:
         """Train mode for the whole model."""
         model.train()
@@ -146,11 +176,8 @@ class Trainer:
         self.data = load_data_config(opt.data, required=('train', 'val'))
         self.nc = 1 if opt.single_cls else int(self.data['nc'])
         self.names = ['item'] if opt.single_cls else [str(n) for n in self.data['names']]
-        if ctx.main:
-            write_run_files(opt, self.hyp, self.save_dir)
         model, ckpt = self.build_model()
         ckpt = self.restorable(ckpt)
-        self._start_wandb(ckpt.get('wandb_id') if opt.resume and ckpt else None)
         self.prepare_model(model)
         self.epochs = epochs_to_train(ckpt, opt.epochs, opt.weight)
         self.optimizer = self.build_optimizer(model)
@@ -159,10 +186,13 @@ class Trainer:
         # LambdaLR sets every group's lr to initial_lr·lf(0): created before the optimizer state is loaded (the
         # reference's order), so a resumed run keeps the rates it saved
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
-        state = restore_training_state(ckpt, self.optimizer, self.ema)
+        state = restore_training_state(ckpt, self.optimizer, self.ema, f'--weight {opt.weight}')
         if opt.resume and state.start_epoch <= 0:
             raise TrainingError(f'--resume {opt.weight}: nothing to resume (training to {self.epochs} epochs '
                                 'is finished)')
+        if ctx.main:  # only now that model, weights and optimizer state are in place: a failed start leaves no run
+            write_run_files(opt, self.hyp, self.save_dir)
+        self._start_wandb(ckpt.get('wandb_id') if opt.resume and ckpt else None)
         self.start_epoch, self.best_fitness = state.start_epoch, state.best_fitness
         self.best_epoch = int(ckpt.get('best_epoch', self.start_epoch - 1)) if ckpt else -1
         self.last_saved: dict | None = None  # the checkpoint this process last wrote to last.pt
@@ -202,12 +232,10 @@ class Trainer:
         self.compute_loss, self.val_loss = self.build_losses(model)
 
     def _first_run_checks(self, model) -> None:
-        from utils.train.autoanchor import check_anchors
         labels = np.concatenate([x for x in self.dataset.labels if len(x)] or [np.zeros((0, 5))])
         plot_labels(labels, self.names, self.save_dir)
         plot_lr_schedule(self.lf, self.epochs, self.hyp['lr0'], self.save_dir)
-        if not self.opt.noautoanchor:
-            check_anchors(self.dataset, model, thr=self.hyp['anchor_t'], imgsz=self.img_size)
+        self.check_anchors(model)
         model.half().float()  # the reference rounds the fresh weights through fp16 once
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -243,9 +271,11 @@ class Trainer:
         except torch.cuda.OutOfMemoryError as e:
             raise TrainingError(f'CUDA out of memory at --batch-size {self.opt.batch_size} ({str(e).splitlines()[0]}); '
                                 f'try --batch-size {max(self.opt.batch_size // 2, 1)}') from None
-        except BaseException:
+        except BaseException as e:
             if self.wandb is not None:
                 self.wandb.finish(ok=False)
+            if isinstance(e, KeyboardInterrupt):  # the checkpoints are whole (atomic writes): say how to continue
+                raise TrainingInterrupted(self.interrupted_message(epoch)) from None
             raise
         finally:
             self.writer.close()
@@ -306,6 +336,13 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
         return items.detach().to(self.device)
+
+    def interrupted_message(self, epoch: int) -> str:
+        """The line a Ctrl-C at `epoch` ends with: how to continue from the last checkpoint saved, if any."""
+        last = self.weights_dir / 'last.pt'
+        if not last.is_file():
+            return f'interrupted at epoch {epoch}, before any checkpoint was saved; nothing to resume'
+        return f'interrupted at epoch {epoch}; continue with: python train_step{self.step}.py --resume {last}'
 
     def amp_description(self) -> str:
         """Which mixed precision trains, and why (the first log lines say it)."""
@@ -380,6 +417,11 @@ class Trainer:
         """last.pt (+ best / epoch copies), atomically."""
         ckpt = training_checkpoint(epoch, self.best_fitness, self.results.read_text(), self.model, self.ema,
                                    self.optimizer)
+        bad = non_finite_tensors(ckpt)
+        if bad:  # saving them would overwrite the last good last.pt with weights nothing can use
+            raise TrainingError(f'the weights became NaN/inf at epoch {epoch} ({len(bad)} tensors, e.g. {bad[0]}); '
+                                f'lower lr0 in --hyp (or check the labels); the last good checkpoint is '
+                                f'{self.weights_dir / "last.pt"}')
         ckpt.update(best_epoch=self.best_epoch, wandb_id=self.wandb.id if self.wandb is not None else None)
         save_epoch(ckpt, self.weights_dir, epoch, self.epochs, is_best, self.opt.save_period)
         self.last_saved = ckpt
@@ -410,7 +452,7 @@ def train(opt: argparse.Namespace, trainer_cls: type[Trainer] = Trainer, configu
     from utils.torch_utils import select_device
     from utils.train.distributed import cleanup, init_distributed
     from utils.train.options import prepare_options
-    opt = prepare_options(opt)
+    opt = prepare_options(opt, trainer_cls.step)
     if configure_logging:
         setup_logging(verbose=opt.global_rank in (-1, 0))
     device = select_device(opt.device, opt.batch_size if opt.world_size == 1 else None)
