@@ -53,7 +53,7 @@ def _step1_flags(files: dict, project: Path, *extra: str) -> list[str]:
 
 
 def _step2_flags(files: dict, project: Path, *extra: str) -> list[str]:
-    """Step-2 flags without --noautoanchor: autoanchor would run if step 2 still called it."""
+    """Step-2 flags without --noautoanchor: autoanchor checks the anchors (and must not re-fit them)."""
     return ['--cfg', files['cfg2'], '--weight', files['weights'], '--data', files['data'], '--hyp', files['hyp2'],
             '--epochs', '1', '--batch-size', '2', '--img', '64', '--device', 'cpu', '--workers', '0', '--adam',
             '--project', str(project), *extra]
@@ -77,7 +77,7 @@ def _one_line_error(main, argv: list[str], capsys, code: int = 2) -> str:
 
 
 def test_step2_keeps_every_detector_tensor_anchors_included(files: dict, step2_run: Path, capsys) -> None:
-    """Bug 1: autoanchor would re-fit these anchors on the tiny boxes, but step 2 skips it: every detector tensor and
+    """Autoanchor would re-fit these anchors on the tiny boxes, but step 2 only reports the fit: every detector tensor and
     buffer (anchors, anchor_grid, BN statistics) of its checkpoints is bit-identical to the step-1 weights."""
     from utils.data.dataloaders import create_dataloader
     from utils.train.autoanchor import check_anchors
@@ -91,21 +91,21 @@ def test_step2_keeps_every_detector_tensor_anchors_included(files: dict, step2_r
             assert torch.equal(after[k], v), (name, k)
 
 
-def test_step2_says_once_that_it_skips_autoanchor(files: dict, tmp_path: Path, caplog,
+def test_step2_reports_the_anchor_fit_without_refitting(files: dict, tmp_path: Path, caplog,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bug 1: the skip is one info line, and no 'New anchors saved' line appears."""
+    """One line says the anchors fit badly and stay the detector's; no 'New anchors saved' line appears."""
     from utils.train.trainer import train
     skip_run_plots(monkeypatch)
     with caplog.at_level(logging.INFO):
         train(train_step2.parse_opt(_step2_flags(files, tmp_path, '--notest', '--nosave')), train_step2.Step2Trainer,
               configure_logging=False)
     messages = [r.getMessage() for r in caplog.records]
-    assert sum('autoanchor: skipped in step 2' in m for m in messages) == 1
+    assert sum('anchors stay the frozen step-1 detector' in m for m in messages) == 1
     assert not any('New anchors' in m for m in messages)
 
 
 def test_step2_without_weight_is_one_line(files: dict, tmp_path: Path, capsys) -> None:
-    """Bug 2: --weight '' used to train a router on a random detector; no run folder is made."""
+    """--weight '' used to train a router on a random detector; no run folder is made."""
     argv = _step2_flags(files, tmp_path / 'runs')
     argv[argv.index('--weight') + 1] = ''
     assert '--weight is required' in _one_line_error(train_step2.main, argv, capsys)
@@ -124,7 +124,7 @@ def test_step2_without_weight_is_one_line(files: dict, tmp_path: Path, capsys) -
 ])
 def test_invalid_hyp_values_are_one_line(files: dict, tmp_path: Path, capsys, key: str, value: float,
                                          message: str) -> None:
-    """Bug 3: a non-finite or impossible value stops before any run folder (NaN used to train and save NaN
+    """A non-finite or impossible value stops before any run folder (NaN used to train and save NaN
     weights, a negative lr0 was torch's traceback)."""
     hyp = yaml.safe_load(Path(files['hyp1']).read_text())
     (tmp_path / 'h.yaml').write_text(yaml.safe_dump({**hyp, key: value}))
@@ -145,7 +145,7 @@ class _PoisonedTrainer(Trainer):
 
 
 def test_non_finite_weights_are_never_saved(files: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bug 3: NaN weights stop training with one line saying to lower lr0, and no checkpoint holds them."""
+    """NaN weights stop training with one line saying to lower lr0, and no checkpoint holds them."""
     from utils.train.trainer import train
     skip_run_plots(monkeypatch)
     with pytest.raises(TrainingError, match='became NaN/inf at epoch 0 .*lower lr0') as e:
@@ -156,7 +156,7 @@ def test_non_finite_weights_are_never_saved(files: dict, tmp_path: Path, monkeyp
 
 
 def test_step2_config_in_step1_is_one_line(files: dict, tmp_path: Path, capsys) -> None:
-    """Bug 4: used to fail after the first step ('ComputeLossOTADual expects 6 prediction maps, got 2')."""
+    """Used to fail after the first step ('ComputeLossOTADual expects 6 prediction maps, got 2')."""
     argv = _step1_flags(files, tmp_path / 'runs', '--cfg', files['cfg2'])
     line = _one_line_error(train_step1.main, argv, capsys)
     assert 'a step-2 config (it has a router)' in line and 'use the step-1 config' in line
@@ -164,7 +164,7 @@ def test_step2_config_in_step1_is_one_line(files: dict, tmp_path: Path, capsys) 
 
 
 def test_resuming_a_step2_run_with_step1_is_one_line(step2_run: Path, tmp_path: Path, capsys) -> None:
-    """Bug 5: the step-2 optimizer used to meet step 1's groups ('different number of parameter groups')."""
+    """The step-2 optimizer used to meet step 1's groups ('different number of parameter groups')."""
     run = tmp_path / step2_run.name
     shutil.copytree(step2_run, run)
     shutil.copy2(run / 'weights' / 'epoch_000.pt', run / 'weights' / 'last.pt')  # as if killed after epoch 0
@@ -174,7 +174,7 @@ def test_resuming_a_step2_run_with_step1_is_one_line(step2_run: Path, tmp_path: 
 
 def test_unfinished_step2_checkpoint_as_step1_weight_is_one_line(files: dict, step2_run: Path, tmp_path: Path,
                                                                   capsys) -> None:
-    """Bug 5: an unfinished step-2 checkpoint given to step 1 as --weight; no run folder is left."""
+    """An unfinished step-2 checkpoint given to step 1 as --weight; no run folder is left."""
     weight = str(step2_run / 'weights' / 'epoch_000.pt')
     line = _one_line_error(train_step1.main, _step1_flags(files, tmp_path / 'runs', '--weight', weight), capsys)
     assert 'unfinished step-2 run' in line and f'train_step2.py --resume {weight}' in line
@@ -191,14 +191,14 @@ def _fake_run(folder: Path, options: dict, model: dict | None = None) -> Path:
 
 
 def test_resuming_a_step1_run_with_step2_is_one_line(tmp_path: Path, capsys) -> None:
-    """Bug 5, the other way round."""
+    """A step-1 run resumed with train_step2.py is one line naming train_step1.py."""
     last = _fake_run(tmp_path / 'exp', {'epochs': 3, 'total_batch_size': 2})
     assert "a step-1 run's; resume it with train_step1.py" in _one_line_error(train_step2.main, ['--resume', str(last)],
                                                                               capsys)
 
 
 def test_an_optimizer_state_of_other_groups_is_one_line() -> None:
-    """Bug 5: whatever else brings an optimizer of other groups (another hard_path_lr_gain) names the file."""
+    """Whatever else brings an optimizer of other groups (another hard_path_lr_gain) names the file."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     other = torch.optim.SGD([{'params': [torch.nn.Parameter(torch.zeros(1))]},
                              {'params': [torch.nn.Parameter(torch.zeros(1))]}], lr=0.1)
@@ -209,7 +209,7 @@ def test_an_optimizer_state_of_other_groups_is_one_line() -> None:
 @pytest.mark.parametrize('cfg,message', [('missing.yaml', 'model config not found'),
                                          ('{folder}', 'is a folder, not a model config')])
 def test_missing_or_folder_cfg_is_one_line(files: dict, tmp_path: Path, capsys, cfg: str, message: str) -> None:
-    """Bug 6: used to be FileNotFoundError / IsADirectoryError tracebacks after the run folder was made."""
+    """Used to be FileNotFoundError / IsADirectoryError tracebacks after the run folder was made."""
     cfg = str(tmp_path) if cfg == '{folder}' else str(tmp_path / cfg)
     line = _one_line_error(train_step1.main, _step1_flags(files, tmp_path / 'runs', '--cfg', cfg), capsys)
     assert message in line and cfg in line
@@ -217,7 +217,7 @@ def test_missing_or_folder_cfg_is_one_line(files: dict, tmp_path: Path, capsys, 
 
 
 def test_malformed_opt_yaml_is_one_line(tmp_path: Path, capsys) -> None:
-    """Bug 7: used to be yaml's ParserError traceback."""
+    """Used to be yaml's ParserError traceback."""
     last = _fake_run(tmp_path / 'exp', {'epochs': 3})
     (tmp_path / 'exp' / 'opt.yaml').write_text('epochs: [3\n')
     line = _one_line_error(train_step1.main, ['--resume', str(last)], capsys)
@@ -225,7 +225,7 @@ def test_malformed_opt_yaml_is_one_line(tmp_path: Path, capsys) -> None:
 
 
 def test_flags_given_with_resume_are_named_once(tmp_path: Path, caplog) -> None:
-    """Bug 8: flags --resume replaces by the run's own used to be dropped without a word (--device is kept)."""
+    """Flags --resume replaces by the run's own used to be dropped without a word (--device is kept)."""
     from utils.train.options import resume_options
     last = _fake_run(tmp_path / 'exp', {'epochs': 3, 'total_batch_size': 2, 'device': '0'})
     opt = train_step1.parse_opt(['--resume', str(last), '--epochs', '2', '--batch-size', '4', '--data', 'x.yaml',
@@ -238,7 +238,7 @@ def test_flags_given_with_resume_are_named_once(tmp_path: Path, caplog) -> None:
 
 
 def test_resumed_run_with_a_missing_data_yaml_says_to_edit_opt_yaml(tmp_path: Path, capsys) -> None:
-    """Bug 8: the run's own data YAML is gone; --data cannot help, its opt.yaml can."""
+    """The run's own data YAML is gone; --data cannot help, its opt.yaml can."""
     last = _fake_run(tmp_path / 'exp', {'epochs': 3, 'total_batch_size': 2, 'data': str(tmp_path / 'gone.yaml')})
     line = _one_line_error(train_step1.main, ['--resume', str(last), '--data', 'other.yaml'], capsys)
     assert str(tmp_path / 'exp' / 'opt.yaml') in line and '--data is ignored with --resume' in line
@@ -246,7 +246,7 @@ def test_resumed_run_with_a_missing_data_yaml_says_to_edit_opt_yaml(tmp_path: Pa
 
 def test_ctrl_c_is_one_line_naming_the_resume_command(files: dict, tmp_path: Path, capsys,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bug 9: Ctrl-C in epoch 1 of step 2 is one line with the command that continues it, exit code 130."""
+    """Ctrl-C in epoch 1 of step 2 is one line with the command that continues it, exit code 130."""
     skip_run_plots(monkeypatch)
     train_epoch = Trainer.train_epoch
 
@@ -264,7 +264,7 @@ def test_ctrl_c_is_one_line_naming_the_resume_command(files: dict, tmp_path: Pat
 
 
 def test_a_failed_start_leaves_no_run_folder(files: dict, tmp_path: Path, capsys) -> None:
-    """Bug 10: weights that do not fit the config fail after the options checks, before the run files are written."""
+    """Weights that do not fit the config fail after the options checks, before the run files are written."""
     argv = _step2_flags(files, tmp_path / 'runs', '--cfg', str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml'))
     assert 'detector tensors missing' in _one_line_error(train_step2.main, argv, capsys)
     assert not (tmp_path / 'runs').exists()

@@ -137,8 +137,10 @@ def _set_anchors(det: IDetect, anchors: np.ndarray) -> None:
     det.anchors /= det.stride.to(det.anchors).view(-1, 1, 1)
 
 
-def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, imgsz: int = 640, seed: int = 0) -> bool:
-    """Check head 2's anchors against the labels; if BPR < 0.98 re-fit them and adopt in both heads if better."""
+def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, imgsz: int = 640, seed: int = 0,
+                  refit: bool = True) -> bool:
+    """Check head 2's anchors against the labels; if BPR < 0.98 re-fit them and adopt in both heads if better
+    (with refit False only report: step 2's detector is frozen with its anchors)."""
     model = getattr(model, 'module', model)  # DDP / DataParallel wrapper
     det1, det2 = model.detect_layers
     rng = np.random.default_rng(seed)
@@ -151,6 +153,10 @@ def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, imgsz:
     line = f'{PREFIX}Analyzing anchors... anchors/target = {aat:.2f}, Best Possible Recall (BPR) = {bpr:.4f}'
     if bpr >= BPR_REFIT:
         LOGGER.info(f'{line}, current anchors are a good fit to dataset')
+        return False
+    if not refit:
+        LOGGER.warning(f'{line}: below {BPR_REFIT}, but the anchors stay the frozen step-1 detector\'s (its boxes '
+                       f'were trained with them); to re-fit them, train step 1 on this data without --noautoanchor')
         return False
     LOGGER.info(f'{line}. Attempting to improve anchors, please wait...')
     new = kmean_anchors(dataset, n=len(anchors), img_size=imgsz, thr=thr, gen=1000, seed=seed, verbose=False)

@@ -5,7 +5,7 @@ Faithful at batch 1: detector frozen and every BatchNorm kept in eval mode each 
 two groups (weights with decay, biases), linear schedule, EMA with decay 0 (an exact copy), batch-1 validation at
 dy_thres 0.5. Fixed: a step-1 checkpoint's optimizer, epoch and EMA never carry into step 2 (the reference then
 crashed on the group count); --weight is required and every detector tensor must be in it (the router may be
-absent); no autoanchor (it replaced the frozen detector's anchors, so its boxes came out wrong). Extended:
+absent); autoanchor only reports (re-fitting replaced the frozen detector's anchors, so its boxes came out wrong). Extended:
 --batch-size B > 1 applies the adaptive formula per image (the reference refuses B != 1).
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Step2Trainer(Trainer):
     step = 2
     loss_names = ('diff', 'score.0', 'score.1', 'total')
     ema_decay = 0.0  # the "EMA" is an exact copy of the model after every step
+    refit_anchors = False  # the anchors belong to the frozen detector, whose boxes were trained with them
 
     def build_model(self) -> tuple[torch.nn.Module, dict]:
         """The step-2 model with the step-1 detector loaded strictly (the options checks made --cfg a step-2
@@ -55,10 +56,6 @@ class Step2Trainer(Trainer):
     def restorable(self, ckpt: dict) -> dict:
         """Only a resumed step-2 run continues its optimizer / epoch / EMA; a step-1 checkpoint brings weights."""
         return ckpt if self.opt.resume else {}
-
-    def check_anchors(self, model: torch.nn.Module) -> None:
-        """No autoanchor: the anchors belong to the frozen detector, whose weights were trained with them."""
-        LOGGER.info('autoanchor: skipped in step 2: the anchors are the step-1 detector\'s (frozen with it)')
 
     def prepare_model(self, model: torch.nn.Module) -> None:
         """--freeze as step 1, then everything but the router frozen."""

@@ -96,6 +96,7 @@ def exit_on_interrupt(run: Callable) -> Callable:
 class Trainer:
     """Step-1 training (the cascaded detector); step 2 overrides the hooks marked as such."""
     step = 1  # which training script's options and checkpoints this trainer takes
+    refit_anchors = True  # step 2: only report how well the frozen detector's anchors fit
     loss_names = ('box', 'obj', 'cls', 'total')
     ema_decay = 0.9999
 
@@ -152,7 +153,8 @@ class Trainer:
         """Autoanchor: re-fit the anchors to the labels when they fit badly (not with --noautoanchor)."""
         from utils.train.autoanchor import check_anchors
         if not self.opt.noautoanchor:
-            check_anchors(self.dataset, model, thr=self.hyp['anchor_t'], imgsz=self.img_size)
+            check_anchors(self.dataset, model, thr=self.hyp['anchor_t'], imgsz=self.img_size,
+                          refit=self.refit_anchors)
 
     def on_epoch_start(self, model: torch.nn.Module) -> None:
         """Train mode for the whole model."""
