@@ -48,7 +48,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog='demo.py', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='runs/demo', help='output folder (a new numbered one if it exists)')
-    p.add_argument('--images', type=int, default=640, help=f'synthetic images ({VAL_FRACTION:.0%} for validation)')
+    p.add_argument('--images', type=int, default=640, help=f'synthetic images ({100 * VAL_FRACTION:.0f}%% for validation)')
     p.add_argument('--img', type=int, default=128, help='image size, a multiple of 32')
     p.add_argument('--epochs', type=int, default=20, help='step-1 epochs')
     p.add_argument('--router-epochs', type=int, default=10, help='step-2 epochs')

@@ -6,6 +6,8 @@ import importlib
 import inspect
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ('models', 'utils')
 
@@ -83,3 +85,13 @@ def test_every_error_a_user_can_fix_is_a_user_error() -> None:
                 seen.append(cls_name)
                 assert issubclass(cls, UserError), f'{name}.{cls_name}'
     assert len(seen) >= 14
+
+
+@pytest.mark.parametrize('script', ['demo', 'train_step1', 'train_step2', 'get_dynamic_thres', 'test', 'detect',
+                                    'export'])
+def test_every_script_prints_its_help(script: str, capsys) -> None:
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as e:
+        module.parse_opt(['--help'])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith('usage:') and '--help' in out
