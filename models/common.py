@@ -141,21 +141,25 @@ class SPPCSPC(nn.Module):
         self.cv3 = Conv(c_, c_, 3, 1)
         self.cv4 = Conv(c_, c_, 1, 1)
         # Max-pools of odd kernels a then b (stride 1, padding k // 2) are exactly one max-pool of kernel
-        # a + b - 1, so increasing odd kernels 5, 9, 13 run as 5, then 5 twice more on the previous result:
-        # the same numbers at a third of the comparisons (YOLOv5's SPPF identity; the reference pools x1 thrice).
+        # a + b - 1, so without gradients increasing odd kernels 5, 9, 13 run as 5, then 5 twice more on the
+        # previous result (`steps`): the same numbers at a third of the comparisons (YOLOv5's SPPF identity).
         ks = [int(v) for v in k]
         self.chained = all(v % 2 for v in ks) and all(a < b for a, b in zip(ks, ks[1:]))
-        steps = [ks[0]] + [b - a + 1 for a, b in zip(ks, ks[1:])] if self.chained else ks
-        self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=s, stride=1, padding=s // 2) for s in steps)
+        self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2) for k in ks)
+        steps = [ks[0]] + [b - a + 1 for a, b in zip(ks, ks[1:])]
+        self.steps = nn.ModuleList(nn.MaxPool2d(kernel_size=s, stride=1, padding=s // 2) for s in steps)
         self.cv5 = Conv(4 * c_, c_, 1, 1)
         self.cv6 = Conv(c_, c_, 3, 1)
         self.cv7 = Conv(2 * c_, c2, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1 = self.cv4(self.cv3(self.cv1(x)))
+        # Training keeps the reference's pools: at tied maxima (flat image regions) the chain would send the
+        # gradient to another of the tied positions, and training would drift from the reference's.
+        chain = self.chained and not (torch.is_grad_enabled() and x1.requires_grad)
         maps = [x1]
-        for pool in self.m:
-            maps.append(pool(maps[-1] if self.chained else x1))
+        for pool, step in zip(self.m, self.steps):
+            maps.append(step(maps[-1]) if chain else pool(x1))
         y1 = self.cv6(self.cv5(torch.cat(maps, 1)))
         y2 = self.cv2(x)
         return self.cv7(torch.cat((y1, y2), dim=1))

@@ -1,6 +1,8 @@
 """Operators rewritten for speed give the reference's numbers: SPPCSPC's chained max-pools, the router's mean."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,8 +18,8 @@ def test_chained_max_pools_equal_the_reference_pools_exactly(kernels: tuple[int,
     assert spp.chained
     x1 = torch.randn(2, 4, 11, 13)
     maps = [x1]
-    for pool in spp.m:
-        maps.append(pool(maps[-1]))
+    for step in spp.steps:
+        maps.append(step(maps[-1]))
     for k, chained in zip(kernels, maps[1:]):
         assert torch.equal(chained, F.max_pool2d(x1, k, 1, k // 2))
 
@@ -27,6 +29,23 @@ def test_pools_that_do_not_chain_run_as_configured(kernels: tuple[int, ...]) -> 
     spp = SPPCSPC(8, 8, k=kernels)
     assert not spp.chained
     assert [pool.kernel_size for pool in spp.m] == list(kernels)
+
+
+def test_training_keeps_the_reference_pools_and_their_gradients_at_ties() -> None:
+    torch.manual_seed(0)
+    spp = SPPCSPC(8, 8).train()
+    reference = copy.deepcopy(spp)
+    reference.chained = False
+    x = torch.zeros(1, 8, 9, 9)
+    x[..., 2:5, 2:5] = 1.0  # a flat square: tied maxima in every pooling window
+    grads = []
+    for module in (spp, reference):
+        xi = x.clone().requires_grad_(True)
+        module(xi).square().sum().backward()
+        grads.append(xi.grad)
+    assert torch.equal(grads[0], grads[1])
+    with torch.no_grad():  # without gradients the chain runs, with the same outputs
+        assert torch.equal(spp(x), reference(x))
 
 
 def test_spp_state_dict_does_not_depend_on_chaining() -> None:
