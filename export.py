@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import math
 from pathlib import Path
 
 from models.export import DEFAULT_OPSET, ExportError, export_onnx, export_torchscript, onnx_opsets, split_model
 from models.graph import ConfigError
 from models.inference import load_for_inference
-from utils.cli import check_img_size, check_writable, fail, run_cli
+from utils.cli import check_img_size, check_writable, fail, refuse_nan_dy_thres, run_cli
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('export')
@@ -55,8 +54,7 @@ def check_export_flags(p: argparse.ArgumentParser, opt: argparse.Namespace) -> N
     if 'onnx' in opt.include and opt.opset not in opsets:
         p.error(f'--opset {opt.opset}: this torch exports opsets {opsets.start} to {opsets.stop - 1}; '
                 f'the default is {DEFAULT_OPSET}')
-    if math.isnan(opt.dy_thres):
-        p.error('--dy-thres nan: give a number (score >= T takes the easy path)')
+    refuse_nan_dy_thres(p, opt.dy_thres)
 
 
 def run(opt: argparse.Namespace) -> Path:

@@ -18,7 +18,7 @@ import sys
 from utils.cli import run_cli
 from utils.train.distributed import per_device
 from utils.train.options import parse_train_options
-from utils.train.trainer import exit_on_interrupt, train
+from utils.train.trainer import train
 
 LOGGER = logging.getLogger('train_step1')
 
@@ -31,7 +31,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: one-line errors for bad input, never a traceback; Ctrl-C says how to --resume."""
     argv = sys.argv[1:] if argv is None else argv
-    run_cli(per_device(exit_on_interrupt(train), __file__, argv), parse_opt(argv), LOGGER)
+    run_cli(per_device(train, __file__, argv), parse_opt(argv), LOGGER)
 
 
 if __name__ == '__main__':

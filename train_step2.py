@@ -19,7 +19,7 @@ from utils.cli import run_cli
 from utils.train.distributed import per_device
 from utils.train.options import parse_train_options
 from utils.train.step2 import Step2Trainer
-from utils.train.trainer import exit_on_interrupt, train
+from utils.train.trainer import train
 
 LOGGER = logging.getLogger('train_step2')
 
@@ -37,7 +37,7 @@ def run(opt: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: one-line errors for bad input, never a traceback; Ctrl-C says how to --resume."""
     argv = sys.argv[1:] if argv is None else argv
-    run_cli(per_device(exit_on_interrupt(run), __file__, argv), parse_opt(argv), LOGGER)
+    run_cli(per_device(run, __file__, argv), parse_opt(argv), LOGGER)
 
 
 if __name__ == '__main__':

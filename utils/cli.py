@@ -88,14 +88,15 @@ def run_cli(run, opt, logger: logging.Logger):
         return run(opt)
     except UserError as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        fail('interrupted (Ctrl-C)', 130)
+    except KeyboardInterrupt as e:  # training's says how to --resume
+        fail(str(e) or 'interrupted (Ctrl-C)', 130)
     except OSError as e:  # a full disk, a folder removed or made read-only while running
         where = f'{e.filename}: ' if e.filename else ''
         fail(f'{where}{e.strerror or e}; check that its folder exists, is writable and its disk has space')
 
 
 TASKS = ('train', 'val', 'test')
+DEFAULT_DY_THRES = 0.5  # the reference's --dy-thres default
 
 
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune')
@@ -125,7 +126,7 @@ def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:
     p.add_argument('--save-txt', action='store_true', help='save results to *.txt')
     p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument('--dy-thres', type=float, default=0.5,
+    budget.add_argument('--dy-thres', type=float, default=DEFAULT_DY_THRES,
                         help='router threshold: score >= T takes the easy path (T <= 0: all easy, T > 1: all hard)')
     budget.add_argument('--easy-share', type=float, default=None, metavar='P',
                         help='instead of --dy-thres: the threshold sending a share P (0..1) of images down the easy '
@@ -143,7 +144,13 @@ def check_detection_flags(p, opt) -> None:
         value = getattr(opt, flag)
         if not 0 <= value <= 1:
             p.error(f'--{flag.replace("_", "-")} {value}: must lie between 0 and 1')
-    if math.isnan(opt.dy_thres):
+    refuse_nan_dy_thres(p, opt.dy_thres)
+
+
+def refuse_nan_dy_thres(p, dy_thres: float) -> None:
+    """argparse-style one-line error for --dy-thres nan (a NaN threshold silently sends every image down the hard
+    path; below 0 and above 1 are meaningful: all easy, all hard)."""
+    if math.isnan(dy_thres):
         p.error('--dy-thres nan: give a number (score >= T takes the easy path)')
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.cli import DEFAULT_DY_THRES
 from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def apply_routing_flags(model, opt) -> None:
     if model.dynamic:
         model.dy_thres = opt.dy_thres = resolve_dy_thres(opt)
         return
-    given = [flag for flag, value, default in (('--dy-thres', opt.dy_thres, 0.5),
+    given = [flag for flag, value, default in (('--dy-thres', opt.dy_thres, DEFAULT_DY_THRES),
                                                ('--easy-share', getattr(opt, 'easy_share', None), None),
                                                ('--gflops', getattr(opt, 'gflops', None), None)) if value != default]
     if given:

@@ -71,8 +71,7 @@ def dynamic_thresholds(opt: argparse.Namespace,
     any sweep, so they show at once) and the router percentiles file; with opt.sweep, the one-pass sweep too."""
     data = load_data_config(opt.data, required=(opt.task,))
     check_writable(Path(opt.project) / opt.name)  # before the pass over the split, not after it
-    if opt.sweep:
-        load_hyp(opt.hyp)  # a bad --hyp fails now, not after loading the model and scanning the split
+    hyp = load_hyp(opt.hyp) if opt.sweep else None  # a bad --hyp fails now, not after the model and the split
     device = select_device(opt.device, opt.batch_size)
     model = load_for_inference(opt.cfg, opt.weight, data['nc'], device, opt.compile, opt.bf16)
     if not model.dynamic:
@@ -80,7 +79,7 @@ def dynamic_thresholds(opt: argparse.Namespace,
     loader, dataset, img_size = split_loader(model, opt, data, data['nc'], device)
     records = None
     if opt.sweep:
-        records = collect_path_records(model, loader, oracle_loss=oracle_loss(model, opt.hyp, data['nc'], img_size))
+        records = collect_path_records(model, loader, oracle_loss=oracle_loss(model, hyp, data['nc'], img_size))
         scores = records.scores.float().numpy()
     else:
         scores = collect_scores(model, loader)
@@ -99,11 +98,11 @@ def dynamic_thresholds(opt: argparse.Namespace,
     return result
 
 
-def oracle_loss(model, hyp_path: str, nc: int, img_size: int) -> ComputeLossOTADy:
+def oracle_loss(model, hyp: dict, nc: int, img_size: int) -> ComputeLossOTADy:
     """The step-2 loss object whose per-head losses rank images for the oracle (the hyp's gains scaled as step 2
     scales them)."""
     det = model.model_h2[-1]
-    model.hyp = scale_hyp(load_hyp(hyp_path), det.nl, nc, img_size, 0.0)
+    model.hyp = scale_hyp(hyp, det.nl, nc, img_size, 0.0)
     model.gr = 1.0
     return ComputeLossOTADy(model)
 

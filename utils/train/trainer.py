@@ -12,7 +12,7 @@ import argparse
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -78,19 +78,8 @@ class TrainingError(UserError, RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C while training; its message is the one line saying how to continue (a KeyboardInterrupt still)."""
-
-
-def exit_on_interrupt(run: Callable) -> Callable:
-    """run, with a Ctrl-C during training turned into its one 'continue with' line and exit code 130."""
-    def interruptible(*args, **kwargs):
-        """run(*args, **kwargs); TrainingInterrupted becomes `error: <its line>` and exit code 130."""
-        from utils.cli import fail
-        try:
-            return run(*args, **kwargs)
-        except TrainingInterrupted as e:
-            fail(str(e), 130)
-    return interruptible
+    """Ctrl-C while training; its message is the one line saying how to continue (a KeyboardInterrupt still, which
+    run_cli prints as that line with exit code 130)."""
 
 
 class Trainer:
