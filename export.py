@@ -17,7 +17,7 @@ from pathlib import Path
 from models.export import DEFAULT_OPSET, ExportError, export_onnx, export_torchscript, onnx_opsets, split_model
 from models.graph import ConfigError
 from models.inference import load_for_inference
-from utils.cli import check_img_size, check_writable, fail, refuse_nan_dy_thres, run_cli
+from utils.cli import DEFAULT_DY_THRES, check_img_size, check_writable, fail, refuse_nan_dy_thres, run_cli
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('export')
@@ -34,7 +34,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--img-size', nargs='+', type=int, default=[640], help='image size: one value or h w')
     p.add_argument('--batch-size', type=int, default=1, help='example batch (the batch axis stays dynamic)')
     p.add_argument('--static-batch', action='store_true', help='fix the batch axis to --batch-size')
-    p.add_argument('--dy-thres', type=float, default=0.5, help='default threshold written to the manifest')
+    p.add_argument('--dy-thres', type=float, default=DEFAULT_DY_THRES, help='default threshold written to the manifest')
     p.add_argument('--include', nargs='+', default=['onnx'], choices=FORMATS, help='formats to write')
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset')
     p.add_argument('--device', default='cpu', help='device to trace on (cpu or a cuda index)')

@@ -8,6 +8,7 @@ import zlib
 from functools import cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -209,3 +210,11 @@ def recording_scores(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     monkeypatch.setattr(utils.evaluation.sweep, 'collect_scores', recording)
     monkeypatch.setattr(utils.evaluation.sweep, 'collect_path_records', recording_paths)
     return recorded
+
+
+def random_image(path: Path, w: int = 64, h: int = 48, seed: int = 0) -> Path:
+    """A w x h image of random pixels written at `path` (its extension picks the format), folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(path), img)
+    return path

@@ -9,26 +9,19 @@ import os
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import utils.data.label_cache as label_cache
+from tests.helpers import random_image
 from utils.data.label_cache import CACHE_VERSION, DatasetError, scan_one
 from utils.data.labels import read_label_file
 from utils.datasets import LoadImagesAndLabels
 
 NC = 3
 GOOD = '0 0.5 0.5 0.2 0.2\n1 0.25 0.75 0.1 0.3\n'
-
-
-def _image(path: Path, w: int = 64, h: int = 48, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    assert cv2.imwrite(str(path), img)
-    return path
 
 
 def _label(root: Path, stem: str, text: str) -> Path:
@@ -60,12 +53,12 @@ def _dirty_dataset(root: Path) -> tuple[Path, dict[str, Path]]:
               'absent', 'tiny')}
     paths['png'] = img / 'png.png'
     for i, name in enumerate(('good', 'columns', 'classes', 'coords', 'dups', 'empty', 'missing', 'png')):
-        _image(paths[name], seed=i)
-    data = _image(paths['trunc']).read_bytes()
+        random_image(paths[name], seed=i)
+    data = random_image(paths['trunc']).read_bytes()
     paths['trunc'].write_bytes(data[:len(data) // 2])
     paths['zero'].write_bytes(b'')
     paths['text'].write_text('this is not a JPEG\n')
-    _image(paths['tiny'], w=8, h=8)
+    random_image(paths['tiny'], w=8, h=8)
     for name in ('good', 'trunc', 'zero', 'text', 'absent', 'tiny', 'png'):
         _label(root, name, GOOD)
     _label(root, 'columns', '0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2\n')
@@ -212,7 +205,7 @@ def test_unwritable_cache_only_warns(tmp_path: Path, caplog: pytest.LogCaptureFi
                                      monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
     root = tmp_path / 'data'
     for i in range(3):
-        _image(root / 'images' / 'train' / f'{i}.jpg', seed=i)
+        random_image(root / 'images' / 'train' / f'{i}.jpg', seed=i)
         _label(root, str(i), GOOD)
     lists = tmp_path / 'lists'
     lists.mkdir()
@@ -250,7 +243,7 @@ def test_every_image_corrupt_is_one_line_error(tmp_path: Path) -> None:
 
 def test_training_split_without_labels_is_one_line_error(tmp_path: Path) -> None:
     root = tmp_path / 'data'
-    _image(root / 'images' / 'a.jpg')
+    random_image(root / 'images' / 'a.jpg')
     lst = root / 'train.txt'
     lst.write_text('./images/a.jpg\n')
     assert len(LoadImagesAndLabels(str(lst), img_size=64, batch_size=1, nc=NC)) == 1  # evaluation: background
@@ -262,8 +255,8 @@ def test_training_split_without_labels_is_one_line_error(tmp_path: Path) -> None
 def test_folder_split_with_a_directory_named_like_an_image(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / 'data'
     folder = root / 'images' / 'train'
-    _image(folder / 'a.jpg')
-    _image(folder / 'sub' / 'b.jpg', seed=1)  # folders are searched recursively
+    random_image(folder / 'a.jpg')
+    random_image(folder / 'sub' / 'b.jpg', seed=1)  # folders are searched recursively
     (folder / 'dir.jpg').mkdir()
     _label(root, 'a', GOOD)
     before = _tree(root)
@@ -278,7 +271,7 @@ def test_folder_split_with_a_directory_named_like_an_image(tmp_path: Path, caplo
 def test_image_deleted_after_scan_is_replaced_by_the_next(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / 'data'
     for i in range(4):
-        _image(root / 'images' / 'train' / f'{i}.jpg', seed=i)
+        random_image(root / 'images' / 'train' / f'{i}.jpg', seed=i)
         _label(root, str(i), GOOD)
     lst = root / 'train.txt'
     lst.write_text(''.join(f'./images/train/{i}.jpg\n' for i in range(4)))
@@ -306,7 +299,7 @@ def test_exif_rotation_swaps_the_scanned_size(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize('ext', ['png', 'bmp', 'tif', 'webp'])
 def test_other_formats_scan(tmp_path: Path, ext: str) -> None:
-    path = _image(tmp_path / f'a.{ext}', w=30, h=20)
+    path = random_image(tmp_path / f'a.{ext}', w=30, h=20)
     label = tmp_path / 'a.txt'
     label.write_text(GOOD)
     labels, size, _, status, messages = scan_one(str(path), str(label), NC)
@@ -314,7 +307,7 @@ def test_other_formats_scan(tmp_path: Path, ext: str) -> None:
 
 
 def test_header_claiming_a_huge_image_is_corrupt_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _image(tmp_path / 'a.png', w=64, h=48)
+    path = random_image(tmp_path / 'a.png', w=64, h=48)
     monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)  # 64 * 48 > 2 * 100: PIL's decompression-bomb error
     *_, status, messages = scan_one(str(path), str(tmp_path / 'a.txt'), NC)
     assert status == 'corrupt' and str(path) in messages[0] and 'exceeds limit' in messages[0]
@@ -346,7 +339,7 @@ def test_cache_temp_file_is_in_the_cache_folder_and_removed(tmp_path: Path, monk
         return fd, name
 
     monkeypatch.setattr(label_cache.tempfile, 'mkstemp', spy)
-    _image(tmp_path / 'images' / 'a.jpg')
+    random_image(tmp_path / 'images' / 'a.jpg')
     lst = tmp_path / 'l.txt'
     lst.write_text('./images/a.jpg\n')
     LoadImagesAndLabels(str(lst), img_size=64, batch_size=1, nc=NC)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,7 +15,7 @@ import detect
 import test as test_script
 from models.checkpoint import CheckpointError, load_weights
 from models.yolo import Model
-from tests.helpers import tiny_config
+from tests.helpers import random_image, tiny_config
 from utils.cli import OutputFolderError, check_writable, run_cli, warn_existing_labels
 from utils.data.data_config import DataConfigError, list_image_files, load_data_config
 from utils.data.label_cache import scan_one
@@ -28,13 +27,6 @@ from utils.evaluation.router_budget import apply_routing_flags
 from utils.train.setup import TrainOptionError, check_label_classes
 
 
-def _jpeg(path: Path, w: int = 64, h: int = 48) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    assert cv2.imwrite(str(path), img)
-    return path
-
-
 def _read_labels(folder: Path, content: str | bytes, name: str = 'a.txt'):
     path = folder / name
     path.write_bytes(content.encode() if isinstance(content, str) else content)
@@ -44,14 +36,14 @@ def _read_labels(folder: Path, content: str | bytes, name: str = 'a.txt'):
 def test_a_thin_image_resizes_to_at_least_one_pixel(tmp_path: Path) -> None:
     boxed, ratio, _ = letterbox(np.zeros((30, 4000, 3), np.uint8), 640, auto=False)
     assert boxed.shape == (640, 640, 3) and ratio == (0.16, 0.16)
-    image = _jpeg(tmp_path / 'images' / 'thin.jpg', w=4000, h=12)  # 12 px × 640 / 4000 = 1.9 → 1 row
+    image = random_image(tmp_path / 'images' / 'thin.jpg', w=4000, h=12)  # 12 px × 640 / 4000 = 1.9 → 1 row
     ds = LoadImagesAndLabels(str(image.parent), img_size=64, batch_size=1)
     img, _, _, (hw0, _) = ds[0]
     assert img.shape == (3, 64, 64) and hw0 == (12, 4000)
 
 
 def test_jpeg_with_bytes_after_the_image_is_read_and_a_cut_one_is_not(tmp_path: Path) -> None:
-    data = _jpeg(tmp_path / 'a.jpg').read_bytes()
+    data = random_image(tmp_path / 'a.jpg').read_bytes()
     (tmp_path / 'trailing.jpg').write_bytes(data + bytes(16))  # phones append a video after the image
     (tmp_path / 'cut.jpg').write_bytes(data[:-2] + bytes(16))  # the end-of-image marker is gone
     assert scan_one(str(tmp_path / 'trailing.jpg'), str(tmp_path / 'none.txt'), 3)[3] == 'missing'
@@ -70,14 +62,14 @@ def test_triangles_only_are_polygons_and_box_rows_in_a_polygon_file_warn(tmp_pat
 def test_byte_order_marks_are_ignored_in_labels_and_lists(tmp_path: Path) -> None:
     parsed = _read_labels(tmp_path, '\ufeff0 0.5 0.5 0.25 0.25\n')
     assert parsed.status == 'found' and parsed.labels.tolist() == [[0, 0.5, 0.5, 0.25, 0.25]]
-    image = _jpeg(tmp_path / 'images' / 'a.jpg')
+    image = random_image(tmp_path / 'images' / 'a.jpg')
     listing = tmp_path / 'list.txt'
     listing.write_bytes(f'\ufeff{image}\n'.encode())
     assert list_image_files(str(listing)) == [str(image)]
 
 
 def test_a_single_image_is_a_split_and_an_undecodable_list_is_one_line(tmp_path: Path) -> None:
-    image = _jpeg(tmp_path / 'images' / 'a.jpg')
+    image = random_image(tmp_path / 'images' / 'a.jpg')
     assert list_image_files(str(image)) == [str(image)]
     listing = tmp_path / 'latin1.txt'
     listing.write_bytes('/data/caf\xe9.jpg\n'.encode('latin-1'))
@@ -87,7 +79,7 @@ def test_a_single_image_is_a_split_and_an_undecodable_list_is_one_line(tmp_path:
 
 
 def test_images_listed_twice_are_used_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    image = _jpeg(tmp_path / 'images' / 'a.jpg')
+    image = random_image(tmp_path / 'images' / 'a.jpg')
     listing = tmp_path / 'list.txt'
     listing.write_text(f'{image}\n{image}\n')
     with caplog.at_level(logging.WARNING):
@@ -103,7 +95,7 @@ def test_names_must_be_a_list(tmp_path: Path) -> None:
 
 
 def test_a_folder_named_like_a_glob_is_a_folder(tmp_path: Path) -> None:
-    image = _jpeg(tmp_path / 'run [v1] ü' / 'a.jpg')
+    image = random_image(tmp_path / 'run [v1] ü' / 'a.jpg')
     assert list_sources(str(image.parent)) == [str(image)]
     assert list_sources(str(tmp_path / 'run*' / '*.jpg')) == [str(image)]
 
@@ -171,7 +163,7 @@ def test_file_system_errors_and_ctrl_c_mid_run_are_one_line(error: BaseException
 
 
 def test_test_py_that_fails_on_its_inputs_leaves_no_run_folder(tmp_path: Path, capsys) -> None:
-    _jpeg(tmp_path / 'images' / 'a.jpg')
+    random_image(tmp_path / 'images' / 'a.jpg')
     data = tmp_path / 'data.yaml'
     data.write_text(f'val: {tmp_path / "images"}\nnc: 3\n')
     cfg = tmp_path / 'tiny.yaml'
