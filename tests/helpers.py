@@ -218,3 +218,16 @@ def random_image(path: Path, w: int = 64, h: int = 48, seed: int = 0) -> Path:
     img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     assert cv2.imwrite(str(path), img)
     return path
+
+
+def cli_error_line(main, argv: list[str], capsys: pytest.CaptureFixture, code: int = 2,
+                   flag_error: bool = False) -> str:
+    """Run a script's main(argv), which must stop with exit `code` and one `error:` line (argparse's
+    `<prog>: error:` after its usage lines when `flag_error`) and no traceback on stderr; returns that line."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    line = err[-1]
+    named = ': error: ' in line and not line.startswith('error: ') if flag_error else line.startswith('error: ')
+    assert e.value.code == code and named and 'Traceback' not in '\n'.join(err), err[-5:]
+    return line

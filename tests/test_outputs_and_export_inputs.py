@@ -15,7 +15,7 @@ import export
 from models.checkpoint import save_checkpoint
 from models.export import ExportError, export_onnx, export_torchscript, onnx_opsets, split_model
 from models.yolo import Model
-from tests.helpers import tiny_config
+from tests.helpers import cli_error_line, tiny_config
 from utils.detection.detector import DetectionOutputs, OutputWriteError
 from utils.detection.sources import Frame
 
@@ -38,15 +38,6 @@ def _model_flags(tiny: tuple) -> list[str]:
     return ['--cfg', str(tiny[0]), '--weight', str(tiny[1]), '--num-classes', '3', '--img-size', str(IMG)]
 
 
-def _one_line_exit(capsys, main, argv: list[str]) -> str:
-    """Run a script's main; assert exit code 2 and no traceback; return the last stderr line."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and 'Traceback' not in '\n'.join(err), err[-5:]
-    return err[-1]
-
-
 # detect.py: results that were not written
 
 
@@ -54,8 +45,8 @@ def test_detect_failed_image_write_is_one_line_not_saved(tmp_path: Path, tiny: t
     image = tmp_path / 'photo.png'
     cv2.imwrite(str(image), np.full((IMG, IMG, 3), 90, np.uint8))
     monkeypatch.setattr(cv2, 'imwrite', lambda *args, **kwargs: False)  # what a read-only folder or full disk gives
-    line = _one_line_exit(capsys, detect.main, _model_flags(tiny) + [
-        '--device', 'cpu', '--source', str(image), '--project', str(tmp_path / 'runs'), '--name', 'x'])
+    line = cli_error_line(detect.main, _model_flags(tiny) + [
+        '--device', 'cpu', '--source', str(image), '--project', str(tmp_path / 'runs'), '--name', 'x'], capsys)
     assert line.startswith('error: ') and str(tmp_path / 'runs' / 'x' / 'photo.png') in line
     assert 'could not be written' in line and 'not writable' in line and '--project' in line
 
@@ -86,8 +77,8 @@ def test_crop_write_failure_raises_and_unwritable_formats_save_as_jpg(tmp_path: 
 def test_detect_data_with_another_class_count_is_one_line(tmp_path: Path, capsys) -> None:
     data = tmp_path / 'data.yaml'
     data.write_text(yaml.safe_dump({'nc': 80, 'names': [f'c{i}' for i in range(80)]}))
-    line = _one_line_exit(capsys, detect.main, ['--weight', str(tmp_path / 'none.pt'), '--num-classes', '3',
-                                                '--data', str(data), '--source', str(tmp_path)])
+    line = cli_error_line(detect.main, ['--weight', str(tmp_path / 'none.pt'), '--num-classes', '3',
+                                       '--data', str(data), '--source', str(tmp_path)], capsys)
     assert f'--data {data}: has 80 classes but --num-classes is 3' in line
     (tmp_path / 'three.yaml').write_text(yaml.safe_dump({'names': ['a', 'b', 'c']}))
     assert detect.class_names(detect.parse_opt(['--num-classes', '3', '--data', str(tmp_path / 'three.yaml')])) \
@@ -95,7 +86,8 @@ def test_detect_data_with_another_class_count_is_one_line(tmp_path: Path, capsys
 
 
 def test_detect_classes_outside_the_model_are_one_line(capsys) -> None:
-    line = _one_line_exit(capsys, detect.main, ['--num-classes', '3', '--classes', '0', '9', '-1'])
+    line = cli_error_line(detect.main, ['--num-classes', '3', '--classes', '0', '9', '-1'], capsys,
+                          flag_error=True)
     assert '--classes -1 9: outside 0..2 (--num-classes 3)' in line
     assert detect.parse_opt(['--num-classes', '3', '--classes', '0', '2']).classes == [0, 2]
 
@@ -109,7 +101,7 @@ def test_detect_classes_outside_the_model_are_one_line(capsys) -> None:
     (['--opset', '99'], '--opset 99: this torch exports opsets'),
     (['--dy-thres', 'nan'], '--dy-thres nan: give a number')])
 def test_export_flag_values_are_one_line(capsys, flags: list[str], expected: str) -> None:
-    assert expected in _one_line_exit(capsys, export.main, flags)
+    assert expected in cli_error_line(export.main, flags, capsys, flag_error=True)
 
 
 def test_export_opset_range_is_the_installed_exporters() -> None:
@@ -138,10 +130,10 @@ def test_export_failures_are_export_errors(tmp_path: Path, tiny: tuple, monkeypa
 
 def test_export_into_an_unwritable_folder_is_one_line(tmp_path: Path, tiny: tuple, capsys, monkeypatch) -> None:
     flags = _model_flags(tiny) + ['--include', 'torchscript']
-    line = _one_line_exit(capsys, export.main, flags + ['--out', str(tiny[1] / 'sub')])  # below a file
+    line = cli_error_line(export.main, flags + ['--out', str(tiny[1] / 'sub')], capsys)  # below a file
     assert f'{tiny[1] / "sub"}: cannot write there' in line and '--out' in line
     weights_folder = tiny[1].parent  # the default: beside --weight; read-only as seen by a non-root user
     monkeypatch.setattr('utils.cli.os.access', lambda path, mode: Path(path) != weights_folder)
-    line = _one_line_exit(capsys, export.main, flags)
+    line = cli_error_line(export.main, flags, capsys)
     assert f'{weights_folder}: cannot write there' in line and '--out' in line
     assert not list(weights_folder.glob('*.torchscript'))

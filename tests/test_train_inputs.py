@@ -18,7 +18,7 @@ import train_step1
 import train_step2
 from models.checkpoint import half_state_dict, read_checkpoint, save_checkpoint
 from models.yolo import Model
-from tests.helpers import ROOT, quick_step1_files, tiny_config
+from tests.helpers import ROOT, cli_error_line, quick_step1_files, tiny_config
 from tests.train_helpers import skip_run_plots
 from utils.errors import TrainOptionError
 from utils.train.checkpoint import restore_training_state
@@ -67,15 +67,6 @@ def step2_run(tmp_path_factory: pytest.TempPathFactory, files: dict) -> Path:
         return train_step2.run(train_step2.parse_opt(_step2_flags(files, tmp_path_factory.mktemp('step2'))))
 
 
-def _one_line_error(main, argv: list[str], capsys, code: int = 2) -> str:
-    """Run a training CLI that must stop with one `error:` line and exit `code`; returns that line."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == code and err[-1].startswith('error: ') and 'Traceback' not in '\n'.join(err), err[-5:]
-    return err[-1]
-
-
 def test_step2_keeps_every_detector_tensor_anchors_included(files: dict, step2_run: Path, capsys) -> None:
     """Autoanchor would re-fit these anchors on the tiny boxes, but step 2 only reports the fit: every detector tensor and
     buffer (anchors, anchor_grid, BN statistics) of its checkpoints is bit-identical to the step-1 weights."""
@@ -108,7 +99,7 @@ def test_step2_without_weight_is_one_line(files: dict, tmp_path: Path, capsys) -
     """--weight '' used to train a router on a random detector; no run folder is made."""
     argv = _step2_flags(files, tmp_path / 'runs')
     argv[argv.index('--weight') + 1] = ''
-    assert '--weight is required' in _one_line_error(train_step2.main, argv, capsys)
+    assert '--weight is required' in cli_error_line(train_step2.main, argv, capsys)
     assert not (tmp_path / 'runs').exists()
 
 
@@ -129,7 +120,7 @@ def test_invalid_hyp_values_are_one_line(files: dict, tmp_path: Path, capsys, ke
     hyp = yaml.safe_load(Path(files['hyp1']).read_text())
     (tmp_path / 'h.yaml').write_text(yaml.safe_dump({**hyp, key: value}))
     argv = _step1_flags(files, tmp_path / 'runs', '--hyp', str(tmp_path / 'h.yaml'))
-    line = _one_line_error(train_step1.main, argv, capsys)
+    line = cli_error_line(train_step1.main, argv, capsys)
     assert message in line and str(tmp_path / 'h.yaml') in line
     assert not (tmp_path / 'runs').exists()
 
@@ -158,7 +149,7 @@ def test_non_finite_weights_are_never_saved(files: dict, tmp_path: Path, monkeyp
 def test_step2_config_in_step1_is_one_line(files: dict, tmp_path: Path, capsys) -> None:
     """Used to fail after the first step ('ComputeLossOTADual expects 6 prediction maps, got 2')."""
     argv = _step1_flags(files, tmp_path / 'runs', '--cfg', files['cfg2'])
-    line = _one_line_error(train_step1.main, argv, capsys)
+    line = cli_error_line(train_step1.main, argv, capsys)
     assert 'a step-2 config (it has a router)' in line and 'use the step-1 config' in line
     assert not (tmp_path / 'runs').exists()
 
@@ -168,7 +159,7 @@ def test_resuming_a_step2_run_with_step1_is_one_line(step2_run: Path, tmp_path: 
     run = tmp_path / step2_run.name
     shutil.copytree(step2_run, run)
     shutil.copy2(run / 'weights' / 'epoch_000.pt', run / 'weights' / 'last.pt')  # as if killed after epoch 0
-    line = _one_line_error(train_step1.main, ['--resume', str(run / 'weights' / 'last.pt')], capsys)
+    line = cli_error_line(train_step1.main, ['--resume', str(run / 'weights' / 'last.pt')], capsys)
     assert "a step-2 run's; resume it with train_step2.py" in line
 
 
@@ -176,7 +167,7 @@ def test_unfinished_step2_checkpoint_as_step1_weight_is_one_line(files: dict, st
                                                                   capsys) -> None:
     """An unfinished step-2 checkpoint given to step 1 as --weight; no run folder is left."""
     weight = str(step2_run / 'weights' / 'epoch_000.pt')
-    line = _one_line_error(train_step1.main, _step1_flags(files, tmp_path / 'runs', '--weight', weight), capsys)
+    line = cli_error_line(train_step1.main, _step1_flags(files, tmp_path / 'runs', '--weight', weight), capsys)
     assert 'unfinished step-2 run' in line and f'train_step2.py --resume {weight}' in line
     assert not (tmp_path / 'runs').exists()
 
@@ -193,7 +184,7 @@ def _fake_run(folder: Path, options: dict, model: dict | None = None) -> Path:
 def test_resuming_a_step1_run_with_step2_is_one_line(tmp_path: Path, capsys) -> None:
     """A step-1 run resumed with train_step2.py is one line naming train_step1.py."""
     last = _fake_run(tmp_path / 'exp', {'epochs': 3, 'total_batch_size': 2})
-    assert "a step-1 run's; resume it with train_step1.py" in _one_line_error(train_step2.main, ['--resume', str(last)],
+    assert "a step-1 run's; resume it with train_step1.py" in cli_error_line(train_step2.main, ['--resume', str(last)],
                                                                               capsys)
 
 
@@ -211,7 +202,7 @@ def test_an_optimizer_state_of_other_groups_is_one_line() -> None:
 def test_missing_or_folder_cfg_is_one_line(files: dict, tmp_path: Path, capsys, cfg: str, message: str) -> None:
     """Used to be FileNotFoundError / IsADirectoryError tracebacks after the run folder was made."""
     cfg = str(tmp_path) if cfg == '{folder}' else str(tmp_path / cfg)
-    line = _one_line_error(train_step1.main, _step1_flags(files, tmp_path / 'runs', '--cfg', cfg), capsys)
+    line = cli_error_line(train_step1.main, _step1_flags(files, tmp_path / 'runs', '--cfg', cfg), capsys)
     assert message in line and cfg in line
     assert not (tmp_path / 'runs').exists()
 
@@ -220,7 +211,7 @@ def test_malformed_opt_yaml_is_one_line(tmp_path: Path, capsys) -> None:
     """Used to be yaml's ParserError traceback."""
     last = _fake_run(tmp_path / 'exp', {'epochs': 3})
     (tmp_path / 'exp' / 'opt.yaml').write_text('epochs: [3\n')
-    line = _one_line_error(train_step1.main, ['--resume', str(last)], capsys)
+    line = cli_error_line(train_step1.main, ['--resume', str(last)], capsys)
     assert str(tmp_path / 'exp' / 'opt.yaml') in line and 'not valid YAML' in line
 
 
@@ -240,7 +231,7 @@ def test_flags_given_with_resume_are_named_once(tmp_path: Path, caplog) -> None:
 def test_resumed_run_with_a_missing_data_yaml_says_to_edit_opt_yaml(tmp_path: Path, capsys) -> None:
     """The run's own data YAML is gone; --data cannot help, its opt.yaml can."""
     last = _fake_run(tmp_path / 'exp', {'epochs': 3, 'total_batch_size': 2, 'data': str(tmp_path / 'gone.yaml')})
-    line = _one_line_error(train_step1.main, ['--resume', str(last), '--data', 'other.yaml'], capsys)
+    line = cli_error_line(train_step1.main, ['--resume', str(last), '--data', 'other.yaml'], capsys)
     assert str(tmp_path / 'exp' / 'opt.yaml') in line and '--data is ignored with --resume' in line
 
 
@@ -257,7 +248,7 @@ def test_ctrl_c_is_one_line_naming_the_resume_command(files: dict, tmp_path: Pat
 
     monkeypatch.setattr(Trainer, 'train_epoch', interrupted_in_epoch_1)
     argv = _step2_flags(files, tmp_path, '--notest', '--epochs', '2')
-    line = _one_line_error(train_step2.main, argv, capsys, code=130)
+    line = cli_error_line(train_step2.main, argv, capsys, code=130)
     last = tmp_path / 'exp' / 'weights' / 'last.pt'
     assert line == f'error: interrupted at epoch 1; continue with: python train_step2.py --resume {last}'
     assert read_checkpoint(last)['epoch'] == 0
@@ -266,5 +257,5 @@ def test_ctrl_c_is_one_line_naming_the_resume_command(files: dict, tmp_path: Pat
 def test_a_failed_start_leaves_no_run_folder(files: dict, tmp_path: Path, capsys) -> None:
     """Weights that do not fit the config fail after the options checks, before the run files are written."""
     argv = _step2_flags(files, tmp_path / 'runs', '--cfg', str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml'))
-    assert 'detector tensors missing' in _one_line_error(train_step2.main, argv, capsys)
+    assert 'detector tensors missing' in cli_error_line(train_step2.main, argv, capsys)
     assert not (tmp_path / 'runs').exists()
