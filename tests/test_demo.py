@@ -1,9 +1,10 @@
-"""demo.py end to end at a toy size: every stage, every output, the equivalent commands and a learning floor an
-untrained model cannot reach; and the same seed training the same weights (what makes its table reproducible).
+"""demo.py end to end at a toy size, in its three modes: --from-scratch (every stage, every output, the equivalent
+commands, and a learning floor an untrained model cannot reach; the same seed training the same weights),
+--build-detector (a checkpoint and manifest the default mode accepts) and the default (step 2 onwards on a given
+detector). tests/test_demo_detector.py checks the detector the repository ships.
 
-The default-size demo (the README's first command, 4-13 min on 2 cores) is not run here: its figures depend on
-float rounding that differs between CPUs, amplified by 1280 training steps. `benchmarks/bench_demo.py` runs it
-over several seeds and prints each figure's mean and spread; the README quotes those.
+The default-size demo (the README's first command, 2-3 min on 2 cores) is not run here; `benchmarks/bench_demo.py`
+runs it over several seeds and prints each figure's spread; the README quotes those.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from utils.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # The whole demo at a toy size, to check its stages and outputs; LEARN_EPOCHS of its step 1 check that it learns.
-TOY = ('--images', '40', '--img', '64', '--epochs', '1', '--router-epochs', '1', '--batch-size', '8',
-       '--workers', '0', '--device', 'cpu')
+COMMON = ('--images', '40', '--img', '64', '--batch-size', '8', '--workers', '0', '--device', 'cpu')
+TOY = ('--from-scratch', '--epochs', '1', '--router-epochs', '1', *COMMON)
 LEARN_EPOCHS = 12
 # Step 1's loss on its 32 training images after LEARN_EPOCHS epochs at the TOY size, over the starting weights'
 # loss on the same images, with the demo's step-1 hyp (Adam, lr0 0.004, the hard path at 2x), fp32 (--no-amp) and
@@ -87,6 +88,39 @@ def test_demo_runs_every_stage_and_reports_where_outputs_are(toy) -> None:
     assert sum(' path, Done.' in line for line in log) == len(samples)  # one line per image, route included
 
 
+@pytest.fixture(scope='module')
+def shipped_toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """A toy detector built by --build-detector (1 epoch), then the default demo on it: (detector folder, the
+    demo's output folder, the demo's finished process)."""
+    folder = tmp_path_factory.mktemp('shipped')
+    built = _demo(folder, '--build-detector', '--epochs', '1', '--detector', str(folder / 'detector'), *COMMON)
+    assert built.returncode == 0, built.stderr[-3000:]
+    done = _demo(folder, '--router-epochs', '1', '--detector', str(folder / 'detector'), *COMMON)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder / 'detector', folder / 'runs' / 'demo', done
+
+
+def test_build_detector_writes_what_the_default_demo_runs_on(shipped_toy) -> None:
+    from utils import demo_detector as shipped
+    detector, out, done = shipped_toy
+    checkpoint, manifest = shipped.check_detector(detector)
+    assert manifest['command'].startswith('python demo.py --build-detector --epochs 1 ')
+    assert manifest['step1_command'].startswith('python train_step1.py --cfg cfg/dy-yolov7-tiny-step1.yaml ')
+    assert manifest['data'] == {'generator': 'utils/data/synthetic.py', 'generator_version': 1, 'seed': 0,
+                                'images': 40, 'img': 64, 'val_fraction': 0.2, 'classes': 3}
+    assert [row['epoch'] for row in manifest['curve']] == [1]
+    for name in ('demo_held_out', 'held_out'):
+        assert manifest['metrics'][name]['images'] == 8  # every 5th of the 40 images
+        assert {k for k in manifest['metrics'][name]} == {'images', 'all', 'easy', 'hard'}
+    log = _log(done)
+    assert any(line.startswith(f'Step 1: the shipped detector {checkpoint}') for line in log)
+    assert not any(line.startswith('  = python train_step1.py') for line in log)  # step 1 is not run again
+    for script in SCRIPTS[1:]:
+        assert any(line.startswith(f'  = python {script} ') for line in log), script
+    assert any(line.startswith('  = python train_step2.py ') and f'--weight {checkpoint} ' in line for line in log)
+    assert (out / 'sweep' / 'sweep.csv').is_file() and (out / 'detect').is_dir()
+
+
 def test_demo_table_is_three_rows_of_its_sweep(toy) -> None:
     """The printed rows are sweep rows 0, 5 and 10; their figures obey what holds for any trained model."""
     out, done = toy
@@ -123,7 +157,7 @@ def test_demo_step1_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the thread count the floor was measured with most
     try:
-        train(train_step1.parse_opt(demo.training_argv(opt, data, tmp_path)[0]), ProbedTrainer,
+        train(train_step1.parse_opt(demo.step1_argv(opt, data, tmp_path)), ProbedTrainer,
               configure_logging=False)
     finally:
         torch.set_num_threads(threads)

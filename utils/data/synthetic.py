@@ -32,6 +32,9 @@ BACKGROUND_PROBABILITY = 0.03
 MIN_VISIBLE_FRACTION = 0.4  # a shape may lose at most 60 % of its pixels to later shapes
 PLACEMENT_TRIES = 10
 JPEG_QUALITY = 95
+# Bumped whenever an image or label for the same (seed, index, img, classes) changes: the demo's shipped detector
+# (data/demo/manifest.json) records the version it was trained on, and the demo refuses another.
+GENERATOR_VERSION = 1
 
 
 class ArgumentError(UserError, ValueError):
@@ -161,12 +164,23 @@ def _draw_objects(rng: np.random.Generator, canvas: np.ndarray, kind: Difficulty
     return class_ids, [owner == k + 1 for k in range(len(visible))], full_areas
 
 
+def _image_plan(rng: np.random.Generator, img_size: int) -> tuple[int, int, bool, str]:
+    """The first draws of an image: (height, width, background only, kind name)."""
+    h, w = _image_shape(rng, img_size)
+    background_only = rng.random() < BACKGROUND_PROBABILITY
+    return h, w, background_only, 'easy' if rng.random() < 0.5 else 'hard'
+
+
+def image_kind(seed: int, index: int, img_size: int = 256) -> str:
+    """The kind image `index` of data set `seed` is drawn as (easy | hard | background), without drawing it."""
+    _, _, background_only, kind_name = _image_plan(image_rng(seed, index), img_size)
+    return 'background' if background_only else kind_name
+
+
 def render_image(seed: int, index: int, img_size: int = 256, num_classes: int = 3) -> RenderedImage:
     """Draw image `index` of data set `seed`, returning it with its objects' visible masks."""
     rng = image_rng(seed, index)
-    h, w = _image_shape(rng, img_size)
-    background_only = rng.random() < BACKGROUND_PROBABILITY
-    kind_name = 'easy' if rng.random() < 0.5 else 'hard'
+    h, w, background_only, kind_name = _image_plan(rng, img_size)
     kind = KINDS[kind_name]
     canvas = _background(rng, h, w, kind)
     objects = ([], [], []) if background_only else _draw_objects(rng, canvas, kind, num_classes)

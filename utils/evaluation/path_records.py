@@ -53,7 +53,15 @@ class PathRecords:
 
 def routed_map(records: PathRecords, easy: np.ndarray, v5_metric: bool = False) -> tuple[float, float]:
     """(mAP@.5, mAP@.5:.95) of the routing that sends the images where `easy` is True down the easy path."""
-    chosen = [records.stats['easy' if e else 'hard'][i] for i, e in enumerate(easy)]
+    return _map_of([records.stats['easy' if e else 'hard'][i] for i, e in enumerate(easy)], v5_metric)
+
+
+def subset_map(records: PathRecords, path: str, keep: np.ndarray, v5_metric: bool = False) -> tuple[float, float]:
+    """(mAP@.5, mAP@.5:.95) of one path ('easy' | 'hard') on the images where `keep` is True."""
+    return _map_of([s for s, k in zip(records.stats[path], keep) if k], v5_metric)
+
+
+def _map_of(chosen: list, v5_metric: bool) -> tuple[float, float]:
     chosen = [s for s in chosen if s is not None]
     if not chosen:
         return 0.0, 0.0
@@ -103,6 +111,8 @@ def _both_paths(model, x: torch.Tensor, seconds: dict) -> tuple[torch.Tensor, di
     for part in x.split(model.eval_chunk(x)):
         t0 = time_sync(x.device)
         b1, score = model._backbone(part)
+        if score is None:  # a step-1 model: no router, both paths still evaluated
+            score = part.new_zeros(len(part), 1)
         t1 = time_sync(x.device)
         parts['easy'].append(model._easy(b1))
         t2 = time_sync(x.device)

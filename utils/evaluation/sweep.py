@@ -1,10 +1,12 @@
 """Router scores → the 11 dynamic thresholds (as the reference's get_dynamic_thres.py), and the speed/accuracy sweep
 over them (extension: one pass over both paths; mAP against mean GFLOPs per image for the router, random routing and
-the oracle; sweep.csv, sweep.png, router_quality.txt)."""
+the oracle; sweep.csv, sweep.png, router_quality.txt and .json)."""
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,13 +126,14 @@ def sweep_rows(records: PathRecords, thresholds: list[str], flops: dict[str, flo
 
 
 def write_sweep(rows: list[dict], quality: RouterQuality, save_dir: Path) -> None:
-    """sweep.csv, sweep.png and router_quality.txt in save_dir; the quality summary logged."""
+    """sweep.csv, sweep.png, router_quality.txt (and .json) in save_dir; the quality summary logged."""
     with open(save_dir / 'sweep.csv', 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     summary = format_quality(quality, rows)
     (save_dir / 'router_quality.txt').write_text(summary + '\n')
+    (save_dir / 'router_quality.json').write_text(json.dumps(dataclasses.asdict(quality)) + '\n')  # for scripts
     plot_sweep(rows, save_dir / 'sweep.png')
     LOGGER.info(f'{summary}\nSweep saved to {save_dir / "sweep.csv"}, {save_dir / "sweep.png"} and '
                 f'{save_dir / "router_quality.txt"}')
