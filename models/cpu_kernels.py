@@ -10,6 +10,7 @@ The outputs equal the unfused modules' to float rounding; the state_dict is unch
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -21,9 +22,12 @@ from .common import Conv, RepConv
 LOGGER = logging.getLogger(__name__)
 
 
-def onednn_kernels_available() -> bool:
+@functools.cache
+def onednn_kernels_available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether this torch build has oneDNN and the fused-convolution operator (a private one), and a small packed
-    convolution with SiLU gives F.conv2d + F.silu on this CPU; where not, the plain modules stay."""
+    convolution with SiLU in `dtype` gives F.conv2d + F.silu on this CPU; where not, the plain modules stay. (oneDNN
+    packs bfloat16 weights only on CPUs with AVX512BW/VL/DQ or AVX-NE-CONVERT: an AVX2-only CPU passes for float32
+    and fails for bfloat16.) Cached: the answer is the platform's, the same for the whole process."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, 'mkldnn_reorder_conv2d_weight')
             and hasattr(torch.ops.mkldnn, '_convolution_pointwise')):
         return False
@@ -31,12 +35,15 @@ def onednn_kernels_available() -> bool:
     conv = nn.Conv2d(4, 8, 3, padding=1)
     with torch.no_grad():
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
-    x = torch.randn(1, 4, 6, 6, generator=gen)
+    conv = conv.to(dtype)
+    x = torch.randn(1, 4, 6, 6, generator=gen).to(dtype)
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
     try:
         with torch.inference_mode():
-            return torch.allclose(PackedConv2d(conv, silu=True)(x), F.silu(conv(x)), rtol=1e-4, atol=1e-4)
+            packed = PackedConv2d(conv, silu=True, dtypes=(dtype,))(x).float()
+            return torch.allclose(packed, F.silu(conv(x)).float(), rtol=tolerance, atol=tolerance)
     except (RuntimeError, NotImplementedError) as e:  # e.g. a platform whose oneDNN lacks the kernel
-        LOGGER.debug('oneDNN fused convolution failed its probe: %s', e)
+        LOGGER.debug('oneDNN fused convolution (%s) failed its probe: %s', dtype, e)
         return False
 
 
@@ -54,17 +61,19 @@ class PackedConv2d(nn.Conv2d):
     slower than no packing (Dy-YOLOv7, packed at 640, run at 320). So the weights are packed for the first input
     size, and packed again only for a size met on two calls in a row (a video, test.py's batches sorted by aspect
     ratio); an input of another size runs the fused call on the unpacked weights. Inputs it was not built for (not
-    fp32/bf16 on the CPU, gradients wanted, tracing or compiling) take nn.Conv2d's forward (+ SiLU): the same
+    of `dtypes` on the CPU, gradients wanted, tracing or compiling) take nn.Conv2d's forward (+ SiLU): the same
     numbers. The packed copy follows the weight: rebuilt when the parameter is replaced or written in place
     (load_state_dict, .to()).
     """
 
-    def __init__(self, conv: nn.Conv2d, silu: bool = False) -> None:
+    def __init__(self, conv: nn.Conv2d, silu: bool = False,
+                 dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> None:
         if not self.accepts(conv):
             raise ValueError('PackedConv2d takes a zero-padded nn.Conv2d with bias (a fused one)')
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                          conv.dilation, conv.groups, bias=True, device='meta')  # parameters replaced at once
         self.weight, self.bias, self.silu = conv.weight, conv.bias, silu
+        self.dtypes = dtypes  # input dtypes run by oneDNN (the others by nn.Conv2d): those this CPU passed a probe in
         self._packed: torch.Tensor | None = None
         self._packed_for: tuple | None = None  # (weight version, storage, input H x W) the packed copy was made for
         self._last_size: tuple | None = None
@@ -85,7 +94,7 @@ class PackedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (x.device.type != 'cpu' or x.dtype not in (torch.float32, torch.bfloat16) or w.dtype != x.dtype
+        if (x.device.type != 'cpu' or x.dtype not in self.dtypes or w.dtype != x.dtype
                 or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)) or _tracing()):
             y = super().forward(x)
             return F.silu(y) if self.silu else y
@@ -115,6 +124,7 @@ def pack_convolutions(model: nn.Module) -> int:
     if not onednn_kernels_available():
         LOGGER.info('oneDNN fused convolutions unavailable in this torch build: plain convolutions kept')
         return 0
+    dtypes = tuple(t for t in (torch.float32, torch.bfloat16) if onednn_kernels_available(t))
     replaced = 0
     for block in list(model.modules()):
         for name, conv in list(block.named_children()):
@@ -123,7 +133,7 @@ def pack_convolutions(model: nn.Module) -> int:
             # Conv: conv -> bn (None once fused) -> act; RepConv once fused: act(rbr_reparam(x))
             silu = (isinstance(block, (Conv, RepConv)) and name in ('conv', 'rbr_reparam')
                     and getattr(block, 'bn', None) is None and type(block.act) is nn.SiLU)
-            setattr(block, name, PackedConv2d(conv, silu=silu))
+            setattr(block, name, PackedConv2d(conv, silu=silu, dtypes=dtypes))
             if silu:
                 block.act = nn.Identity()
             replaced += 1

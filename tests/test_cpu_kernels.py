@@ -121,6 +121,21 @@ def test_builds_without_the_kernels_keep_plain_convolutions(monkeypatch: pytest.
     assert type(block.conv) is nn.Conv2d and isinstance(block.act, nn.SiLU)
 
 
+def test_bfloat16_runs_on_onednn_only_where_this_cpu_passed_its_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN packs bfloat16 weights only on CPUs with AVX512BW/VL/DQ or AVX-NE-CONVERT (an AVX2-only CPU raised
+    inside every --bf16 forward): a CPU that fails the bfloat16 probe runs bf16 inputs through nn.Conv2d."""
+    real = cpu_kernels.onednn_kernels_available
+    monkeypatch.setattr(cpu_kernels, 'onednn_kernels_available', lambda dtype=torch.float32:
+                        dtype == torch.float32 and real(dtype))
+    block = _fused_conv(8, 12, 3, 1)
+    packed = copy.deepcopy(block)
+    assert pack_convolutions(packed) == 1 and packed.conv.dtypes == (torch.float32,)
+    x = torch.randn(1, 8, 10, 10)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed.to(torch.bfloat16)(x.bfloat16()), block.to(torch.bfloat16)(x.bfloat16()))
+    assert real(torch.bfloat16) in (True, False) and real(torch.float32)  # the real probes run without raising
+
+
 def test_unfused_convolutions_are_not_taken() -> None:
     block = Conv(4, 6, 3, 1).eval()  # conv without bias, then BatchNorm: SiLU cannot move into the conv
     assert pack_convolutions(block) == 0
