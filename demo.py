@@ -84,7 +84,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     _fill_defaults(opt)
     problems = [(opt.images < 10, f'--images must be at least 10, got {opt.images}'),
                 (opt.img < 64 or opt.img % 32, f'--img must be a multiple of 32 and at least 64, got {opt.img}'),
-                (min(opt.epochs or 1, opt.router_epochs or 1, opt.batch_size) < 1,
+                (min(n for n in (opt.epochs, opt.router_epochs, opt.batch_size) if n is not None) < 1,
                  '--epochs, --router-epochs and --batch-size must be at least 1'),
                 (opt.workers < 0 or opt.seed < 0, '--workers and --seed must be non-negative')]
     for bad, message in problems:
@@ -103,13 +103,16 @@ def _mode_problems(opt: argparse.Namespace) -> list[tuple[bool, str]]:
 
 
 def _fill_defaults(opt: argparse.Namespace) -> None:
-    opt.out = opt.out or ('runs/demo_detector' if opt.build_detector else 'runs/demo')
-    opt.images = opt.images or (BuildRecipe.images if opt.build_detector else DEMO_IMAGES)
-    opt.epochs = opt.epochs or (BuildRecipe.epochs if opt.build_detector else
-                                SCRATCH_EPOCHS if opt.from_scratch else None)
-    opt.router_epochs = None if opt.build_detector else (opt.router_epochs or ROUTER_EPOCHS)
-    opt.seed = 0 if opt.seed is None else opt.seed
-    opt.img = opt.img or 128
+    """Each mode's defaults for the flags left out (None), so that an explicit 0 is still checked."""
+    def default(value, fallback):
+        return fallback if value is None else value
+    opt.out = default(opt.out, 'runs/demo_detector' if opt.build_detector else 'runs/demo')
+    opt.images = default(opt.images, BuildRecipe.images if opt.build_detector else DEMO_IMAGES)
+    opt.epochs = default(opt.epochs, BuildRecipe.epochs if opt.build_detector else
+                         SCRATCH_EPOCHS if opt.from_scratch else None)
+    opt.router_epochs = None if opt.build_detector else default(opt.router_epochs, ROUTER_EPOCHS)
+    opt.seed = default(opt.seed, 0)
+    opt.img = default(opt.img, BuildRecipe.img)
 
 
 def with_epoch_bar(trainer_cls: type[Trainer], bar: tqdm) -> type[Trainer]:
@@ -225,8 +228,9 @@ def _stages(opt: argparse.Namespace) -> Path:
     if not opt.from_scratch:
         detector, manifest = shipped_detector(opt)  # checked before any work
     out = increment_path(opt.out).resolve()
-    data_seed = opt.seed if manifest is None else manifest['data']['seed']
-    data = generate_dataset(out / 'data', opt.images, opt.img, VAL_FRACTION, data_seed, NUM_CLASSES)
+    drawn = {'seed': opt.seed, 'val_fraction': VAL_FRACTION, 'classes': NUM_CLASSES, **(manifest or {}).get('data', {})}
+    data_seed = drawn['seed']
+    data = generate_dataset(out / 'data', opt.images, opt.img, drawn['val_fraction'], data_seed, drawn['classes'])
     LOGGER.info(f'Data: {opt.images} synthetic images at {opt.img} px (data seed {data_seed}) in {out / "data"}')
     if detector is None:
         step1 = train_stage('Step 1: both backbones and heads, from scratch', train_step1, step1_argv(opt, data, out),

@@ -16,10 +16,12 @@ from tests.helpers import cli_error_line
 from utils import demo_detector as shipped
 from utils.data.synthetic import generate_dataset
 
-# Largest difference between the manifest's mAP figures (measured where the detector was built) and a re-evaluation
-# of the same file, over the machines, thread counts and library versions tried (README, "The demo"): the held-out
-# images are re-generated and re-decoded, and convolutions round differently from one build to the next.
-MAP_TOLERANCE = 0.005
+# Largest difference allowed between the manifest's mAP figures (measured where the detector was built) and a
+# re-evaluation of the same file on the re-generated held-out images. Measured: 0.0000 with 1 or 2 threads on the
+# build's versions; up to 0.0085 (mAP@.5 of the hard path on the 52 "easy"-kind images; 0.0007 over all 128) with the
+# requirement floors (torch 2.6, numpy 1.25, opencv-python 4.8), where OpenCV draws and encodes 171 of the 640
+# synthetic images a little differently (3 label files move by a pixel). Twice that maximum, rounded up.
+MAP_TOLERANCE = 0.02
 HARD_PATH_MARGIN = 0.03  # what the shipped detector was built to show: the hard path ahead by at least this
 
 
@@ -111,6 +113,9 @@ def test_demo_refuses_an_altered_detector_before_any_work(tmp_path: Path, monkey
     (['--epochs', '3'], '--epochs trains step 1'),
     (['--build-detector', '--router-epochs', '3'], '--build-detector trains step 1 only'),
     (['--from-scratch', '--build-detector'], 'not allowed with argument'),
+    (['--images', '0'], '--images must be at least 10, got 0'),  # an explicit 0 is not taken for "left out"
+    (['--from-scratch', '--epochs', '0'], '--epochs, --router-epochs and --batch-size must be at least 1'),
+    (['--router-epochs', '0'], '--epochs, --router-epochs and --batch-size must be at least 1'),
 ])
 def test_flags_of_another_mode_are_refused(argv: list[str], message: str, capsys) -> None:
     import demo

@@ -76,9 +76,13 @@ def read_manifest(folder: Path) -> dict:
         raise DetectorError(f'{path}: the demo detector\'s manifest is missing; {rebuild_hint(Path(folder))}')
     try:
         manifest = json.loads(path.read_text(encoding='utf-8'))
-        manifest['data']['seed'], manifest['data']['img'], manifest['sha256']  # noqa: B018 (the fields used)
+        missing = [k for k in ('seed', 'img', 'classes', 'val_fraction') if k not in manifest['data']]
+        missing += [k for k in ('sha256', 'command') if k not in manifest]
     except (ValueError, KeyError, TypeError) as e:
         raise DetectorError(f'{path}: not a demo detector manifest ({e}); {rebuild_hint(Path(folder))}') from None
+    if missing:
+        raise DetectorError(f'{path}: not a demo detector manifest (no {", ".join(missing)}); '
+                            f'{rebuild_hint(Path(folder))}')
     return manifest
 
 
