@@ -31,15 +31,15 @@ def onednn_kernels_available(dtype: torch.dtype = torch.float32) -> bool:
     if not (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, 'mkldnn_reorder_conv2d_weight')
             and hasattr(torch.ops.mkldnn, '_convolution_pointwise')):
         return False
-    gen = torch.Generator().manual_seed(0)
-    conv = nn.Conv2d(4, 8, 3, padding=1)
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        conv = nn.Conv2d(4, 8, 3, padding=1)
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
-    conv = conv.to(dtype)
-    x = torch.randn(1, 4, 6, 6, generator=gen).to(dtype)
+        conv = conv.to(dtype)
+        x = torch.randn(1, 4, 6, 6, generator=gen).to(dtype)
     tolerance = 1e-4 if dtype == torch.float32 else 5e-2
-    try:
-        with torch.inference_mode():
+    try:  # normal tensors even when called under torch.inference_mode (a model loaded inside one)
+        with torch.inference_mode(False), torch.no_grad():
             packed = PackedConv2d(conv, silu=True, dtypes=(dtype,))(x).float()
             return torch.allclose(packed, F.silu(conv(x)).float(), rtol=tolerance, atol=tolerance)
     except (RuntimeError, NotImplementedError) as e:  # e.g. a platform whose oneDNN lacks the kernel
@@ -106,7 +106,9 @@ class PackedConv2d(nn.Conv2d):
         """The packed weights if they were made for x's size (packing them for the first size, or for a size
         met twice in a row), else the plain weight tensor."""
         w, size = self.weight, tuple(x.shape[2:])
-        weight_id = (w._version, w.data_ptr())
+        # inference tensors (a model built under torch.inference_mode) keep no version counter; they cannot be
+        # written outside inference mode, and a write inside one is not seen (as a write through .data)
+        weight_id = (0 if w.is_inference() else w._version, w.data_ptr())
         stale = self._packed_for is None or self._packed_for[:2] != weight_id
         if stale or (size != self._packed_for[2] and size == self._last_size):
             self._packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
@@ -120,7 +122,9 @@ class PackedConv2d(nn.Conv2d):
 def pack_convolutions(model: nn.Module) -> int:
     """Replace the fused convolutions of `model` (call after fuse(): convolutions with bias) by PackedConv2d,
     moving the SiLU of Conv and RepConv blocks into them; returns how many were replaced (0 where this torch build
-    lacks the kernels). Calling it again replaces nothing more."""
+    lacks the kernels). Calling it again replaces nothing more. A packed copy follows writes that bump the weight's
+    version (load_state_dict, copy_ under no_grad, .to()); a write through `.data`, or into an inference tensor
+    inside torch.inference_mode, does not: reload the model after such a write."""
     if not onednn_kernels_available():
         LOGGER.info('oneDNN fused convolutions unavailable in this torch build: plain convolutions kept')
         return 0

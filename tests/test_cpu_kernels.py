@@ -152,3 +152,27 @@ def test_load_for_inference_the_scripts_and_the_readme_use_packs_the_convolution
     fused_blocks = [m for m in model.modules() if isinstance(m, Conv)]
     assert fused_blocks and all(isinstance(m.conv, PackedConv2d) and m.conv.silu for m in fused_blocks)
     assert model.input_format == torch.channels_last
+
+
+def test_a_model_loaded_under_inference_mode_is_packed_and_runs(tmp_path: Path) -> None:
+    """Loaded inside `torch.inference_mode()` (its tensors then keep no version counter), the model gets the same
+    packed convolutions and outputs as one loaded outside it (the probe used to fail there, and packing was
+    silently turned off)."""
+    cfg = tmp_path / 'tiny.yaml'
+    cfg.write_text(yaml.safe_dump(tiny_config(nc=3)))
+    torch.manual_seed(0)
+    save_checkpoint({'model': Model(cfg).state_dict()}, tmp_path / 'tiny.pt')
+    x = torch.rand(2, 3, 64, 64)
+    onednn_kernels_available.cache_clear()  # the probe must run inside inference mode, as a user's first load would
+    try:
+        with torch.inference_mode():
+            inside = load_for_inference(str(cfg), str(tmp_path / 'tiny.pt'), 3, 'cpu')
+            inside_out = inside(x)[0]
+    finally:
+        onednn_kernels_available.cache_clear()
+    outside = load_for_inference(str(cfg), str(tmp_path / 'tiny.pt'), 3, 'cpu')
+    with torch.inference_mode():
+        outside_out = outside(x)[0]
+    count = [sum(isinstance(m, PackedConv2d) for m in model.modules()) for model in (inside, outside)]
+    assert count[0] == count[1] > 0
+    assert torch.equal(inside_out, outside_out)
