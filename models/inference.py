@@ -62,14 +62,15 @@ def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half
 def _to_bf16(model: Model, keep_backbone1: bool) -> None:
     """Backbones and necks in bfloat16; the router and the detection heads stay fp32 (they cast their inputs).
     Only the bfloat16 parts are converted: a round trip through bfloat16 would round the fp32 parts' weights.
-    With `keep_backbone1` backbone 1 stays fp32 and the bfloat16 sections cast what they read from it."""
+    With `keep_backbone1` backbone 1 stays fp32; every bfloat16 section casts what it reads from the image and from
+    other sections, so the model takes fp32 batches as well as prepare_input's."""
     heads = (model.model_h[-1], model.model_h2[-1])
     for section in ([] if keep_backbone1 else [model.model_b]) + [model.model_b2, model.model_h, model.model_h2]:
         for layer in section:
             if not any(layer is head for head in heads):
                 layer.to(torch.bfloat16)
-    if keep_backbone1:
-        model.model_h.input_dtype = model.model_b2.input_dtype = torch.bfloat16
+        section.input_dtype = torch.bfloat16  # what it reads from the image or another section: a float batch
+        # given to model(...) directly (not through prepare_input) is cast where the first bf16 layer reads it
 
 
 def prepare_input(images: torch.Tensor, model: Model) -> torch.Tensor:

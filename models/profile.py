@@ -39,7 +39,10 @@ def count_gflops(model: nn.Module, path: str, height: int, width: int) -> float:
         warnings.simplefilter('ignore', DeprecationWarning)
         import thop  # imported lazily: only profiling needs it
         from thop.vision.basic_hooks import count_convNd
-    probe = _PathProbe(meta_copy(model).float(), path)  # counts do not depend on the dtype (fp16 on CUDA, --bf16)
+    fp32 = meta_copy(model).float()  # counts do not depend on the dtype (fp16 on CUDA, --bf16)
+    for section in fp32.sections.values():
+        section.input_dtype = None  # --bf16's casts between sections: the copy is all fp32
+    probe = _PathProbe(fp32, path)
     ch = model.yaml['ch']
     # thop finds its rules by exact type: count Conv2d subclasses (models.cpu_kernels.PackedConv2d) as Conv2d
     subclasses = {type(m): count_convNd for m in probe.modules() if isinstance(m, nn.Conv2d)}

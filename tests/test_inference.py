@@ -237,3 +237,15 @@ def test_a_prepared_model_takes_plain_nchw_batches_in_its_own_layout(models: tup
         converted = prepared(prepare_input(x, prepared))[0]
     assert torch.equal(plain, converted)
     assert seen and all(t.is_contiguous(memory_format=torch.channels_last) for t in seen)
+
+
+@pytest.mark.parametrize('mode', [True, 'keep-routes'])
+def test_a_bf16_prepared_model_takes_plain_float_batches(models: tuple[Model, Model], mode) -> None:
+    """The README's promise holds under --bf16 too: a float32 NCHW batch given to the model directly gives the
+    outputs of prepare_input's batch, bit for bit (bf16=True used to raise: float input, bfloat16 bias)."""
+    _, fast = models
+    half = prepare_for_inference(copy.deepcopy(fast), 'cpu', bf16=mode)
+    x = dark_to_bright(2, 64, seed=3)
+    with torch.inference_mode():
+        plain, converted = half(x)[0], half(prepare_input(x, half))[0]
+    assert plain.dtype == torch.float32 and torch.equal(plain, converted)
