@@ -69,6 +69,10 @@ print('step-1 checkpoint loads strictly; last total loss', loss)"
 step step2 python train_step2.py --workers 4 --device 0 --batch-size 8 --epochs 2 --img 320 --adam \
     --cfg cfg/dy-yolov7-step2.yaml --weight "$S1" --data "$DATA" --hyp hyp/hyp.finetune.dynamic.adam.yaml \
     --project "$OUT/train" --name step2 --exist-ok
+# --router-loss bce under CUDA AMP (the default there): its cross-entropy must not be an op autocast refuses
+step step2_bce python train_step2.py --workers 4 --device 0 --batch-size 8 --epochs 1 --img 320 --adam \
+    --cfg cfg/dy-yolov7-step2.yaml --weight "$S1" --data "$DATA" --hyp hyp/hyp.finetune.dynamic.adam.yaml \
+    --router-loss bce --project "$OUT/train" --name step2_bce --exist-ok
 for dev in 0 cpu; do
     step "test_$dev" python test.py --cfg cfg/dy-yolov7-step1.yaml --weight "$S1" --data "$DATA" --img-size 320 \
         --batch-size 16 --device "$dev" --task val --project "$OUT/test" --name "$dev" --exist-ok

@@ -109,6 +109,22 @@ def test_router_loss_bce_is_cross_entropy_against_the_median_split() -> None:
     assert train_step2.parse_opt(['--cfg', 'x.yaml']).router_loss == 'adaptive'
 
 
+def test_router_loss_bce_runs_under_autocast_without_the_op_cuda_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA autocast refuses F.binary_cross_entropy on probabilities ('unsafe to autocast'), so --router-loss bce
+    crashed under AMP, the default on CUDA. With that op raising as CUDA's autocast does, the loss still runs under
+    (CPU) autocast, on a bfloat16 score, and gives the fp32 cross-entropy (gpu_check.sh runs it on CUDA)."""
+    def refused(*args, **kwargs):
+        raise RuntimeError('torch.nn.functional.binary_cross_entropy and torch.nn.BCELoss are unsafe to autocast')
+    monkeypatch.setattr(torch.nn.functional, 'binary_cross_entropy', refused)
+    maps, score = [torch.zeros(3, 1, 1, 1, 6)] * 2, torch.tensor([[0.3], [0.6], [0.9]])
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        total, _ = _with_head_losses('bce', [3.0, 1.0, 2.0], [1.0, 4.0, 1.0])(
+            (maps, score.bfloat16()), torch.zeros(0, 6), torch.zeros(3, 3, 8, 8))
+    s = score.bfloat16().float().view(-1).tolist()
+    expected = -sum(t * math.log(v) + (1 - t) * math.log(1 - v) for v, t in zip(s, (0.05, 0.95, 0.05)))
+    assert total.dtype == torch.float32 and float(total) == pytest.approx(expected, rel=1e-6)
+
+
 def test_router_loss_bce_weights_the_gap_by_each_images_objects() -> None:
     """--router-loss bce labels by (L1 - L2)·n, n = the image's labelled objects (at least 1): gaps 0.2, 0.1, 0.3
     with 1, 4, 0 objects become 0.2, 0.4, 0.3; against the medians each image sees (0.2, 0.3, 0.3) none is below,

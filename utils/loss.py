@@ -352,6 +352,15 @@ class ComputeLossOTADual(_LossBase):
         return self.result(parts, maps[0].shape[0])
 
 
+def score_cross_entropy(score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Per-image binary cross-entropy of router scores (probabilities, clamped off 0 and 1) against soft labels:
+    the values of F.binary_cross_entropy(score, label, reduction='none'), written out in fp32 because CUDA autocast
+    refuses that op on probabilities ('unsafe to autocast': step 2 with --router-loss bce crashed under AMP, the
+    default on CUDA)."""
+    s = score.float().clamp(_SCORE_EPS, 1 - _SCORE_EPS)
+    return -(label * s.log() + (1 - label) * (1 - s).log())
+
+
 class ComputeLossOTADy(_LossBase):
     """Step 2: the router's adaptive loss from the detached losses of both heads (the reference's
     utils/loss.py::ComputeLossOTADy), per image.
@@ -412,7 +421,7 @@ class ComputeLossOTADy(_LossBase):
             median = gap.new_tensor(self.track(gap.tolist()))
             eps = ROUTER_LABEL_SMOOTHING
             easy = (gap < median).float() * (1 - 2 * eps) + eps
-            adaptive = F.binary_cross_entropy(s.clamp(_SCORE_EPS, 1 - _SCORE_EPS), easy, reduction='none')
+            adaptive = score_cross_entropy(s, easy)
         else:
             half = l1.new_tensor(self.track(diff.tolist())) / 2
             adaptive = s * (l1 - half) + (1 - s) * (l2 + half)
