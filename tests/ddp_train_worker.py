@@ -1,4 +1,5 @@
-"""Run step-1 training under torchrun and save this rank's final parameters (for the 2-process DDP test)."""
+"""Run step-1 training under torchrun and save this rank's final parameters, anchor buffers and the anchors its
+training loss used (for the 2-process DDP test)."""
 from __future__ import annotations
 
 import sys
@@ -25,8 +26,11 @@ def main() -> None:
     skip_run_plots(pytest.MonkeyPatch())  # the test compares weights; figures would only cost rank 0 time
     trainer = Trainer(opt, ctx)
     trainer.run()
-    params = {k: v.detach().cpu() for k, v in de_parallel(trainer.model).named_parameters()}
-    torch.save(params, out / f'rank{ctx.rank}.pt')
+    model = de_parallel(trainer.model)
+    saved = {k: v.detach().cpu() for k, v in model.named_parameters()}
+    saved.update({f'buffer {k}': v.detach().cpu() for k, v in model.named_buffers() if k.endswith('anchors')})
+    saved['loss anchors'] = trainer.compute_loss.anchors.cpu()  # what the training loss assigned boxes with
+    torch.save(saved, out / f'rank{ctx.rank}.pt')
     cleanup(ctx)
 
 

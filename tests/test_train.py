@@ -117,18 +117,31 @@ def test_resume_keeps_the_run_options_but_takes_device_and_no_amp(tmp_path: Path
 
 
 def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path: Path, synthetic: dict) -> None:
-    """torchrun with 2 gloo processes, batch 4 (2 steps of 2 + 1 images per rank, each an optimizer step): every
-    parameter ends bit-identical on both ranks, and only rank 0 logs."""
+    """torchrun with 2 gloo processes, batch 4 (2 steps of 2 + 1 images per rank, each an optimizer step), autoanchor
+    on (the default) with anchors 20x the small config's, far from 64-px labels, so rank 0 re-fits them: every parameter
+    and anchor buffer ends bit-identical on both ranks, both ranks' training losses assign boxes with those re-fitted
+    anchors (rank 1's loss kept its config anchors, ~40x too large, before the losses were built after DDP's
+    broadcast), and only rank 0 logs."""
+    from models.yolo import Model
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    far = tiny_config(dynamic=False)
+    far['anchors'] = [[20 * v for v in level] for level in far['anchors']]  # 200-2400 px boxes for 64-px images
+    cfg = tmp_path / 'far-anchors.yaml'
+    cfg.write_text(yaml.safe_dump(far))
+    flags = [f for f in _flags({**synthetic, 'cfg': str(cfg)}, tmp_path / 'runs', 1, '--batch-size', '4')
+             if f != '--noautoanchor']
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29533',
-           str(ROOT / 'tests' / 'ddp_train_worker.py'), str(tmp_path),
-           *_flags(synthetic, tmp_path / 'runs', 1, '--batch-size', '4')]
+           str(ROOT / 'tests' / 'ddp_train_worker.py'), str(tmp_path), *flags]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
     assert rank0.keys() == rank1.keys()
-    for k in rank0:  # parameters; BN running statistics are per rank between DDP's buffer broadcasts
+    for k in rank0:  # parameters and anchors; BN running statistics are per rank between DDP's buffer broadcasts
         torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0, msg=k)
+    configured = Model(cfg).model_h2[-1].anchors
+    assert not torch.equal(rank0['loss anchors'], configured)  # autoanchor did re-fit them
+    head2 = next(k for k in rank0 if k.startswith('buffer model_h2.'))
+    assert torch.equal(rank0['loss anchors'], rank0[head2])
     assert results_epochs(tmp_path / 'runs' / 'exp') == [0]  # rank 0 alone logged (one line, not two)
 
 

@@ -194,6 +194,8 @@ class Trainer:
             self.results.restore(state.results_text or '')
         self._setup_data(model)
         self.model = self._wrap(model)
+        # after DDP's broadcast: the losses copy the anchors, which only rank 0's autoanchor re-fitted
+        self.compute_loss, self.val_loss = self.build_losses(model)
 
     def _start_wandb(self, resume_id: str | None) -> None:
         """W&B on rank 0 when it is installed (a resumed run continues its W&B run); artifact data paths resolved."""
@@ -220,7 +222,6 @@ class Trainer:
         self.hyp = scale_hyp(self.hyp, self.nl, self.nc, self.img_size, opt.label_smoothing)
         model.nc, model.hyp, model.gr, model.names = self.nc, self.hyp, 1.0, self.names
         model.class_weights = labels_to_class_weights(self.dataset.labels, self.nc).to(self.device) * self.nc
-        self.compute_loss, self.val_loss = self.build_losses(model)
 
     def _first_run_checks(self, model) -> None:
         labels = np.concatenate([x for x in self.dataset.labels if len(x)] or [np.zeros((0, 5))])
