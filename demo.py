@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -183,6 +184,7 @@ def run_demo(opt: argparse.Namespace) -> Path:
     """All stages, the library's INFO lines kept out of the terminal (they are in the run folders' files)."""
     root_level = logging.getLogger().level
     logging.getLogger().setLevel(logging.WARNING)
+    os.environ.setdefault('WANDB_MODE', 'disabled')  # W&B only when asked (WANDB_MODE=online or offline)
     loggers = [LOGGER, logging.getLogger('utils.demo_detector')]
     for logger in loggers:
         logger.setLevel(logging.INFO)

@@ -140,3 +140,20 @@ def test_artifact_data_paths_download_at_the_alias(tmp_path: Path) -> None:
     assert resolved['val'] == data['val'] == [str(tmp_path / 'val.txt')]
     with pytest.raises(WandbError, match="train split is a W&B artifact"):
         check_artifact_paths(data, resolvable=False)
+
+
+def test_wandb_that_cannot_start_is_one_warning_and_training_goes_on(small_run: list, monkeypatch, caplog) -> None:
+    """W&B installed but not logged in: `wandb.init` raises (as the real one's UsageError: 'No API key configured');
+    the training ends normally after one warning that says how to fix it (it used to die with a traceback)."""
+    module = types.ModuleType('wandb')
+
+    def init(**kwargs):
+        raise RuntimeError('No API key configured. Use `wandb login` to log in.')
+    module.init = init
+    monkeypatch.setitem(sys.modules, 'wandb', module)
+    with caplog.at_level(logging.WARNING):
+        run = train_step1.train(train_step1.parse_opt(small_run + ['--epochs', '1']), configure_logging=False)
+    assert (run / 'weights' / 'last.pt').is_file()
+    warnings = [r.getMessage() for r in caplog.records if 'W&B could not start' in r.getMessage()]
+    assert len(warnings) == 1 and 'No API key configured' in warnings[0] and 'wandb login' in warnings[0]
+    assert 'WANDB_MODE=offline' in warnings[0]

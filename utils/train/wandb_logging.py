@@ -7,7 +7,9 @@ predictions every --bbox_interval epochs; the dataset as an artifact with --uplo
 artifact every --save_period epochs and at the end; the result plots at the end. A resumed training continues the
 same W&B run (the checkpoint's `wandb_id`). Data paths written `wandb-artifact://NAME` in the data YAML are
 downloaded from the artifact NAME at version --artifact_alias. Without `wandb`, a W&B flag given on the command
-line warns once and nothing else changes.
+line warns once and nothing else changes. When `wandb.init` fails (installed but not logged in, no network), one
+warning says how to fix it and the training goes on without W&B. W&B writes under the run folder unless WANDB_DIR
+is set.
 """
 from __future__ import annotations
 
@@ -77,9 +79,16 @@ class WandbRun:
             return None
         config = {k: v for k, v in vars(opt).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
         project = 'YOLOR' if opt.project == 'runs/train' else Path(opt.project).stem  # the reference's naming
-        run = wandb.init(project=project, name=Path(save_dir).name, entity=opt.entity, job_type='Training',
-                         config={**config, 'hyp': hyp}, id=resume_id, resume='allow' if resume_id else None,
-                         dir=str(save_dir))
+        where = {} if os.environ.get('WANDB_DIR') else {'dir': str(save_dir)}  # a user's WANDB_DIR wins
+        try:
+            run = wandb.init(project=project, name=Path(save_dir).name, entity=opt.entity, job_type='Training',
+                             config={**config, 'hyp': hyp}, id=resume_id, resume='allow' if resume_id else None,
+                             **where)
+        except Exception as e:  # no API key, no network, a refused project: W&B is optional, the training is not
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            LOGGER.warning(f'WARNING: W&B could not start ({reason}); training goes on without it. To log to W&B '
+                           'run `wandb login`, or set WANDB_MODE=offline (logs kept locally) or WANDB_MODE=disabled')
+            return None
         LOGGER.info(f'W&B: run {run.id} ({"continued" if resume_id else "new"}) in project {project}')
         return cls(wandb, run, opt, Path(save_dir))
 
