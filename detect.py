@@ -118,7 +118,8 @@ def draw(frame: Frame, det: np.ndarray, route: str, fps: float, names: list[str]
 def load_detector(opt: argparse.Namespace) -> Detector:
     """The strict-loaded, fused model with --dy-thres, fp16 on CUDA, wrapped with the NMS settings."""
     device = select_device(opt.device)
-    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device, opt.compile, opt.bf16)
+    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device, opt.compile, opt.bf16,
+                               retain_memory=True)
     apply_routing_flags(model, opt)
     if device.type == 'cuda':
         model.half()

@@ -49,7 +49,7 @@ def build_model(cfg: str, weight: str, device: torch.device, packed: bool = True
                 bias = conv.bias.data.view(det.na, -1)
                 bias[:, 4] += 3.0  # most anchors pass the objectness pre-filter ...
                 bias[:, 5:] -= 6.0  # ... but few classes pass conf 0.001, as with a trained model
-    return prepare_for_inference(model, device, packed=packed)
+    return prepare_for_inference(model, device, packed=packed, retain_memory=True)  # as test.py runs it
 
 
 def main() -> None:

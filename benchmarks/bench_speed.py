@@ -99,7 +99,8 @@ def build(cfg: str, device: torch.device, precision: str = 'fp32', packed: bool 
     """The fused inference model as test.py prepares it, with random_model's weights (`packed` False: without the
     oneDNN-packed convolutions, as test.py prepared it before them; `bf16_mode`: --bf16's MODE for bf16)."""
     return prepare_for_inference(random_model(cfg), device, half=precision == 'fp16',
-                                 bf16=bf16_mode if precision == 'bf16' else None, packed=packed)
+                                 bf16=bf16_mode if precision == 'bf16' else None, packed=packed,
+                                 retain_memory=True)  # as the scripts run it
 
 
 def plain_model(cfg: str, device: torch.device) -> Model:

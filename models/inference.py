@@ -31,14 +31,15 @@ def bf16_mode(bf16: bool | str | None) -> str | None:
 
 def prepare_for_inference(model: Model, device: torch.device | str = 'cpu', half: bool = False,
                           channels_last: bool = True, bf16: bool | str | None = False, packed: bool = True,
-                          retain_memory: bool = True) -> Model:
+                          retain_memory: bool = False) -> Model:
     """Fuse (idempotent), switch to eval, move to `device`; fp16 only on CUDA; channels_last layout.
 
     Extensions, on the CPU: `bf16` True or 'all' runs the backbones and necks in bfloat16 with the router and both
     detection heads in fp32; 'keep-routes' also keeps backbone 1 in fp32, so the router reads fp32's features and
     every route is fp32's. `packed`: convolutions with oneDNN weights packed once and SiLU fused into them
-    (models.cpu_kernels). `retain_memory`: glibc malloc keeps freed memory for reuse, process-wide
-    (utils.cpu_memory: no page faults on every forward pass; the process keeps its peak memory).
+    (models.cpu_kernels). `retain_memory` (off unless asked; the scripts ask): glibc malloc keeps freed memory
+    for reuse, process-wide and for the rest of the process (utils.cpu_memory: no page faults on every forward pass;
+    the process keeps its peak memory, so a large array freed later is not returned to the system).
 
     The chosen input dtype and layout are recorded on the model for prepare_input(); on the CPU, batches run in
     chunks of CPU_CHUNK_PIXELS.
@@ -97,11 +98,13 @@ def compile_paths(model: Model, mode: str = 'default') -> Model:
 
 
 def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device | str = 'cpu',
-                       compile: str | None = None, bf16: bool | str | None = False) -> Model:
+                       compile: str | None = None, bf16: bool | str | None = False,
+                       retain_memory: bool = False) -> Model:
     """Model from a config with a checkpoint loaded strictly (weights_only), float, fused, eval, no gradients;
     `compile` (extension, --compile MODE) compiles the three stages of the routed forward in that torch.compile mode;
     `bf16` (extension, --bf16 [MODE]) runs the backbones in bfloat16 on the CPU ('keep-routes': all but backbone 1,
-    so routes are fp32's; ignored with a warning on CUDA: fp16 there).
+    so routes are fp32's; ignored with a warning on CUDA: fp16 there); `retain_memory` as prepare_for_inference's
+    (test.py, detect.py and get_dynamic_thres.py turn it on; a library caller's process is left as it is).
 
     Raises ConfigError / CheckpointError with one-line messages for a missing or mismatched cfg or checkpoint.
     """
@@ -118,5 +121,6 @@ def load_for_inference(cfg: str, weights: str, nc: int, device: torch.device | s
         p.requires_grad_(False)
     if bf16 and device.type != 'cpu':
         LOGGER.warning('WARNING: --bf16 applies to CPU inference; on CUDA the model runs in fp16')
-    model = prepare_for_inference(model.float(), device, bf16=bf16_mode(bf16) if device.type == 'cpu' else None)
+    model = prepare_for_inference(model.float(), device, bf16=bf16_mode(bf16) if device.type == 'cpu' else None,
+                                  retain_memory=retain_memory)
     return compile_paths(model, compile) if compile else model

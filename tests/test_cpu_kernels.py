@@ -176,3 +176,19 @@ def test_a_model_loaded_under_inference_mode_is_packed_and_runs(tmp_path: Path) 
     count = [sum(isinstance(m, PackedConv2d) for m in model.modules()) for model in (inside, outside)]
     assert count[0] == count[1] > 0
     assert torch.equal(inside_out, outside_out)
+
+
+def test_the_python_api_leaves_the_processs_malloc_alone_unless_asked(tmp_path: Path, monkeypatch) -> None:
+    """load_for_inference raised glibc's thresholds for every library user's process (a 300 MB array freed later
+    stayed resident): now only retain_memory=True (what test.py, detect.py and get_dynamic_thres.py pass) does."""
+    import models.inference as inference
+    calls = []
+    monkeypatch.setattr(inference, 'retain_freed_memory', lambda: calls.append(1) or True)
+    cfg = tmp_path / 'tiny.yaml'
+    cfg.write_text(yaml.safe_dump(tiny_config(nc=3)))
+    save_checkpoint({'model': Model(cfg).state_dict()}, tmp_path / 'tiny.pt')
+    load_for_inference(str(cfg), str(tmp_path / 'tiny.pt'), 3, 'cpu')
+    prepare_for_inference(Model(cfg), 'cpu')
+    assert calls == []
+    load_for_inference(str(cfg), str(tmp_path / 'tiny.pt'), 3, 'cpu', retain_memory=True)
+    assert calls == [1]

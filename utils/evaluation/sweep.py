@@ -75,7 +75,7 @@ def dynamic_thresholds(opt: argparse.Namespace,
     check_writable(Path(opt.project) / opt.name)  # before the pass over the split, not after it
     hyp = load_hyp(opt.hyp) if opt.sweep else None  # a bad --hyp fails now, not after the model and the split
     device = select_device(opt.device, opt.batch_size)
-    model = load_for_inference(opt.cfg, opt.weight, data['nc'], device, opt.compile, opt.bf16)
+    model = load_for_inference(opt.cfg, opt.weight, data['nc'], device, opt.compile, opt.bf16, retain_memory=True)
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
     loader, dataset, img_size = split_loader(model, opt, data, data['nc'], device)
