@@ -199,7 +199,7 @@ def common_argv(opt: argparse.Namespace, data: Path, out: Path) -> list[str]:
     return ['--img', str(opt.img), '--batch-size', str(opt.batch_size), '--workers', str(opt.workers),
             '--device', opt.device, '--data', str(data), '--project', str(out / 'train'), '--notest',
             '--seed', str(opt.seed), '--adam', '--nosave',  # the demo cannot resume: final checkpoints only
-            '--no-amp']  # fp32 on every CPU: bf16 autocast (the default where bf16 is native) cost head 2 most
+            '--no-amp']  # fp32 on CUDA too (the CPU trains in fp32 by default): bf16 autocast had cost head 2 most
 
 
 def step1_argv(opt: argparse.Namespace, data: Path, out: Path, hyp: Path = HYP1) -> list[str]:

@@ -73,13 +73,15 @@ def native_bf16() -> bool:
 
 
 def amp_dtype(device: torch.device, disabled: bool = False, forced: bool = False) -> torch.dtype | None:
-    """Training autocast type: float16 on CUDA; bfloat16 on a CPU with native bf16 (or with `forced`, for the
-    CPUs where emulated bf16 is slower than fp32); None for fp32 (`disabled`: --no-amp)."""
+    """Training autocast type: float16 on CUDA (the reference's AMP; `disabled`: --no-amp for fp32); on the CPU
+    fp32 (None), the reference's arithmetic and the same on every CPU, unless `forced` (--amp: bfloat16 autocast,
+    an extension). It used to default to bfloat16 where the CPU computes it natively, so one command trained
+    differently on different CPUs."""
     if disabled:
         return None
     if device.type == 'cuda':
         return torch.float16
-    return torch.bfloat16 if device.type == 'cpu' and (forced or native_bf16()) else None
+    return torch.bfloat16 if device.type == 'cpu' and forced else None
 
 
 def time_sync(device: torch.device | None = None) -> float:

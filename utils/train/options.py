@@ -74,10 +74,10 @@ def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
     p.add_argument('--v5-metric', action='store_true', help='assume maximum recall as 1.0 in AP calculation')
     p.add_argument('--patience', type=int, default=0, help='stop after N epochs without a better fitness (0: off)')
     p.add_argument('--no-amp', action='store_true',
-                   help='train in fp32 (CUDA: a way out of fp16 overflows; CPU: no bf16 autocast)')
+                   help='train in fp32 on CUDA too (a way out of fp16 overflows; the CPU trains in fp32 already)')
     p.add_argument('--amp', action='store_true',
-                   help='CPU: bfloat16 autocast even without native bf16 (AVX512-BF16/AMX), where it is slower '
-                        'than fp32 (extension; it is on by default where bf16 is native, always on CUDA)')
+                   help='CPU: bfloat16 autocast (extension; off by default: fp32 as the reference, the same on '
+                        'every CPU; faster only with native bf16, AVX512-BF16/AMX). CUDA always uses fp16 AMP')
     p.add_argument('--allow-partial-weights', action='store_true',
                    help='accept --weight even when fewer than half of the model tensors match it')
     p.add_argument('--seed', type=int, default=0, help='base seed (each rank adds 2 + rank, as the reference)')

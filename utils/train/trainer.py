@@ -341,12 +341,13 @@ class Trainer:
         if self.amp_dtype == torch.float16:
             return 'float16 autocast with loss scaling (CUDA); --no-amp for fp32'
         if self.amp_dtype == torch.bfloat16:
-            native = 'native' if native_bf16() else 'emulated, slower than fp32 here; forced by --amp'
-            return f'bfloat16 autocast on the CPU ({native} bf16); --no-amp for fp32'
+            native = 'native' if native_bf16() else 'emulated, slower than fp32 here'
+            return f'bfloat16 autocast on the CPU ({native} bf16, --amp); leave --amp out for fp32'
         if getattr(self.opt, 'no_amp', False):
             return 'off (fp32: --no-amp)'
         if self.device.type == 'cpu':
-            return 'off (fp32: this CPU has no native bfloat16; --amp forces bf16 autocast, slower here)'
+            native = 'native bf16 here' if native_bf16() else 'no native bf16 here: slower'
+            return f'off (fp32 on the CPU, as the reference; --amp for bfloat16 autocast, {native})'
         return 'off'
 
     def _bad_step(self, ni: int, epoch: int) -> None:
