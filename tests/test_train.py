@@ -285,3 +285,18 @@ def test_cpu_trains_in_fp32_unless_amp_is_asked(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(torch_utils, 'native_bf16', lambda native=native: native)
         assert torch_utils.amp_dtype(torch.device('cpu')) is None
         assert torch_utils.amp_dtype(torch.device('cpu'), forced=True) == torch.bfloat16
+
+
+def test_fine_tuning_an_unstripped_checkpoint_counts_epochs_as_the_reference() -> None:
+    """The reference's train.py: a checkpoint saved after epoch E (from 0) and --epochs N < E + 1 trains to N + E,
+    from E + 1, i.e. N − 1 more epochs (we used to train N more), with the learning-rate schedule over N."""
+    import types
+
+    from utils.train.checkpoint import epochs_to_train
+    from utils.train.optim import lr_lambda
+    assert epochs_to_train({'epoch': 4}, 3, 'w.pt') == 7  # epochs 5 and 6: two more
+    assert epochs_to_train({'epoch': 1}, 5, 'w.pt') == 5 and epochs_to_train({}, 5, 'w.pt') == 5
+    assert epochs_to_train({'epoch': -1}, 3, 'w.pt') == 3  # a stripped checkpoint starts afresh
+    trainer = types.SimpleNamespace(epochs=7, opt=types.SimpleNamespace(epochs=3, linear_lr=False), hyp={'lrf': 0.1})
+    schedule, expected = Trainer.lr_function(trainer), lr_lambda(3, 0.1)
+    assert [schedule(e) for e in range(7)] == [expected(e) for e in range(7)]

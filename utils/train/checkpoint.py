@@ -85,12 +85,14 @@ class RestoredState:
 
 
 def epochs_to_train(ckpt: dict, epochs: int, weights: str) -> int:
-    """--epochs, or --epochs more when the checkpoint is already past them (the reference's fine-tuning of a
-    finished run)."""
-    start_epoch = int(ckpt.get('epoch', -1)) + 1
-    if start_epoch and epochs < start_epoch:
-        LOGGER.info(f'{weights} has been trained for {start_epoch} epochs. Fine-tuning for {epochs} more.')
-        epochs += start_epoch
+    """--epochs, or, when the checkpoint (saved after epoch E, counted from 0) is already past them, --epochs + E:
+    the reference's fine-tuning of an unstripped checkpoint, which starts at E + 1 and so trains --epochs − 1 more
+    epochs (its learning-rate schedule keeps the --epochs count: Trainer.lr_function)."""
+    saved_epoch = int(ckpt.get('epoch', -1))
+    if saved_epoch >= 0 and epochs < saved_epoch + 1:
+        LOGGER.info(f'{weights} has been trained for {saved_epoch} epochs. Fine-tuning for {epochs} additional '
+                    f'epochs.')  # the reference's message and count
+        epochs += saved_epoch
     return epochs
 
 

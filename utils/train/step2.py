@@ -84,7 +84,7 @@ class Step2Trainer(Trainer):
 
     def lr_function(self):
         """Always linear (constant lr0 with the finetune hyp's lrf 1)."""
-        return lr_lambda(self.epochs, self.hyp['lrf'], linear=True)
+        return lr_lambda(self.opt.epochs, self.hyp['lrf'], linear=True)
 
     def build_losses(self, model: torch.nn.Module) -> tuple:
         """The adaptive router loss and, for validation, the plain loss on whichever head ran."""

@@ -125,8 +125,9 @@ class Trainer:
         return build_optimizer(model, self.hyp, self.opt.adam, self.opt.total_batch_size, self.nbs)
 
     def lr_function(self):
-        """One-cycle cosine, or linear with --linear-lr."""
-        return lr_lambda(self.epochs, self.hyp['lrf'], getattr(self.opt, 'linear_lr', False))
+        """One-cycle cosine, or linear with --linear-lr, over --epochs (fine-tuning an unstripped checkpoint
+        trains past it, as in the reference, whose schedule is made before the count is extended)."""
+        return lr_lambda(self.opt.epochs, self.hyp['lrf'], getattr(self.opt, 'linear_lr', False))
 
     def build_losses(self, model: torch.nn.Module) -> tuple:
         """(training loss, validation loss) objects."""
