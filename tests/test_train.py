@@ -300,3 +300,17 @@ def test_fine_tuning_an_unstripped_checkpoint_counts_epochs_as_the_reference() -
     trainer = types.SimpleNamespace(epochs=7, opt=types.SimpleNamespace(epochs=3, linear_lr=False), hyp={'lrf': 0.1})
     schedule, expected = Trainer.lr_function(trainer), lr_lambda(3, 0.1)
     assert [schedule(e) for e in range(7)] == [expected(e) for e in range(7)]
+
+
+def test_under_ddp_an_error_on_rank_0_stops_every_rank_with_its_line(tmp_path: Path, synthetic: dict) -> None:
+    """Rank 0's checkpoint save raises (non-finite weights): both ranks stop with rank 0's one line at once. Rank 1
+    used to be left waiting in its next collective: torchrun then ended it without that line, and a launcher that
+    does not watch its workers would wait for the process group's 30-minute timeout."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'DDP_TEST_FAIL_SAVE': '1'}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29534',
+           str(ROOT / 'tests' / 'ddp_train_worker.py'), str(tmp_path),
+           *_flags(synthetic, tmp_path / 'runs', 2, '--batch-size', '4')]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
+    lines = [line for line in done.stderr.splitlines() if ': error: ' in line and line.startswith('rank ')]
+    expected = 'error: the weights became NaN/inf at epoch 0 (test)'
+    assert done.returncode != 0 and sorted(lines) == [f'rank 0: {expected}', f'rank 1: {expected}'], done.stderr[-2000:]

@@ -77,6 +77,16 @@ def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
     return bool(t.item())
 
 
+def broadcast_error(message: str | None, ctx: DistContext) -> str | None:
+    """Rank 0's error message (None: no error) on every rank, so that all ranks stop together with the same line
+    instead of the others waiting in their next collective for the process group's timeout."""
+    if not ctx.distributed:
+        return message
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def cleanup(ctx: DistContext) -> None:
     """Leave the process group."""
     if ctx.distributed and dist.is_initialized():

@@ -36,7 +36,7 @@ from utils.train.checkpoint import (
     strip_checkpoint,
     training_checkpoint,
 )
-from utils.train.distributed import DistContext, all_ranks_agree, broadcast_flag
+from utils.train.distributed import DistContext, all_ranks_agree, broadcast_error, broadcast_flag
 from utils.train.ema import ModelEMA
 from utils.train.optim import (
     apply_warmup,
@@ -377,25 +377,36 @@ class Trainer:
         """Schedule step, validation, logs and checkpoints (rank 0); returns whether to stop early."""
         lrs = [group['lr'] for group in self.optimizer.param_groups]
         self.scheduler.step()
-        stop = False
+        stop, error = False, None
         if self.ctx.main:
-            final = epoch + 1 == self.epochs
-            results = self.validate_epoch(epoch, final) if (not self.opt.notest or final) else (0.0,) * 7
-            scalars = self.results.log(epoch, line, mloss.tolist(), results, lrs)
-            self.writer.scalars(scalars, epoch)
-            if self.wandb is not None:
-                self.wandb.log_epoch(scalars, epoch)
-            fi = float(fitness(np.array(results).reshape(1, -1))[0])
-            if fi >= self.best_fitness:  # ties count, as the reference's best.pt rule
-                self.best_fitness, self.best_epoch = fi, epoch
-            if not self.opt.nosave or final:
-                self.save(epoch, fi == self.best_fitness)
-            patience = getattr(self.opt, 'patience', 0)
-            stop = bool(patience) and epoch - self.best_epoch >= patience and not final
-            if stop:
-                LOGGER.info(f'Stopping early: no better fitness for {patience} epochs (best {self.best_fitness:.4f} '
-                            f'at epoch {self.best_epoch}); best.pt holds it')
+            try:
+                stop = self._log_and_save(epoch, mloss, line, lrs)
+            except TrainingError as e:  # e.g. non-finite weights at the save: every rank stops with this line
+                error = e
+        message = broadcast_error(str(error) if error is not None else None, self.ctx)
+        if message is not None:
+            raise error if error is not None else TrainingError(message)
         return broadcast_flag(stop, self.ctx)
+
+    def _log_and_save(self, epoch: int, mloss: torch.Tensor, line: str, lrs: list[float]) -> bool:
+        """Rank 0's end of an epoch: validation, logs, checkpoints; returns whether to stop early."""
+        final = epoch + 1 == self.epochs
+        results = self.validate_epoch(epoch, final) if (not self.opt.notest or final) else (0.0,) * 7
+        scalars = self.results.log(epoch, line, mloss.tolist(), results, lrs)
+        self.writer.scalars(scalars, epoch)
+        if self.wandb is not None:
+            self.wandb.log_epoch(scalars, epoch)
+        fi = float(fitness(np.array(results).reshape(1, -1))[0])
+        if fi >= self.best_fitness:  # ties count, as the reference's best.pt rule
+            self.best_fitness, self.best_epoch = fi, epoch
+        if not self.opt.nosave or final:
+            self.save(epoch, fi == self.best_fitness)
+        patience = getattr(self.opt, 'patience', 0)
+        stop = bool(patience) and epoch - self.best_epoch >= patience and not final
+        if stop:
+            LOGGER.info(f'Stopping early: no better fitness for {patience} epochs (best {self.best_fitness:.4f} '
+                        f'at epoch {self.best_epoch}); best.pt holds it')
+        return stop
 
     def validate_epoch(self, epoch: int, final: bool) -> tuple:
         """Validate the EMA model: (P, R, mAP@.5, mAP@.5:.95, val box, obj, cls)."""
