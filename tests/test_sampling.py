@@ -110,3 +110,22 @@ def test_image_weights_weight_the_mosaic_partners_too(tmp_path: Path) -> None:
         dataset[sample]
     assert len(tiles) > 4 * len(dataset)
     assert 0.4 < np.mean(np.array(tiles) == 0) < 0.6
+
+
+def test_partners_past_the_pre_drawn_ones_follow_the_image_weights(tmp_path: Path) -> None:
+    """Paste-in builds more mosaics than the sampler pre-draws partners for; those extra partners are drawn by the
+    epoch's image weights too (as the reference's weighted `dataset.indices`), not uniformly: with image 0 weighted
+    99x every other image, about half of them are image 0 (uniform: 1 in 101). The sampler shares its weights
+    with the dataset (and so with loader workers) through a shared-memory tensor."""
+    from utils.data.dataloaders import create_dataloader
+    data = load_data_config(generate_dataset(tmp_path / 'data', 101, img_size=64, val_fraction=0.0, seed=0))
+    hyp = yaml.safe_load((ROOT / 'hyp' / 'hyp.scratch.p5.yaml').read_text())
+    loader, dataset = create_dataloader(data['train'], 64, 4, 32, hyp=hyp, augment=True, image_weights=True,
+                                        workers=0)
+    weights = np.ones(len(dataset))
+    weights[0] = 99.0
+    loader.sampler.set_weights(weights)
+    assert dataset.share_image_weights().is_shared() and float(dataset.share_image_weights()[0]) == 99.0
+    random.seed(0)
+    drawn = dataset.draw_partners(2000)  # no pre-drawn partners left: the fallback
+    assert 0.4 < np.mean(np.array(drawn) == 0) < 0.6

@@ -40,7 +40,7 @@ def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride
     batch_size = min(batch_size, len(dataset))
     nw = worker_count(batch_size, world_size, workers)
     if image_weights:
-        sampler = ImageWeightSampler(len(dataset), rank, world_size, seed)
+        sampler = ImageWeightSampler(len(dataset), rank, world_size, seed, shared=dataset.share_image_weights())
     elif rank != -1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
     else:

@@ -80,6 +80,7 @@ class LoadImagesAndLabels(Dataset):
         self.batch = np.floor(np.arange(n) / batch_size).astype(int)
         self.indices = list(range(n))
         self._partners: list[int] = []  # mosaic partners still to use from the current WeightedDraw
+        self._image_weights: torch.Tensor | None = None  # --image-weights: the sampler's weights, shared with workers
         if self.rect:
             self._sort_for_rect(batch_size, img_size, stride, pad)
         self.imgs: list[np.ndarray | None] = [None] * n
@@ -154,11 +155,21 @@ class LoadImagesAndLabels(Dataset):
             self._decode_pool = ThreadPoolExecutor(DECODE_THREADS)
         return list(self._decode_pool.map(self.load_image, indices))
 
+    def share_image_weights(self) -> torch.Tensor:
+        """The shared-memory tensor the image-weight sampler writes each epoch's weights into (loader workers see it)."""
+        if self._image_weights is None:
+            self._image_weights = torch.ones(len(self), dtype=torch.float64).share_memory_()
+        return self._image_weights
+
     def draw_partners(self, k: int) -> list[int]:
-        """k mosaic partners: the ones the image-weight sampler drew for this sample, else uniform from indices."""
+        """k mosaic partners: the ones the image-weight sampler drew for this sample; once those are used (paste-in
+        builds more mosaics), drawn by the same image weights, as the reference draws from its weighted
+        `dataset.indices`; without --image-weights, uniform."""
         if len(self._partners) >= k:
             taken, self._partners = self._partners[:k], self._partners[k:]
             return taken
+        if self._image_weights is not None:
+            return random.choices(self.indices, cum_weights=np.cumsum(self._image_weights.numpy()).tolist(), k=k)
         return random.choices(self.indices, k=k)
 
     def __getstate__(self) -> dict:

@@ -60,14 +60,18 @@ class ImageWeightSampler(Sampler[WeightedDraw]):
     weights (the reference redraws `dataset.indices`, from which partners are picked, every epoch); DDP ranks
     share the draw and split it, padded to equal lengths as DistributedSampler pads."""
 
-    def __init__(self, n: int, rank: int = -1, world_size: int = 1, seed: int = 0) -> None:
+    def __init__(self, n: int, rank: int = -1, world_size: int = 1, seed: int = 0,
+                 shared: torch.Tensor | None = None) -> None:
         self.n, self.rank, self.world_size, self.seed = n, max(rank, 0), world_size, seed
         self.weights = np.ones(n)
+        self.shared = shared  # the dataset's shared-memory copy, for the partners drawn in its workers
         self.epoch = 0
 
     def set_weights(self, weights: np.ndarray) -> None:
         """Weights for the next epochs (one per image, any positive scale)."""
         self.weights = np.asarray(weights, dtype=np.float64)
+        if self.shared is not None:
+            self.shared.copy_(torch.from_numpy(self.weights))
 
     def set_epoch(self, epoch: int) -> None:
         """Same draw on every rank for a given epoch."""
