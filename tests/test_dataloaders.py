@@ -45,6 +45,23 @@ def test_ddp_ranks_split_the_dataset(train_list: str) -> None:
     assert set(seen[0] + seen[1]) == set(dataset.img_files)
 
 
+def test_rect_batches_under_ddp_keep_one_shape(tmp_path: Path) -> None:
+    """--rect with 2 DDP ranks on images of mixed aspect ratios: every batch of every rank holds one shape (the
+    shuffling DistributedSampler mixed them, and stacking the batch failed), and the ranks split the images."""
+    from utils.data.synthetic import generate_dataset
+    data = generate_dataset(tmp_path / 'data', 23, img_size=64, val_fraction=0.0, seed=1)
+    seen = []
+    whole, _ = create_dataloader(str(data.parent / 'train.txt'), 64, 4, 32, rect=True, pad=0.5, workers=0)
+    global_shapes = [tuple(imgs.shape[2:]) for imgs, _, _, _ in whole]
+    for rank in range(2):
+        loader, dataset = create_dataloader(str(data.parent / 'train.txt'), 64, 2, 32, rect=True, pad=0.5,
+                                            rank=rank, world_size=2, workers=0)
+        shapes = [tuple(imgs.shape[2:]) for imgs, _, _, _ in loader]
+        assert shapes == global_shapes[:len(shapes)]  # each rank's k-th batch: the k-th global batch's shape
+        seen.append([p for _, _, paths, _ in loader for p in paths])
+    assert len(seen[0]) == len(seen[1]) == 11 and not set(seen[0]) & set(seen[1])  # 23 images: the last left out
+
+
 def test_seeded_workers_repeat_augmented_batches(train_list: str, hyp: dict) -> None:
     runs = []
     for _ in range(2):

@@ -32,8 +32,14 @@ def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride
                       image_weights: bool = False, quad: bool = False, prefix: str = '', nc: int | None = None,
                       seed: int = 0) -> tuple[DataLoader, LoadImagesAndLabels]:
     """(loader, dataset) with the reference's arguments; `opt` is only read for `single_cls`."""
+    # --rect under DDP (fix: the reference's shuffling DistributedSampler mixed rect shapes in a batch, which
+    # cannot be stacked): shapes are made per global batch (batch × world size) and each rank takes every
+    # world_size-th image in order, so each rank's batch lies inside one global batch; the last images that do
+    # not fill every rank are left out, as drop_last does.
+    rect_ddp = rect and rank != -1 and not image_weights
     with torch_distributed_zero_first(rank):  # rank 0 writes the label cache, the others then read it
-        dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
+        dataset = LoadImagesAndLabels(path, imgsz, batch_size * (world_size if rect_ddp else 1), augment=augment,
+                                      hyp=hyp, rect=rect,
                                       cache_images=cache, single_cls=bool(getattr(opt, 'single_cls', False)),
                                       stride=int(stride), pad=pad, image_weights=image_weights, prefix=prefix,
                                       nc=nc)
@@ -42,7 +48,8 @@ def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride
     if image_weights:
         sampler = ImageWeightSampler(len(dataset), rank, world_size, seed, shared=dataset.share_image_weights())
     elif rank != -1:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=seed)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=seed, shuffle=not rect_ddp,
+                                     drop_last=rect_ddp)
     else:
         sampler = None
     generator = torch.Generator().manual_seed(seed + max(rank, 0))
