@@ -314,3 +314,26 @@ def test_under_ddp_an_error_on_rank_0_stops_every_rank_with_its_line(tmp_path: P
     lines = [line for line in done.stderr.splitlines() if ': error: ' in line and line.startswith('rank ')]
     expected = 'error: the weights became NaN/inf at epoch 0 (test)'
     assert done.returncode != 0 and sorted(lines) == [f'rank 0: {expected}', f'rank 1: {expected}'], done.stderr[-2000:]
+
+
+def test_cuda_out_of_memory_is_one_line_with_half_the_batch(tmp_path: Path, synthetic: dict, no_plots,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-only OOM branch, on the CPU: torch's out-of-memory error becomes one line that names the batch size
+    and suggests half of it."""
+    def out_of_memory(self, epoch):
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail')
+    monkeypatch.setattr(Trainer, 'train_epoch', out_of_memory)
+    with pytest.raises(TrainingError, match=r'^CUDA out of memory at --batch-size 6 \(CUDA out of memory\. Tried to '
+                                            r'allocate 2\.00 GiB\); try --batch-size 3$'):
+        train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 1)))
+
+
+def test_patience_stops_after_that_many_epochs_without_a_better_fitness(tmp_path: Path, synthetic: dict, no_plots,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--patience 2 with the fitness best at epoch 0 and worse after: training stops after epoch 2 of 6, and the
+    stop decision goes through the same broadcast as under DDP."""
+    fitness_by_epoch = iter([0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+    monkeypatch.setattr(Trainer, 'validate_epoch',
+                        lambda self, epoch, final: (0.0, 0.0, 0.0, next(fitness_by_epoch), 0.0, 0.0, 0.0))
+    run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 6, '--patience', '2')))
+    assert results_epochs(run) == [0, 1, 2]

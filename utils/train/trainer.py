@@ -262,6 +262,8 @@ class Trainer:
                 if self.end_epoch(epoch, mloss, last_line):
                     break
         except torch.cuda.OutOfMemoryError as e:
+            if self.wandb is not None:
+                self.wandb.finish(ok=False)
             raise TrainingError(f'CUDA out of memory at --batch-size {self.opt.batch_size} ({str(e).splitlines()[0]}); '
                                 f'try --batch-size {max(self.opt.batch_size // 2, 1)}') from None
         except BaseException as e:
