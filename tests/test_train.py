@@ -337,3 +337,24 @@ def test_patience_stops_after_that_many_epochs_without_a_better_fitness(tmp_path
                         lambda self, epoch, final: (0.0, 0.0, 0.0, next(fitness_by_epoch), 0.0, 0.0, 0.0))
     run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 6, '--patience', '2')))
     assert results_epochs(run) == [0, 1, 2]
+
+
+def test_allow_partial_weights_loads_what_fits_and_goes_on(tmp_path: Path, synthetic: dict) -> None:
+    """A --weight of which only one tensor fits the --cfg stops with one line by default; with
+    --allow-partial-weights that tensor is loaded and training can start from the rest as initialised."""
+    import argparse
+
+    from models.checkpoint import save_checkpoint
+    from models.yolo import Model
+    from utils.errors import TrainOptionError
+    from utils.train.setup import load_initial_weights
+    model = Model(synthetic['cfg'])
+    key, value = next(iter(model.state_dict().items()))
+    save_checkpoint({'model': {key: torch.full_like(value, 0.5)}}, tmp_path / 'partial.pt')
+    opt = argparse.Namespace(weight=str(tmp_path / 'partial.pt'), cfg=synthetic['cfg'], resume=False,
+                             allow_partial_weights=False)
+    with pytest.raises(TrainOptionError, match=r'only 1/\d+ tensors fit .*--allow-partial-weights'):
+        load_initial_weights(model, opt)
+    opt.allow_partial_weights = True
+    load_initial_weights(model, opt)
+    assert torch.equal(model.state_dict()[key], torch.full_like(value, 0.5))
