@@ -230,10 +230,9 @@ def _stages(opt: argparse.Namespace) -> Path:
     if not opt.from_scratch:
         detector, manifest = shipped_detector(opt)  # checked before any work
     out = increment_path(opt.out).resolve()
-    drawn = {'seed': opt.seed, 'val_fraction': VAL_FRACTION, 'classes': NUM_CLASSES, **(manifest or {}).get('data', {})}
-    data_seed = drawn['seed']
-    data = generate_dataset(out / 'data', opt.images, opt.img, drawn['val_fraction'], data_seed, drawn['classes'])
-    LOGGER.info(f'Data: {opt.images} synthetic images at {opt.img} px (data seed {data_seed}) in {out / "data"}')
+    drawn = manifest['data'] if manifest else {'seed': opt.seed, 'val_fraction': VAL_FRACTION, 'classes': NUM_CLASSES}
+    data = generate_dataset(out / 'data', opt.images, opt.img, drawn['val_fraction'], drawn['seed'], drawn['classes'])
+    LOGGER.info(f'Data: {opt.images} synthetic images at {opt.img} px (data seed {drawn["seed"]}) in {out / "data"}')
     if detector is None:
         step1 = train_stage('Step 1: both backbones and heads, from scratch', train_step1, step1_argv(opt, data, out),
                             Trainer, opt.epochs)
@@ -302,7 +301,8 @@ def build_detector(opt: argparse.Namespace) -> Path:
                for name, images in (('demo_held_out', demo_list), ('held_out', data.parent / 'val.txt'))}
     relative = str(ROOT) + '/'
     manifest = shipped.write_manifest(folder, checkpoint, recipe, 'python demo.py ' + shlex.join(sys.argv[1:]),
-                              ('python train_step1.py ' + shlex.join(argv)).replace(relative, ''), wall, metrics, rows)
+                                      ('python train_step1.py ' + shlex.join(argv)).replace(relative, ''), wall,
+                                      metrics, rows)
     for name, m in metrics.items():
         LOGGER.info(f'{name} ({m["images"]} images) mAP@.5:.95 easy path / hard path: ' + ', '.join(
             f'{kind} {m[kind]["easy"]["mAP@.5:.95"]:.4f} / {m[kind]["hard"]["mAP@.5:.95"]:.4f}'

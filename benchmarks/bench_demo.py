@@ -32,6 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils.demo_detector import cpu_name  # noqa: E402
+
 MODES = {'default': [], 'from-scratch': ['--from-scratch']}
 MIN_SDS = 3  # the router's lead over random routing, in sds of the random draws, for "the router beats random"
 PICKS = (0, 5, 10)  # the rows demo.py prints: threshold 0, the 6th threshold (median score), threshold 1
@@ -42,13 +46,7 @@ COMPARED = ('threshold', 'easy_share', 'gflops_per_image', 'mAP@.5', 'mAP@.5:.95
 def machine() -> str:
     """CPU model, cores, Python, torch and the thread setting: what the figures depend on."""
     import torch
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines()
-                     if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    return (f'{model}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, '
+    return (f'{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, '
             f'{torch.get_num_threads()} torch threads, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}')
 
 

@@ -9,7 +9,6 @@ while `python demo.py --build-detector` trains.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import platform
@@ -23,6 +22,7 @@ import torch
 from utils.data.synthetic import GENERATOR_VERSION, image_kind
 from utils.errors import UserError
 from utils.evaluation.path_records import PATHS, collect_path_records, subset_map
+from utils.evaluation.router_budget import file_digest
 from utils.train.trainer import Trainer
 
 LOGGER = logging.getLogger(__name__)
@@ -60,15 +60,6 @@ def rebuild_hint(folder: Path) -> str:
     return f'rebuild it with: python demo.py --build-detector{where} (or run python demo.py --from-scratch)'
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_manifest(folder: Path) -> dict:
     """The manifest of the detector in folder; DetectorError when it is missing or unreadable."""
     path = Path(folder) / MANIFEST_NAME
@@ -93,7 +84,7 @@ def check_detector(folder: Path) -> tuple[Path, dict]:
     checkpoint = folder / manifest.get('checkpoint', CHECKPOINT_NAME)
     if not checkpoint.is_file():
         raise DetectorError(f'{checkpoint}: the demo detector is missing; {rebuild_hint(folder)}')
-    digest = sha256_of(checkpoint)
+    digest = file_digest(checkpoint)
     if digest != manifest['sha256']:
         raise DetectorError(f'{checkpoint}: altered (SHA-256 {digest[:12]}…, its manifest says '
                             f'{manifest["sha256"][:12]}…); restore it (git checkout -- {checkpoint.name}) or '
@@ -165,26 +156,27 @@ def write_curve(rows: list[dict], path: Path) -> None:
 
 def environment() -> dict:
     """Where a figure was measured: machine, versions, threads."""
-    return {'machine': f'{platform.machine()} {platform.processor() or ""}'.strip(), 'cpus': _cpu_name(),
+    return {'machine': f'{platform.machine()} {platform.processor() or ""}'.strip(), 'cpus': cpu_name(),
             'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__,
             'opencv': cv2.__version__, 'threads': torch.get_num_threads()}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform says."""
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
             if line.startswith('model name'):
                 return line.split(':', 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or 'unknown'
+    return platform.processor() or platform.machine()
 
 
 def write_manifest(folder: Path, checkpoint: Path, recipe: BuildRecipe, command: str, step1_command: str,
                    wall_seconds: float, metrics: dict, curve: list[dict]) -> Path:
     """manifest.json beside the checkpoint: the command, data, recipe, environment, metrics, curve and SHA-256."""
     manifest = {
-        'checkpoint': checkpoint.name, 'sha256': sha256_of(checkpoint), 'bytes': checkpoint.stat().st_size,
+        'checkpoint': checkpoint.name, 'sha256': file_digest(checkpoint), 'bytes': checkpoint.stat().st_size,
         'command': command, 'step1_command': step1_command,
         'config': str(CFG1.relative_to(ROOT)), 'hyp': str(HYP.relative_to(ROOT)),
         'data': {'generator': 'utils/data/synthetic.py', 'generator_version': GENERATOR_VERSION, 'seed': recipe.seed,
