@@ -168,8 +168,10 @@ class LoadImagesAndLabels(Dataset):
         if len(self._partners) >= k:
             taken, self._partners = self._partners[:k], self._partners[k:]
             return taken
-        if self._image_weights is not None:
-            return random.choices(self.indices, cum_weights=np.cumsum(self._image_weights.numpy()).tolist(), k=k)
+        if self._image_weights is not None:  # random.choices' rule (bisect on the cumulative weights), in numpy:
+            cum = np.cumsum(self._image_weights.numpy())  # no list of n Python floats per mosaic
+            picks = np.searchsorted(cum, [random.random() * cum[-1] for _ in range(k)], side='right')
+            return [self.indices[i] for i in np.minimum(picks, len(cum) - 1)]
         return random.choices(self.indices, k=k)
 
     def __getstate__(self) -> dict:
