@@ -110,3 +110,22 @@ def test_kmeans_falls_back_to_random_init(caplog: pytest.LogCaptureFixture) -> N
         k = kmean_anchors(wh, n=6, gen=50, seed=0, verbose=False)
     assert 'random init' in caplog.text and k.shape == (6, 2) and np.all(k >= 2.0)
     assert anchor_stats(wh, k)[0] == 1.0
+
+
+def test_training_draws_the_reference_scales_from_numpys_global_stream(model: Model, caplog) -> None:
+    """Without a seed (training) the check draws each image's ×U(0.9, 1.1) scale from numpy's global generator as
+    the reference does: its report is computed from those draws, and the next global draw (the first augmentation's
+    HSV jitter) is the one the reference's stream gives after them. A private generator left the global stream
+    unmoved, so every later augmentation drew differently from the reference's run with the same seed."""
+    ds = stub_dataset(np.random.default_rng(5).uniform(8, 200, size=(40, 2)))
+    np.random.seed(2)  # init_seeds(0 + 2), rank 0
+    reference_scale = np.random.uniform(0.9, 1.1, size=(len(ds.shapes), 1))  # the reference's check_anchors
+    reference_next = np.random.uniform(-1, 1, 3)
+    shapes = 640 * ds.shapes / ds.shapes.max(1, keepdims=True) * reference_scale
+    wh = np.concatenate([lb[:, 3:5] * s for s, lb in zip(shapes, ds.labels)]).astype(np.float32)
+    aat = anchor_stats(wh, TINY_ANCHORS)[1]
+    np.random.seed(2)
+    with caplog.at_level(logging.INFO, logger='utils.train.autoanchor'):
+        check_anchors(ds, model, refit=False)
+    assert f'anchors/target = {aat:.2f}' in caplog.text
+    np.testing.assert_array_equal(np.random.uniform(-1, 1, 3), reference_next)

@@ -1,9 +1,12 @@
 """Autoanchor (the reference's train_step1.py and models/yolo.py (Model._initialize_biases)): check how well the
 anchors fit the labels; re-fit them by k-means + evolution.
 
-The YOLOv5/YOLOv7 procedure, with two changes: every random draw comes from a seeded `np.random.default_rng`
-so results repeat, and new anchors are written into BOTH detection layers (the reference updated head 2 only,
-while head 1 decoded with its own anchors).
+The YOLOv5/YOLOv7 procedure. Training draws from numpy's global generator, as the reference does: the trainer has
+seeded it (`init_seeds`), and what autoanchor draws there shifts every later numpy draw of the augmentations, so a
+run follows the reference's random stream only if autoanchor consumes the same draws. Given a `seed` (the
+standalone use, tests), the draws come from `np.random.default_rng(seed)` and leave the global stream alone.
+Extension: new anchors are written into BOTH detection layers (the reference updated head 2 only, while head 1
+decoded with its own anchors).
 """
 from __future__ import annotations
 
@@ -20,11 +23,17 @@ from models.detect import IDetect
 from models.yolo import _check_anchor_order
 
 LOGGER = logging.getLogger(__name__)
+RandomSource = Any  # np.random.Generator, or the np.random module (the global RandomState): both draw alike here
 PREFIX = 'autoanchor: '
 BPR_REFIT = 0.98  # below this best possible recall the anchors are re-estimated
 
 
-def label_wh(dataset: Any, img_size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+def random_source(seed: int | None) -> RandomSource:
+    """A seeded generator, or (seed None) numpy's global generator as the reference draws from it."""
+    return np.random if seed is None else np.random.default_rng(seed)
+
+
+def label_wh(dataset: Any, img_size: int, rng: RandomSource | None = None) -> np.ndarray:
     """Label (w, h) in pixels with each image's long side at img_size; with rng, each image scaled ×U(0.9, 1.1)."""
     shapes = img_size * dataset.shapes / dataset.shapes.max(1, keepdims=True)
     if rng is not None:  # mimics the scale augmentation, so the check sees sizes training will see
@@ -71,20 +80,20 @@ def _log_results(k: np.ndarray, wh0: np.ndarray, thr: float, img_size: int) -> N
                 + ',  '.join(f'{round(w)},{round(h)}' for w, h in k))
 
 
-def _initial_anchors(wh: np.ndarray, n: int, img_size: int, rng: np.random.Generator) -> np.ndarray:
+def _initial_anchors(wh: np.ndarray, n: int, img_size: int, rng: RandomSource) -> np.ndarray:
     """k-means centroids of whitened wh; random anchors when k-means cannot give n distinct ones."""
     LOGGER.info(f'{PREFIX}Running kmeans for {n} anchors on {len(wh)} points...')
     if len(wh) >= n:  # scipy samples n distinct starting points, so it needs at least n labels
         s = wh.std(0)
         s = np.where(s > 0, s, 1.0)  # a constant column cannot be whitened; leave it unscaled
-        k = kmeans(wh / s, n, iter=30, seed=rng)[0] * s
+        k = kmeans(wh / s, n, iter=30, seed=None if rng is np.random else rng)[0] * s  # None: the global one
         if len(k) == n:
             return k
     LOGGER.warning(f'{PREFIX}WARNING: switching strategies from kmeans to random init')
     return np.sort(rng.random(n * 2)).reshape(n, 2) * img_size
 
 
-def _evolve(k: np.ndarray, wh: np.ndarray, thr: float, gen: int, rng: np.random.Generator,
+def _evolve(k: np.ndarray, wh: np.ndarray, thr: float, gen: int, rng: RandomSource,
             on_improve: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """Genetic mutation (prob 0.9, sigma 0.1) for gen generations, keeping each mutation that raises fitness."""
     f, sh, mp, s = _fitness(k, wh, thr), k.shape, 0.9, 0.1
@@ -105,9 +114,10 @@ def _evolve(k: np.ndarray, wh: np.ndarray, thr: float, gen: int, rng: np.random.
 
 
 def kmean_anchors(wh_or_dataset: Any, n: int = 9, img_size: int = 640, thr: float = 4.0, gen: int = 1000,
-                  seed: int = 0, verbose: bool = True) -> np.ndarray:
-    """n anchors (n, 2) in pixels fitted to the labels (a dataset, or an (N, 2) pixel wh array), area-sorted."""
-    rng = np.random.default_rng(seed)
+                  seed: int | None = 0, verbose: bool = True) -> np.ndarray:
+    """n anchors (n, 2) in pixels fitted to the labels (a dataset, or an (N, 2) pixel wh array), area-sorted;
+    seed None draws from numpy's global generator (the reference's stream)."""
+    rng = random_source(seed)
     if isinstance(wh_or_dataset, np.ndarray):
         wh0 = wh_or_dataset.astype(np.float32).reshape(-1, 2)
     else:
@@ -137,14 +147,14 @@ def _set_anchors(det: IDetect, anchors: np.ndarray) -> None:
     det.anchors /= det.stride.to(det.anchors).view(-1, 1, 1)
 
 
-def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, imgsz: int = 640, seed: int = 0,
-                  refit: bool = True) -> bool:
+def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, imgsz: int = 640,
+                  seed: int | None = None, refit: bool = True) -> bool:
     """Check head 2's anchors against the labels; if BPR < 0.98 re-fit them and adopt in both heads if better
-    (with refit False only report: step 2's detector is frozen with its anchors)."""
+    (with refit False only report: step 2's detector is frozen with its anchors). seed None: numpy's global
+    generator, whose stream the reference's training continues with."""
     model = getattr(model, 'module', model)  # DDP / DataParallel wrapper
     det1, det2 = model.detect_layers
-    rng = np.random.default_rng(seed)
-    wh = label_wh(dataset, imgsz, rng)
+    wh = label_wh(dataset, imgsz, random_source(seed))
     if not len(wh):
         LOGGER.warning(f'{PREFIX}WARNING: no labels, anchors not checked')
         return False

@@ -80,7 +80,8 @@ def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
                         'every CPU; faster only with native bf16, AVX512-BF16/AMX). CUDA always uses fp16 AMP')
     p.add_argument('--allow-partial-weights', action='store_true',
                    help='accept --weight even when fewer than half of the model tensors match it')
-    p.add_argument('--seed', type=int, default=0, help='base seed (each rank adds 2 + rank, as the reference)')
+    p.add_argument('--seed', type=int, default=0, help='base seed: random, numpy and torch get seed + 2 + rank, as the reference; loader workers are seeded '
+                   'from it too (not the reference\'s worker stream)')
 
 
 def parse_train_options(prog: str, step: int, description: str, argv: list[str] | None) -> argparse.Namespace:
