@@ -1,49 +1,95 @@
-"""Run step-1 training under torchrun and save this rank's final parameters, anchor buffers and the anchors its
-training loss used (for the 2-process DDP test)."""
+"""Run training under torchrun and save what each rank ended with (for the 2-process DDP tests).
+
+argv: <output folder> <train_step1 flags...> [--then-step2 <train_step2 flags...>]: step 1, then (in the same process
+group) step 2. Saved to <output>/rank<R>.pt: parameters, anchor buffers, the anchors step 1's training loss used, the
+epochs this rank ran, the image weights its sampler drew with, and after step 2 the router's parameters. Environment
+switches give the branches a test cannot reach with real data in seconds:
+- DDP_TEST_FAIL_SAVE: rank 0's checkpoint save raises as non-finite weights make it raise;
+- DDP_TEST_NAN_RANK=R: rank R's loss is NaN at every step (the other ranks' losses are finite);
+- DDP_TEST_SCRIPTED_VALIDATION: rank 0's validation returns fitness 0.5 then 0.1 (so --patience stops) and sets
+  per-class mAPs that differ by class (so --image-weights has non-uniform maps to share)."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_step1  # noqa: E402
+import train_step2  # noqa: E402
 from tests.train_helpers import skip_run_plots  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.torch_utils import de_parallel, select_device  # noqa: E402
 from utils.train.distributed import cleanup, init_distributed  # noqa: E402
 from utils.train.options import prepare_options  # noqa: E402
+from utils.train.step2 import Step2Trainer  # noqa: E402
 from utils.train.trainer import Trainer, TrainingError  # noqa: E402
 
 
-class FailingSave(Trainer):
-    """Rank 0's checkpoint save fails as non-finite weights make it fail."""
+def scripted(base: type[Trainer]) -> type[Trainer]:
+    """`base` with the environment's switches applied, counting the epochs it runs."""
+    class Scripted(base):
+        epochs_run = 0
 
-    def save(self, epoch: int, is_best: bool) -> None:
-        raise TrainingError(f'the weights became NaN/inf at epoch {epoch} (test)')
+        def on_epoch_start(self, model) -> None:
+            super().on_epoch_start(model)
+            self.epochs_run += 1
+
+        def forward_loss(self, model, imgs, targets):
+            loss, items = super().forward_loss(model, imgs, targets)
+            nan_rank = os.environ.get('DDP_TEST_NAN_RANK')
+            return (loss * float('nan'), items) if nan_rank == str(self.ctx.rank) else (loss, items)
+
+        def validate_epoch(self, epoch: int, final: bool) -> tuple:
+            if not os.environ.get('DDP_TEST_SCRIPTED_VALIDATION'):
+                return super().validate_epoch(epoch, final)
+            self.maps = np.linspace(0.9, 0.1, self.nc) / (epoch + 1)
+            return (0.0, 0.0, 0.0, 0.5 if epoch == 0 else 0.1, 0.0, 0.0, 0.0)
+
+        def save(self, epoch: int, is_best: bool) -> None:
+            if os.environ.get('DDP_TEST_FAIL_SAVE'):
+                raise TrainingError(f'the weights became NaN/inf at epoch {epoch} (test)')
+            super().save(epoch, is_best)
+    return Scripted
 
 
-def main() -> None:
-    """argv: <output folder> <train_step1 flags...>."""
-    out = Path(sys.argv[1])
-    opt = prepare_options(train_step1.parse_opt(sys.argv[2:]))
-    ctx = init_distributed(opt.global_rank, opt.local_rank, opt.world_size, select_device(opt.device))
-    skip_run_plots(pytest.MonkeyPatch())  # the test compares weights; figures would only cost rank 0 time
-    trainer = (FailingSave if os.environ.get('DDP_TEST_FAIL_SAVE') else Trainer)(opt, ctx)
-    try:
-        trainer.run()
-    except UserError as e:  # what run_cli prints, with the rank
-        sys.stderr.write(f'rank {ctx.rank}: error: {e}\n')
-        cleanup(ctx)
-        sys.exit(2)
+def step1_results(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Step 1's parameters, anchor buffers, loss anchors, epochs run and sampler weights on this rank."""
     model = de_parallel(trainer.model)
     saved = {k: v.detach().cpu() for k, v in model.named_parameters()}
     saved.update({f'buffer {k}': v.detach().cpu() for k, v in model.named_buffers() if k.endswith('anchors')})
     saved['loss anchors'] = trainer.compute_loss.anchors.cpu()  # what the training loss assigned boxes with
+    saved['epochs run'] = torch.tensor(trainer.epochs_run)
+    saved['sampler weights'] = torch.as_tensor(np.asarray(getattr(trainer.loader.sampler, 'weights', [])))
+    return saved
+
+
+def main() -> None:
+    """Train as argv says, save this rank's results, leave the process group."""
+    out, argv = Path(sys.argv[1]), sys.argv[2:]
+    step2_argv = argv[argv.index('--then-step2') + 1:] if '--then-step2' in argv else None
+    argv = argv[:argv.index('--then-step2')] if step2_argv is not None else argv
+    opt = prepare_options(train_step1.parse_opt(argv))
+    ctx = init_distributed(opt.global_rank, opt.local_rank, opt.world_size, select_device(opt.device))
+    skip_run_plots(pytest.MonkeyPatch())  # the tests compare weights; figures would only cost rank 0 time
+    try:
+        trainer = scripted(Trainer)(opt, ctx)
+        trainer.run()
+        saved = step1_results(trainer)
+        if step2_argv is not None:
+            router = scripted(Step2Trainer)(prepare_options(train_step2.parse_opt(step2_argv), 2), ctx)
+            router.run()
+            saved.update({f'router {k}': v.detach().cpu() for k, v in de_parallel(router.model).named_parameters()
+                          if v.requires_grad})
+    except UserError as e:  # what run_cli prints, with the rank
+        sys.stderr.write(f'rank {ctx.rank}: error: {e}\n')
+        cleanup(ctx)
+        sys.exit(2)
     torch.save(saved, out / f'rank{ctx.rank}.pt')
     cleanup(ctx)
 

@@ -1,13 +1,10 @@
-"""Step-1 training on the CPU: a run's files, kill-and-resume, 2-process DDP (gloo), bad input in one line.
+"""Step-1 training on the CPU: a run's files, kill-and-resume, bad input in one line.
 
 The runs train the small two-level model of tests/helpers.py (every module kind but ReOrg, a few layers each) on
 8 synthetic images at 64 px, one or two steps an epoch: what is checked here is the training loop, not an
-architecture (the pipeline test trains a shipped config end to end)."""
+architecture (the pipeline test trains a shipped config end to end; tests/test_ddp.py runs 2 processes)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +14,14 @@ import yaml
 
 import train_step1
 from models.checkpoint import read_checkpoint
-from tests.helpers import quick_step1_files, tiny_config
+from tests.helpers import tiny_config
 from tests.train_helpers import (
     assert_resume_keeps_the_rates,
     kill_after_epochs,
     results_epochs,
     skip_run_plots,
+    step1_flags,
+    synthetic_step1_set,
 )
 from utils.train.trainer import Trainer, TrainingError
 
@@ -37,27 +36,14 @@ def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope='module')
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """8 synthetic 96-px images (6 train, 2 val), a quick hyp (short warmup, no mosaic, a step every batch) and the
-    small step-1 model config."""
-    folder = tmp_path_factory.mktemp('synthetic')
-    data, hyp_file = quick_step1_files(folder, 8, seed=0)
-    hyp = yaml.safe_load(hyp_file.read_text())
-    hyp['nbs'] = 1  # an optimizer step every batch: the few batches here all move the weights (DDP compares them)
-    hyp_file.write_text(yaml.safe_dump(hyp))
-    (folder / 'small-step1.yaml').write_text(yaml.safe_dump(tiny_config(dynamic=False)))
-    return {'data': str(data), 'hyp': str(hyp_file), 'cfg': str(folder / 'small-step1.yaml')}
+    """The synthetic set of train_helpers.synthetic_step1_set."""
+    return synthetic_step1_set(tmp_path_factory.mktemp('synthetic'))
 
-
-def _flags(synthetic: dict, project: Path, epochs: int, *extra: str) -> list[str]:
-    """train_step1 flags for the synthetic set: 64 px, batch 6 (one step an epoch), CPU, no loader workers."""
-    return ['--cfg', synthetic['cfg'], '--data', synthetic['data'], '--hyp', synthetic['hyp'], '--epochs',
-            str(epochs), '--batch-size', '6', '--img', '64', '--device', 'cpu', '--workers', '0', '--noautoanchor',
-            '--project', str(project), *extra]
 
 
 def test_training_run_writes_the_reference_outputs(tmp_path: Path, synthetic: dict) -> None:
     """A 2-epoch run holds the reference's run files and plots, a stripped fp16 last.pt and full epoch checkpoints."""
-    run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 2)))
+    run = train_step1.train(train_step1.parse_opt(step1_flags(synthetic, tmp_path, 2)))
     assert results_epochs(run) == [0, 1]
     for name in ('opt.yaml', 'hyp.yaml', 'cfg.yaml', 'results.csv', 'results.png', 'LR.png', 'labels.png',
                  'train_batch0.jpg', 'test_batch0_labels.jpg', 'confusion_matrix.png'):
@@ -76,7 +62,7 @@ def test_kill_and_resume_twice_leaves_no_gap_or_duplicate(tmp_path: Path, synthe
     """A 3-epoch run SIGKILLed early in epoch 1 and again early in epoch 2, then finished by a bare --resume, logs
     each epoch once (results.txt and .csv) and ends stripped; resuming it again is one 'nothing to resume' line."""
     run = tmp_path / 'runs' / 'exp'
-    kill_after_epochs(train_step1.main, _flags(synthetic, tmp_path / 'runs', 3), run, 1)
+    kill_after_epochs(train_step1.main, step1_flags(synthetic, tmp_path / 'runs', 3), run, 1)
     kill_after_epochs(train_step1.main, ['--resume', str(run / 'weights' / 'last.pt')], run, 2)
     monkeypatch.chdir(tmp_path)  # a bare --resume takes the newest last*.pt under the working directory
     assert train_step1.train(train_step1.parse_opt(['--resume'])).resolve() == run  # last leg in-process: no kill
@@ -96,7 +82,7 @@ def test_resume_continues_the_learning_rate_schedule(tmp_path: Path, synthetic: 
     """Resumed after epoch 1 of 4 (warmup over after the second step; p5's cosine to lrf 0.1), epochs 2 and 3
     train at the rates the uninterrupted run had, in every param group. Before the fix the scheduler, created after the
     optimizer state was loaded, reset them to lr0·lf(0) for the first resumed epoch."""
-    run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path / 'runs', 4, '--notest', *optimizer)))
+    run = train_step1.train(train_step1.parse_opt(step1_flags(synthetic, tmp_path / 'runs', 4, '--notest', *optimizer)))
     lr0 = yaml.safe_load(Path(synthetic['hyp']).read_text())['lr0']
     assert_resume_keeps_the_rates(run, lambda argv: train_step1.train(train_step1.parse_opt(argv)),
                                   tmp_path / 'resumed', lr0)
@@ -116,35 +102,6 @@ def test_resume_keeps_the_run_options_but_takes_device_and_no_amp(tmp_path: Path
     assert resumed.device == 'cpu' and resumed.no_amp is True and resumed.save_dir == str(run)
 
 
-def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path: Path, synthetic: dict) -> None:
-    """torchrun with 2 gloo processes, batch 4 (2 steps of 2 + 1 images per rank, each an optimizer step), autoanchor
-    on (the default) with anchors 20x the small config's, far from 64-px labels, so rank 0 re-fits them: every parameter
-    and anchor buffer ends bit-identical on both ranks, both ranks' training losses assign boxes with those re-fitted
-    anchors (rank 1's loss kept its config anchors, ~40x too large, before the losses were built after DDP's
-    broadcast), and only rank 0 logs."""
-    from models.yolo import Model
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    far = tiny_config(dynamic=False)
-    far['anchors'] = [[20 * v for v in level] for level in far['anchors']]  # 200-2400 px boxes for 64-px images
-    cfg = tmp_path / 'far-anchors.yaml'
-    cfg.write_text(yaml.safe_dump(far))
-    flags = [f for f in _flags({**synthetic, 'cfg': str(cfg)}, tmp_path / 'runs', 1, '--batch-size', '4')
-             if f != '--noautoanchor']
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29533',
-           str(ROOT / 'tests' / 'ddp_train_worker.py'), str(tmp_path), *flags]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
-    assert rank0.keys() == rank1.keys()
-    for k in rank0:  # parameters and anchors; BN running statistics are per rank between DDP's buffer broadcasts
-        torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0, msg=k)
-    configured = Model(cfg).model_h2[-1].anchors
-    assert not torch.equal(rank0['loss anchors'], configured)  # autoanchor did re-fit them
-    head2 = next(k for k in rank0 if k.startswith('buffer model_h2.'))
-    assert torch.equal(rank0['loss anchors'], rank0[head2])
-    assert results_epochs(tmp_path / 'runs' / 'exp') == [0]  # rank 0 alone logged (one line, not two)
-
-
 class _NanTrainer(Trainer):
     def forward_loss(self, model, imgs, targets):
         loss, items = super().forward_loss(model, imgs, targets)
@@ -159,7 +116,7 @@ def test_nan_losses_stop_with_one_line_and_keep_the_last_checkpoint(tmp_path: Pa
                                                                      no_plots) -> None:
     """Losses NaN from epoch 1 on: training stops after 5 bad steps in a row (all within epoch 1's 6 batches of 1)
     with one line, and last.pt is epoch 0's."""
-    opt = train_step1.parse_opt(_flags(synthetic, tmp_path, 3, '--batch-size', '1'))
+    opt = train_step1.parse_opt(step1_flags(synthetic, tmp_path, 3, '--batch-size', '1'))
     from utils.train.trainer import train
     with pytest.raises(TrainingError, match='NaN/inf for 5 steps in a row'):
         train(opt, _NanTrainer)
@@ -199,7 +156,7 @@ def test_bad_training_input_is_one_line(tmp_path: Path, synthetic: dict, capsys,
         extra = extra[:-1]
     monkeypatch.chdir(tmp_path)  # a bare --resume searches the working directory
     with pytest.raises(SystemExit) as e:
-        train_step1.main(_flags(synthetic, tmp_path / 'runs', 1, *extra))
+        train_step1.main(step1_flags(synthetic, tmp_path / 'runs', 1, *extra))
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and message in err[-1] and 'Traceback' not in '\n'.join(err)
 
@@ -209,7 +166,7 @@ def test_bad_training_input_is_one_line(tmp_path: Path, synthetic: dict, capsys,
     ['--quad', '--rect', '--adam', '--label-smoothing', '0.1', '--single-cls', '--save_period', '1'],
 ])
 def test_recipe_flags_train_an_epoch(tmp_path: Path, synthetic: dict, no_plots, extra: list) -> None:
-    run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 1, *extra)))
+    run = train_step1.train(train_step1.parse_opt(step1_flags(synthetic, tmp_path, 1, *extra)))
     assert results_epochs(run) == [0]
     rows = np.loadtxt(run / 'results.csv', delimiter=',', skiprows=1, ndmin=2)
     assert np.isfinite(rows).all()
@@ -302,20 +259,6 @@ def test_fine_tuning_an_unstripped_checkpoint_counts_epochs_as_the_reference() -
     assert [schedule(e) for e in range(7)] == [expected(e) for e in range(7)]
 
 
-def test_under_ddp_an_error_on_rank_0_stops_every_rank_with_its_line(tmp_path: Path, synthetic: dict) -> None:
-    """Rank 0's checkpoint save raises (non-finite weights): both ranks stop with rank 0's one line at once. Rank 1
-    used to be left waiting in its next collective: torchrun then ended it without that line, and a launcher that
-    does not watch its workers would wait for the process group's 30-minute timeout."""
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'DDP_TEST_FAIL_SAVE': '1'}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29534',
-           str(ROOT / 'tests' / 'ddp_train_worker.py'), str(tmp_path),
-           *_flags(synthetic, tmp_path / 'runs', 2, '--batch-size', '4')]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
-    lines = [line for line in done.stderr.splitlines() if ': error: ' in line and line.startswith('rank ')]
-    expected = 'error: the weights became NaN/inf at epoch 0 (test)'
-    assert done.returncode != 0 and sorted(lines) == [f'rank 0: {expected}', f'rank 1: {expected}'], done.stderr[-2000:]
-
-
 def test_cuda_out_of_memory_is_one_line_with_half_the_batch(tmp_path: Path, synthetic: dict, no_plots,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The CUDA-only OOM branch, on the CPU: torch's out-of-memory error becomes one line that names the batch size
@@ -325,7 +268,7 @@ def test_cuda_out_of_memory_is_one_line_with_half_the_batch(tmp_path: Path, synt
     monkeypatch.setattr(Trainer, 'train_epoch', out_of_memory)
     with pytest.raises(TrainingError, match=r'^CUDA out of memory at --batch-size 6 \(CUDA out of memory\. Tried to '
                                             r'allocate 2\.00 GiB\); try --batch-size 3$'):
-        train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 1)))
+        train_step1.train(train_step1.parse_opt(step1_flags(synthetic, tmp_path, 1)))
 
 
 def test_patience_stops_after_that_many_epochs_without_a_better_fitness(tmp_path: Path, synthetic: dict, no_plots,
@@ -335,7 +278,7 @@ def test_patience_stops_after_that_many_epochs_without_a_better_fitness(tmp_path
     fitness_by_epoch = iter([0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
     monkeypatch.setattr(Trainer, 'validate_epoch',
                         lambda self, epoch, final: (0.0, 0.0, 0.0, next(fitness_by_epoch), 0.0, 0.0, 0.0))
-    run = train_step1.train(train_step1.parse_opt(_flags(synthetic, tmp_path, 6, '--patience', '2')))
+    run = train_step1.train(train_step1.parse_opt(step1_flags(synthetic, tmp_path, 6, '--patience', '2')))
     assert results_epochs(run) == [0, 1, 2]
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from models.checkpoint import read_checkpoint
+from tests.helpers import quick_step1_files, tiny_config
 from utils.evaluation.validator import EvalOptions
 from utils.torch_utils import de_parallel
 from utils.train.trainer import Trainer
@@ -26,6 +28,24 @@ def skip_run_plots(patch: pytest.MonkeyPatch) -> None:
     for name in ('plot_results', 'plot_labels', 'plot_lr_schedule'):
         patch.setattr(trainer, name, lambda *args, **kwargs: None)
     patch.setattr(trainer, 'EvalOptions', lambda **kwargs: EvalOptions(**{**kwargs, 'plots': False}))
+
+
+def synthetic_step1_set(folder: Path) -> dict[str, str]:
+    """8 synthetic 96-px images (6 train, 2 val), a quick hyp (short warmup, no mosaic, a step every batch) and the
+    small step-1 model config, written to `folder`."""
+    data, hyp_file = quick_step1_files(folder, 8, seed=0)
+    hyp = yaml.safe_load(hyp_file.read_text())
+    hyp['nbs'] = 1  # an optimizer step every batch: the few batches here all move the weights (DDP compares them)
+    hyp_file.write_text(yaml.safe_dump(hyp))
+    (folder / 'small-step1.yaml').write_text(yaml.safe_dump(tiny_config(dynamic=False)))
+    return {'data': str(data), 'hyp': str(hyp_file), 'cfg': str(folder / 'small-step1.yaml')}
+
+
+def step1_flags(synthetic: dict, project: Path, epochs: int, *extra: str) -> list[str]:
+    """train_step1 flags for the synthetic set: 64 px, batch 6 (one step an epoch), CPU, no loader workers."""
+    return ['--cfg', synthetic['cfg'], '--data', synthetic['data'], '--hyp', synthetic['hyp'], '--epochs',
+            str(epochs), '--batch-size', '6', '--img', '64', '--device', 'cpu', '--workers', '0', '--noautoanchor',
+            '--project', str(project), *extra]
 
 
 def results_epochs(run: Path) -> list[int]:

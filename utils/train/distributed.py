@@ -87,6 +87,19 @@ def broadcast_error(message: str | None, ctx: DistContext) -> str | None:
     return box[0]
 
 
+def wants_sync_bn(requested: bool, ctx: DistContext) -> bool:
+    """Whether --sync-bn converts BatchNorm to SyncBatchNorm here: only under DDP on CUDA devices, as in the
+    reference (torch's SyncBatchNorm runs on GPUs only); elsewhere the flag is ignored with one warning."""
+    if not requested:
+        return False
+    if ctx.distributed and ctx.device.type == 'cuda':
+        return True
+    where = 'one process' if not ctx.distributed else f'{ctx.device.type} ranks'
+    LOGGER.warning(f'WARNING: --sync-bn ignored: SyncBatchNorm needs DDP on CUDA devices, this run has {where}; '
+                   'each rank keeps its own BatchNorm statistics')
+    return False
+
+
 def cleanup(ctx: DistContext) -> None:
     """Leave the process group."""
     if ctx.distributed and dist.is_initialized():

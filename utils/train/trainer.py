@@ -36,7 +36,7 @@ from utils.train.checkpoint import (
     strip_checkpoint,
     training_checkpoint,
 )
-from utils.train.distributed import DistContext, all_ranks_agree, broadcast_error, broadcast_flag
+from utils.train.distributed import DistContext, all_ranks_agree, broadcast_error, broadcast_flag, wants_sync_bn
 from utils.train.ema import ModelEMA
 from utils.train.optim import (
     apply_warmup,
@@ -232,7 +232,7 @@ class Trainer:
         model.half().float()  # the reference rounds the fresh weights through fp16 once
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.opt.sync_bn and self.ctx.distributed and self.device.type == 'cuda':
+        if wants_sync_bn(self.opt.sync_bn, self.ctx):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).to(self.device)
             LOGGER.info('Using SyncBatchNorm()')
         if self.ctx.distributed:

@@ -1,0 +1,137 @@
+"""Training under DDP: two gloo processes on the CPU (torchrun), the branches that only run with several ranks.
+
+Each test launches tests/ddp_train_worker.py under `torch.distributed.run --nproc_per_node 2` on the synthetic set of
+train_helpers.synthetic_step1_set and compares what the two ranks ended with."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from models.yolo import Model
+from tests.helpers import ROOT, tiny_config
+from tests.train_helpers import results_epochs, step1_flags, synthetic_step1_set
+from utils.train.distributed import DistContext, wants_sync_bn
+
+
+@pytest.fixture(scope='module')
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The synthetic set of train_helpers.synthetic_step1_set."""
+    return synthetic_step1_set(tmp_path_factory.mktemp('synthetic'))
+
+
+def torchrun(tmp_path: Path, port: int, argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    """The worker under 2 gloo processes, one thread each; argv after the output folder."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(port),
+           str(ROOT / 'tests' / 'ddp_train_worker.py'), str(tmp_path), *argv]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1', **env})
+
+
+def rank_results(folder: Path) -> tuple[dict, dict]:
+    """What ranks 0 and 1 saved."""
+    return tuple(torch.load(folder / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ranks' one-line errors, sorted."""
+    return sorted(line for line in stderr.splitlines() if ': error: ' in line and line.startswith('rank '))
+
+
+def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path: Path, synthetic: dict) -> None:
+    """Batch 4 (2 steps of 2 + 1 images per rank, each an optimizer step), autoanchor on (the default) with anchors
+    20x the small config's, far from 64-px labels, so rank 0 re-fits them: every parameter and anchor buffer ends
+    bit-identical on both ranks, both ranks' training losses assign boxes with those re-fitted anchors (rank 1's loss
+    kept its config anchors, ~40x too large, before the losses were built after DDP's broadcast), and only rank 0
+    logs."""
+    far = tiny_config(dynamic=False)
+    far['anchors'] = [[20 * v for v in level] for level in far['anchors']]  # 200-2400 px boxes for 64-px images
+    cfg = tmp_path / 'far-anchors.yaml'
+    cfg.write_text(yaml.safe_dump(far))
+    flags = [f for f in step1_flags({**synthetic, 'cfg': str(cfg)}, tmp_path / 'runs', 1, '--batch-size', '4')
+             if f != '--noautoanchor']
+    done = torchrun(tmp_path, 29533, flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = rank_results(tmp_path)
+    assert rank0.keys() == rank1.keys()
+    for k in rank0:  # parameters and anchors; BN running statistics are per rank between DDP's buffer broadcasts
+        torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0, msg=k)
+    configured = Model(cfg).model_h2[-1].anchors
+    assert not torch.equal(rank0['loss anchors'], configured)  # autoanchor did re-fit them
+    head2 = next(k for k in rank0 if k.startswith('buffer model_h2.'))
+    assert torch.equal(rank0['loss anchors'], rank0[head2])
+    assert results_epochs(tmp_path / 'runs' / 'exp') == [0]  # rank 0 alone logged (one line, not two)
+
+
+def test_image_weights_patience_and_step2_under_ddp(tmp_path: Path, synthetic: dict) -> None:
+    """Step 1 with --image-weights and --patience 1 for up to 4 epochs, rank 0's validation scripted (fitness 0.5
+    then 0.1, per-class mAPs that differ by class), then step 2 from its last.pt in the same process group: both
+    ranks drew epoch 1's images with rank 0's maps (rank 1 never validates: without the broadcast its weights
+    would come from all-zero maps), both stopped after epoch 1 (rank 0's early stop reaches rank 1), step 2's
+    router ends bit-identical on both ranks, and --sync-bn on CPU ranks says on each that it is ignored."""
+    runs = tmp_path / 'runs'
+    step1 = step1_flags(synthetic, runs, 4, '--batch-size', '4', '--image-weights', '--patience', '1', '--name', 's1',
+                        '--sync-bn')
+    cfg2 = tmp_path / 'small-step2.yaml'
+    cfg2.write_text(yaml.safe_dump(tiny_config(dynamic=True)))
+    step2 = ['--cfg', str(cfg2), '--weight', str(runs / 's1' / 'weights' / 'last.pt'), '--data', synthetic['data'],
+             '--hyp', str(ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml'), '--epochs', '1', '--batch-size', '2',
+             '--img', '64', '--device', 'cpu', '--workers', '0', '--adam', '--project', str(runs), '--name', 's2']
+    done = torchrun(tmp_path, 29535, [*step1, '--then-step2', *step2], DDP_TEST_SCRIPTED_VALIDATION='1')
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = rank_results(tmp_path)
+    assert int(rank0['epochs run']) == int(rank1['epochs run']) == 2
+    assert results_epochs(runs / 's1') == [0, 1]
+    assert done.stderr.count('WARNING: --sync-bn ignored: SyncBatchNorm needs DDP on CUDA devices, this run has cpu '
+                             'ranks') == 2
+    weights = rank0['sampler weights']
+    torch.testing.assert_close(rank1['sampler weights'], weights, rtol=0, atol=0)
+    assert weights.numel() == 6 and weights.max() > weights.min()  # rank 0's maps, not uniform ones
+    routers = [k for k in rank0 if k.startswith('router ')]
+    assert routers  # the step-2 trainer trains the router alone
+    for k in routers:
+        torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0, msg=k)
+
+
+def test_under_ddp_an_error_on_rank_0_stops_every_rank_with_its_line(tmp_path: Path, synthetic: dict) -> None:
+    """Rank 0's checkpoint save raises (non-finite weights): both ranks stop with rank 0's one line at once. Rank 1
+    used to be left waiting in its next collective: torchrun then ended it without that line, and a launcher that
+    does not watch its workers would wait for the process group's 30-minute timeout."""
+    done = torchrun(tmp_path, 29534, step1_flags(synthetic, tmp_path / 'runs', 2, '--batch-size', '4'),
+                    DDP_TEST_FAIL_SAVE='1')
+    expected = 'error: the weights became NaN/inf at epoch 0 (test)'
+    assert done.returncode != 0, done.stderr[-2000:]
+    assert error_lines(done.stderr) == [f'rank 0: {expected}', f'rank 1: {expected}'], done.stderr[-2000:]
+
+
+def test_a_nan_loss_on_one_rank_skips_the_step_on_both_and_stops_both(tmp_path: Path, synthetic: dict) -> None:
+    """Rank 1's loss is NaN at every step, rank 0's finite: both ranks skip each step together (rank 0 alone
+    stepping would desynchronise DDP's all-reduce) and, after 5 in a row, both stop with the same line."""
+    done = torchrun(tmp_path, 29536, step1_flags(synthetic, tmp_path / 'runs', 4, '--batch-size', '2'),
+                    DDP_TEST_NAN_RANK='1')
+    assert done.returncode != 0, done.stderr[-2000:]
+    lines = error_lines(done.stderr)
+    assert len(lines) == 2 and lines[0].split(': ', 1)[1] == lines[1].split(': ', 1)[1], done.stderr[-2000:]
+    assert 'loss was NaN/inf for 5 steps in a row (epoch 1)' in lines[0]
+
+
+@pytest.mark.parametrize('distributed,device,converts,warning', [
+    (True, 'cuda', True, None),
+    (True, 'cpu', False, 'this run has cpu ranks'),
+    (False, 'cuda', False, 'this run has one process'),
+])
+def test_sync_bn_converts_only_under_ddp_on_cuda(distributed: bool, device: str, converts: bool,
+                                                   warning: str | None, caplog) -> None:
+    """--sync-bn is the reference's (SyncBatchNorm under DDP on GPUs); anywhere else it is ignored with one warning
+    that says why, instead of silently."""
+    ctx = DistContext(0 if distributed else -1, 0 if distributed else -1, 2 if distributed else 1,
+                      torch.device(device, 0) if device == 'cuda' else torch.device(device))
+    assert wants_sync_bn(True, ctx) is converts
+    assert wants_sync_bn(False, ctx) is False
+    warnings = [r.getMessage() for r in caplog.records if 'sync-bn' in r.getMessage()]
+    assert (warnings == []) if warning is None else (len(warnings) == 1 and warning in warnings[0])
