@@ -5,9 +5,11 @@
 #   bash benchmarks/gpu_check.sh            # on the GPU machine (the device tool: carry .gpu_check)
 #
 # Runs: the CUDA-only tests (pytest -m cuda); step 1 for one epoch on coco128 at 320 px with AMP (loss finite,
-# checkpoint loads strictly); step 2 for 2 epochs (256 images) from it; test.py on the GPU (fp16) against the CPU
-# (fp32) on the step-1 model (mAP@.5:.95 within 0.005); detect.py on a video; 2-process DDP on one GPU (skipped:
-# NCCL refuses two ranks on one device); bench_speed.py --half at batch 1 and 32.
+# checkpoint loads strictly); step 2 for 2 epochs (256 images) from it, and 1 with --router-loss bce under AMP;
+# test.py on the GPU (fp16) against the CPU (fp32) on the step-1 model (mAP@.5:.95 within 0.005); detect.py on a
+# video; get_dynamic_thres.py on GPU (fp16) against the CPU (thresholds within 0.01); test.py --augment on the GPU;
+# export.py --device 0; 2-process DDP on one GPU (skipped: NCCL refuses two ranks on one device; --sync-bn needs
+# it); bench_speed.py --half at batch 1 and 32.
 set -u
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 KIT="$ROOT/.gpu_check"
@@ -93,6 +95,24 @@ for f in files: out.write(cv2.resize(cv2.imread(f), (640, 480)))
 out.release(); print('30-frame clip written')"
 step detect python detect.py --cfg cfg/dy-yolov7-step2.yaml --weight "$OUT/train/step2/weights/last.pt" \
     --source "$OUT/clip.mp4" --device 0 --img-size 320 --dy-thres 0.5 --project "$OUT/detect" --name video --exist-ok
+# get_dynamic_thres.py on the fp16 CUDA model: the same score quantiles (the thresholds' source) as fp32 on the CPU
+S2="$OUT/train/step2/weights/last.pt"
+for dev in 0 cpu; do
+    step "thres_$dev" python get_dynamic_thres.py --cfg cfg/dy-yolov7-step2.yaml --weight "$S2" --data "$DATA" \
+        --img-size 320 --batch-size 8 --device "$dev" --task val --project "$OUT/thres" --name "$dev" --exist-ok
+done
+step thres_fp16 python -c "
+import json
+gpu, cpu = (json.load(open('$OUT/thres/' + d + '/router.json'))['quantiles'] for d in ('0', 'cpu'))
+worst = max(abs(a - b) for a, b in zip(gpu, cpu))
+assert len(gpu) == len(cpu) and worst <= 0.01, (worst, len(gpu), len(cpu))
+print(f'{len(gpu)} score quantiles, fp16 GPU vs fp32 CPU: largest difference {worst:.5f}')"
+# test-time augmentation and routing together on CUDA (fp16): only its mAP line is checked
+step augment python test.py --cfg cfg/dy-yolov7-step2.yaml --weight "$S2" --data "$DATA" --img-size 320 \
+    --batch-size 8 --device 0 --task val --augment --dy-thres 0.5 --project "$OUT/test" --name augment --exist-ok
+# export traced on the GPU (--device 0): the graphs load and run on the CPU's onnxruntime
+step export python export.py --cfg cfg/dy-yolov7-step2.yaml --weight "$S2" --num-classes 80 --img-size 320 \
+    --device 0 --include onnx torchscript --out "$OUT/export"
 note "ddp        skip        NCCL refuses two ranks on one GPU ('Duplicate GPU detected'); needs 2 GPUs"
 step bench python benchmarks/bench_speed.py --device 0 --half --sizes 640 --batches 1 32 --reps 3
 cat "$OUT/bench.log" >> "$REPORT"
