@@ -43,59 +43,45 @@ def error_lines(stderr: str) -> list[str]:
     return sorted(line for line in stderr.splitlines() if ': error: ' in line and line.startswith('rank '))
 
 
-def test_two_process_ddp_on_cpu_ends_with_identical_weights(tmp_path: Path, synthetic: dict) -> None:
-    """Batch 4 (2 steps of 2 + 1 images per rank, each an optimizer step), autoanchor on (the default) with anchors
-    20x the small config's, far from 64-px labels, so rank 0 re-fits them: every parameter and anchor buffer ends
-    bit-identical on both ranks, both ranks' training losses assign boxes with those re-fitted anchors (rank 1's loss
-    kept its config anchors, ~40x too large, before the losses were built after DDP's broadcast), and only rank 0
-    logs."""
+def test_two_process_ddp_on_cpu_step1_then_step2(tmp_path: Path, synthetic: dict) -> None:
+    """One torchrun, batch 4 (2 steps of 2 + 1 images per rank, each an optimizer step):
+    - step 1 with autoanchor on (the default) and anchors 20x the small config's, far from 64-px labels, so rank 0
+      re-fits them: every parameter and anchor buffer ends bit-identical on both ranks, and both ranks' training
+      losses assign boxes with those re-fitted anchors (rank 1's loss kept its config anchors, ~40x too large,
+      before the losses were built after DDP's broadcast);
+    - with --image-weights and --patience 1 for up to 4 epochs, rank 0's validation scripted (fitness 0.5 then 0.1,
+      per-class mAPs that differ by class): both ranks drew epoch 1's images with rank 0's maps (rank 1 never
+      validates: without the broadcast its weights came from all-zero maps) and both stopped after epoch 1 (rank 0's
+      early stop reaches rank 1); only rank 0 logged; --sync-bn on CPU ranks says on each that it is ignored;
+    - then step 2 from its last.pt in the same process group: the router ends bit-identical on both ranks."""
     far = tiny_config(dynamic=False)
     far['anchors'] = [[20 * v for v in level] for level in far['anchors']]  # 200-2400 px boxes for 64-px images
     cfg = tmp_path / 'far-anchors.yaml'
     cfg.write_text(yaml.safe_dump(far))
-    flags = [f for f in step1_flags({**synthetic, 'cfg': str(cfg)}, tmp_path / 'runs', 1, '--batch-size', '4')
-             if f != '--noautoanchor']
-    done = torchrun(tmp_path, 29533, flags)
+    runs = tmp_path / 'runs'
+    step1 = [f for f in step1_flags({**synthetic, 'cfg': str(cfg)}, runs, 4, '--batch-size', '4', '--image-weights',
+                                    '--patience', '1', '--sync-bn', '--name', 's1') if f != '--noautoanchor']
+    cfg2 = tmp_path / 'small-step2.yaml'
+    cfg2.write_text(yaml.safe_dump({**tiny_config(dynamic=True), 'anchors': far['anchors']}))
+    step2 = ['--cfg', str(cfg2), '--weight', str(runs / 's1' / 'weights' / 'last.pt'), '--data', synthetic['data'],
+             '--hyp', str(ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml'), '--epochs', '1', '--batch-size', '2',
+             '--img', '64', '--device', 'cpu', '--workers', '0', '--adam', '--project', str(runs), '--name', 's2']
+    done = torchrun(tmp_path, 29533, [*step1, '--then-step2', *step2], DDP_TEST_SCRIPTED_VALIDATION='1')
     assert done.returncode == 0, done.stderr[-3000:]
     rank0, rank1 = rank_results(tmp_path)
     assert rank0.keys() == rank1.keys()
-    for k in rank0:  # parameters and anchors; BN running statistics are per rank between DDP's buffer broadcasts
+    for k in rank0:  # parameters, anchors, sampler weights, router; BN running statistics are per rank
         torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0, msg=k)
     configured = Model(cfg).model_h2[-1].anchors
     assert not torch.equal(rank0['loss anchors'], configured)  # autoanchor did re-fit them
     head2 = next(k for k in rank0 if k.startswith('buffer model_h2.'))
     assert torch.equal(rank0['loss anchors'], rank0[head2])
-    assert results_epochs(tmp_path / 'runs' / 'exp') == [0]  # rank 0 alone logged (one line, not two)
-
-
-def test_image_weights_patience_and_step2_under_ddp(tmp_path: Path, synthetic: dict) -> None:
-    """Step 1 with --image-weights and --patience 1 for up to 4 epochs, rank 0's validation scripted (fitness 0.5
-    then 0.1, per-class mAPs that differ by class), then step 2 from its last.pt in the same process group: both
-    ranks drew epoch 1's images with rank 0's maps (rank 1 never validates: without the broadcast its weights
-    would come from all-zero maps), both stopped after epoch 1 (rank 0's early stop reaches rank 1), step 2's
-    router ends bit-identical on both ranks, and --sync-bn on CPU ranks says on each that it is ignored."""
-    runs = tmp_path / 'runs'
-    step1 = step1_flags(synthetic, runs, 4, '--batch-size', '4', '--image-weights', '--patience', '1', '--name', 's1',
-                        '--sync-bn')
-    cfg2 = tmp_path / 'small-step2.yaml'
-    cfg2.write_text(yaml.safe_dump(tiny_config(dynamic=True)))
-    step2 = ['--cfg', str(cfg2), '--weight', str(runs / 's1' / 'weights' / 'last.pt'), '--data', synthetic['data'],
-             '--hyp', str(ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml'), '--epochs', '1', '--batch-size', '2',
-             '--img', '64', '--device', 'cpu', '--workers', '0', '--adam', '--project', str(runs), '--name', 's2']
-    done = torchrun(tmp_path, 29535, [*step1, '--then-step2', *step2], DDP_TEST_SCRIPTED_VALIDATION='1')
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = rank_results(tmp_path)
-    assert int(rank0['epochs run']) == int(rank1['epochs run']) == 2
-    assert results_epochs(runs / 's1') == [0, 1]
+    assert int(rank0['epochs run']) == 2 and results_epochs(runs / 's1') == [0, 1]  # one line per epoch: rank 0's
+    weights = rank0['sampler weights']
+    assert weights.numel() == 6 and weights.max() > weights.min()  # rank 0's maps, not uniform ones
+    assert any(k.startswith('router ') for k in rank0)  # the step-2 trainer trains the router alone
     assert done.stderr.count('WARNING: --sync-bn ignored: SyncBatchNorm needs DDP on CUDA devices, this run has cpu '
                              'ranks') == 2
-    weights = rank0['sampler weights']
-    torch.testing.assert_close(rank1['sampler weights'], weights, rtol=0, atol=0)
-    assert weights.numel() == 6 and weights.max() > weights.min()  # rank 0's maps, not uniform ones
-    routers = [k for k in rank0 if k.startswith('router ')]
-    assert routers  # the step-2 trainer trains the router alone
-    for k in routers:
-        torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0, msg=k)
 
 
 def test_under_ddp_an_error_on_rank_0_stops_every_rank_with_its_line(tmp_path: Path, synthetic: dict) -> None:

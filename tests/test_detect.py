@@ -191,6 +191,31 @@ def test_view_img_without_a_display_warns_and_saves(tmp_path: Path, tiny: list, 
     assert 'cannot open windows' in caplog.text and (run / 'clip.mp4').is_file()
 
 
+def test_view_img_with_a_display_shows_each_drawn_image_once(tmp_path: Path, tiny: list,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """--view-img where windows can open: each image is shown once, in a window named after its path, as the very
+    frame saved (boxes drawn), and given a waitKey so the window paints; nothing is shown twice or left out."""
+    shown: list[tuple[str, np.ndarray]] = []
+    waits: list[int] = []
+    monkeypatch.setattr(detect, 'display_available', lambda: True)
+    monkeypatch.setattr(detect.cv2, 'imshow', lambda name, image: shown.append((name, image.copy())))
+    monkeypatch.setattr(detect.cv2, 'waitKey', lambda delay=0: waits.append(delay) or -1)
+    src = tmp_path / 'src'
+    src.mkdir()
+    for i in range(2):  # PNG: saved losslessly, so the saved file can be compared with the shown frame exactly
+        image = np.full((64, 96, 3), 60 + 80 * i, np.uint8)
+        cv2.rectangle(image, (10 + 20 * i, 10), (60 + 20 * i, 50), (0, 0, 255), -1)
+        cv2.imwrite(str(src / f'im{i}.png'), image)
+    run = detect.run_detect(detect.parse_opt(tiny + ['--source', str(src), '--project', str(tmp_path / 'runs'),
+                                                     '--view-img', '--conf-thres', '0.001']))  # boxes drawn
+    assert [name for name, _ in shown] == [str(src / f'im{i}.png') for i in range(2)]
+    assert waits == [1, 1]
+    for name, image in shown:
+        saved = cv2.imread(str(run / Path(name).name))
+        assert saved is not None and np.array_equal(image, saved)
+        assert not np.array_equal(image, cv2.imread(name))  # the drawn frame, not the source
+
+
 def test_prefetch_keeps_order_prepares_ahead_and_raises_in_order() -> None:
     from utils.detection.sources import SourceError, prefetch
     assert list(prefetch(iter(range(5)), lambda i: i * i)) == [(i, i * i) for i in range(5)]

@@ -3,6 +3,7 @@ a GPU (CUDA's presence and device count are faked)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -90,3 +91,39 @@ def test_the_relaunch_runs_the_command_and_reports_its_failure(monkeypatch: pyte
     assert calls and calls[0][-2:] == ['train_step1.py', '-x']
     assert distributed.per_device(lambda o: 'trained', 's.py', [])(argparse.Namespace(
         device='cpu', local_rank=-1, batch_size=8)) == 'trained'
+
+
+@pytest.fixture(scope='module')
+def train_parsers() -> dict[str, Callable]:
+    """Both training scripts' parse_opt, imported once for the module (they pull in all the training code)."""
+    import train_step1
+    import train_step2
+    return {'train_step1': train_step1.parse_opt, 'train_step2': train_step2.parse_opt}
+
+
+@pytest.mark.parametrize('flag', [['--local_rank', '1'], ['--local-rank=1'], ['--local_rank=1']])
+def test_the_launchers_local_rank_flag_sets_the_ranks(train_parsers: dict, monkeypatch: pytest.MonkeyPatch,
+                                                      flag: list[str]) -> None:
+    """python -m torch.distributed.launch passes the local rank as a flag (--local_rank N before torch 2.0,
+    --local-rank=N since) with WORLD_SIZE and RANK in the environment but no LOCAL_RANK: both scripts take it, so
+    the second process trains as rank 1 of 2 instead of a second rank 0 (or a lone process)."""
+    from utils.train.options import distributed_env
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', '1')
+    for script, parse_opt in train_parsers.items():
+        opt = parse_opt(flag)
+        distributed_env(opt)
+        assert (opt.local_rank, opt.global_rank, opt.world_size) == (1, 1, 2), script
+
+
+def test_no_launcher_means_a_single_process(train_parsers: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a launcher (no WORLD_SIZE, RANK, LOCAL_RANK, no flag) both scripts train as one process: local and
+    global rank -1, world size 1 (the reference's non-DDP values, which every rank check relies on)."""
+    from utils.train.options import distributed_env
+    for name in ('LOCAL_RANK', 'WORLD_SIZE', 'RANK'):
+        monkeypatch.delenv(name, raising=False)
+    for script, parse_opt in train_parsers.items():
+        opt = parse_opt([])
+        distributed_env(opt)
+        assert (opt.local_rank, opt.global_rank, opt.world_size) == (-1, -1, 1), script

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 import test as test_script
@@ -245,6 +246,81 @@ def test_test_py_bf16_matches_fp32(test_py_runs: dict) -> None:
         routing = [m for m in run.log if m.startswith('Routing: ')]
         assert len(routing) == 1 and routing[0].startswith(f'Routing: 0/{SUBSET} images easy')
         assert ' GFLOPs/image ' in routing[0]
+
+
+@requires_coco128
+def test_test_py_augment_through_the_cli_prints_the_metrics_without_routing(
+        coco_subset: Path, tiny_checkpoint: tuple, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """test.py --augment (test-time augmentation), as a user runs it: it evaluates every image, prints the metrics
+    row and the speed line, and no routing line (each image is routed once per augmented copy, so an easy share of
+    images would be meaningless); every image gets label rows inside its own frame."""
+    # the plots (two thirds of this run's time) are test.py's with or without --augment: checked by the tests above
+    monkeypatch.setattr(test_script, 'EvalOptions', lambda *a, **kw: EvalOptions(*a, **{**kw, 'plots': False}))
+    cfg, weights = tiny_checkpoint
+    data = tmp_path / 'subset.yaml'
+    data.write_text(yaml.safe_dump({'train': str(coco_subset), 'val': str(coco_subset), 'nc': 80,
+                                    'names': [f'class{k}' for k in range(80)]}))
+    test_script.main(['--img-size', '64', '--batch-size', '2', '--device', 'cpu', '--cfg', str(cfg),
+                      '--weight', str(weights), '--data', str(data), '--task', 'val', '--dy-thres', '0.5',
+                      '--project', str(tmp_path), '--name', 'tta', '--save-txt', '--augment'])
+    err = capsys.readouterr().err.splitlines()
+    lines = [line.strip() for line in err]
+    n_labels = sum(len(read_label_file(img2label_paths([str(coco_subset.parent / line)])[0], 80).labels)
+                   for line in coco_subset.read_text().splitlines())
+    (row,) = [line.split() for line in lines if line.startswith('all ')]
+    assert row[:3] == ['all', str(SUBSET), str(n_labels)] and all(0 <= float(v) <= 1 for v in row[3:])
+    assert any(line.startswith('Speed: ') for line in lines)
+    assert not any(line.startswith('Routing: ') for line in lines)
+    images = sorted(Path(line).stem for line in coco_subset.read_text().splitlines())
+    saved = sorted((tmp_path / 'tta' / 'labels').glob('*.txt'))
+    assert [p.stem for p in saved] == images  # objectness ~0.98 is far above --conf 0.001 on every copy
+    for f in saved:
+        rows = np.loadtxt(f, ndmin=2)
+        assert rows.shape[1] == 5 and (rows[:, 1:] >= 0).all() and (rows[:, 1:] <= 1).all()
+
+
+def _scaled_copy(x: torch.Tensor, size: tuple[int, int], padded: tuple[int, int], flip: bool) -> torch.Tensor:
+    """The reference's TTA copy built by hand: mirrored if asked, resized bilinearly to `size`, padded right and
+    bottom with 0.447 to `padded` (h, w)."""
+    x = x.flip(3) if flip else x
+    if tuple(x.shape[2:]) == size:
+        return x
+    x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+    return F.pad(x, [0, padded[1] - size[1], 0, padded[0] - size[0]], value=0.447)
+
+
+def test_augmented_forward_concatenates_three_scales_in_the_original_pixels() -> None:
+    """Model(x, augment=True) on a 48x96 batch: the predictions of the copies at scale 1, 0.83 mirrored and 0.67
+    (each padded to the stride 16), concatenated in that order (270 + 225 + 225 boxes of 3 anchors over the
+    stride-8 and stride-16 grids), each mapped back to the original image's pixels: divided by its scale, the
+    mirrored copy's x centres reflected about the original width (96, not the padded copy's 80 / 0.83). A box the
+    mirrored copy finds on its image content lands inside the original image; a wrong scale, mirror axis or width
+    would put it elsewhere."""
+    model = lively_tiny_model()
+    x = torch.rand(2, 3, 48, 96, generator=torch.Generator().manual_seed(0))
+    copies = [(1.0, False, (48, 96), (48, 96)),
+              (0.83, True, (39, 79), (48, 80)),   # int(48 * 0.83), int(96 * 0.83); padded to multiples of 16
+              (0.67, False, (32, 64), (48, 80))]  # 96 * 0.67 = 64.32 pads to 80
+    with torch.inference_mode():
+        augmented, raw = model(x, augment=True)
+        expected = []
+        for scale, flip, size, padded in copies:
+            pred = model(_scaled_copy(x, size, padded, flip))[0].clone()
+            assert pred.shape[1] == 3 * sum((padded[0] // s) * (padded[1] // s) for s in (8, 16))
+            if flip:  # boxes centred on the mirrored copy's image content (not on its padding)
+                centre = pred[..., :2]
+                inside = (centre[..., 0] < size[1]) & (centre[..., 1] < size[0]) & (centre >= 0).all(-1)
+            pred[..., :4] /= scale
+            if flip:
+                pred[..., 0] = 96 - pred[..., 0]
+            expected.append(pred)
+    assert raw is None and augmented.shape == (2, 270 + 225 + 225, 85)
+    torch.testing.assert_close(augmented, torch.cat(expected, 1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(augmented[:, :270], model(x)[0], rtol=1e-5, atol=1e-4)  # scale 1: the plain forward
+    mirrored = augmented[:, 270:495][inside][:, :2]  # those boxes as the augmented forward reports them
+    assert len(mirrored) > 100  # most of the mirrored copy's boxes are centred on its content
+    assert (mirrored[:, 0] >= 0).all() and (mirrored[:, 0] <= 96).all()
+    assert (mirrored[:, 1] >= 0).all() and (mirrored[:, 1] <= 48).all()
 
 
 @pytest.mark.parametrize('args,message', [

@@ -3,11 +3,15 @@ routes and detections, batched and image by image; --compile, CPU chunks, --bf16
 from __future__ import annotations
 
 import copy
+import logging
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from models.inference import bf16_mode, compile_paths, prepare_for_inference, prepare_input
+from models.checkpoint import save_checkpoint
+from models.inference import bf16_mode, compile_paths, load_for_inference, prepare_for_inference, prepare_input
 from models.yolo import Model
 from tests.helpers import dark_to_bright, spread_router, tiny_config
 
@@ -249,3 +253,25 @@ def test_a_bf16_prepared_model_takes_plain_float_batches(models: tuple[Model, Mo
     with torch.inference_mode():
         plain, converted = half(x)[0], half(prepare_input(x, half))[0]
     assert plain.dtype == torch.float32 and torch.equal(plain, converted)
+
+
+def test_bf16_on_a_non_cpu_device_warns_once_and_stays_fp32(built: tuple[Model, Model], tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """load_for_inference(bf16=True) off the CPU (on CUDA, fp16 is the callers' job): one warning, and no part of the
+    model is converted to bfloat16. PyTorch's 'meta' device stands in for CUDA (a device whose type is not 'cpu',
+    with real dtypes and no data), so the branch runs without a GPU; the same call on the CPU does convert."""
+    cfg = tmp_path / 'tiny.yaml'
+    cfg.write_text(yaml.safe_dump(tiny_config(nc=3)))
+    save_checkpoint({'model': built[0].state_dict()}, tmp_path / 'tiny.pt')
+    caplog.set_level(logging.WARNING, logger='models.inference')
+    model = load_for_inference(str(cfg), str(tmp_path / 'tiny.pt'), 3, torch.device('meta'), bf16=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ['WARNING: --bf16 applies to CPU inference; on CUDA the model runs in fp16']
+    assert {p.device.type for p in model.parameters()} == {'meta'}
+    assert {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()} == {torch.float32}
+    assert all(getattr(s, 'input_dtype', None) != torch.bfloat16
+               for s in (model.model_b, model.model_b2, model.model_h, model.model_h2))
+    caplog.clear()
+    on_cpu = load_for_inference(str(cfg), str(tmp_path / 'tiny.pt'), 3, torch.device('cpu'), bf16=True)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert next(on_cpu.model_b.parameters()).dtype == torch.bfloat16 and on_cpu.model_b.input_dtype == torch.bfloat16
