@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import yaml
 
-from models.inference import load_for_inference
+from models.exported_model import load_inference_model
 from utils.cli import (
     add_detection_flags,
     add_engine_flags,
@@ -118,14 +118,14 @@ def draw(frame: Frame, det: np.ndarray, route: str, fps: float, names: list[str]
 def load_detector(opt: argparse.Namespace) -> Detector:
     """The strict-loaded, fused model with --dy-thres, fp16 on CUDA, wrapped with the NMS settings."""
     device = select_device(opt.device)
-    model = load_for_inference(opt.cfg, opt.weight, opt.num_classes, device, opt.compile, opt.bf16,
-                               retain_memory=True)
+    model = load_inference_model(opt, opt.num_classes, device)
     apply_routing_flags(model, opt)
     if device.type == 'cuda':
         model.half()
     stride = int(model.stride.max())
     options = DetectOptions(opt.conf_thres, opt.iou_thres, opt.classes, opt.agnostic_nms, opt.augment)
-    return Detector(model, check_img_size(opt.img_size, stride), stride, options)
+    fixed = getattr(model, 'fixed_size', None)  # exported graphs take one size
+    return Detector(model, fixed[0] if fixed else check_img_size(opt.img_size, stride), stride, options)
 
 
 def run_detect(opt: argparse.Namespace) -> Path:

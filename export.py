@@ -4,8 +4,16 @@ manifest, so that a runtime without PyTorch can route per image (extension; the 
     python export.py --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --num-classes 80 \
         --img-size 640 --include onnx torchscript
 
-Writes <weight stem>_part1/_easy/_hard.onnx (and .torchscript) and <weight stem>_export.yaml beside --weight (or
-in --out). Run them with models.exported.ExportedDynamicModel(manifest, 'onnx' | 'torchscript').
+Writes <weight stem>_part1/_easy/_hard.onnx (and .torchscript, OpenVINO .xml/.bin) and <weight stem>_export.yaml
+beside --weight (or in --out). Run them with models.exported.ExportedDynamicModel(manifest, 'onnx' | 'torchscript' |
+'openvino'), or evaluate them with test.py / get_dynamic_thres.py / detect.py --weight <manifest>.
+
+int8 for CPUs (OpenVINO + NNCF post-training quantization; router and box decode kept in fp32):
+
+    python export.py --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --num-classes 80 \
+        --img-size 640 --include openvino --int8 --data data/coco.yaml --calib-images 300
+
+also writes <weight stem>_int8_part1/_easy/_hard.xml and <weight stem>_int8_export.yaml.
 """
 from __future__ import annotations
 
@@ -17,11 +25,13 @@ from pathlib import Path
 from models.export import DEFAULT_OPSET, ExportError, export_onnx, export_torchscript, onnx_opsets, split_model
 from models.graph import ConfigError
 from models.inference import load_for_inference
+from models.openvino_export import DEFAULT_CALIB_IMAGES, export_openvino, quantize_int8
 from utils.cli import DEFAULT_DY_THRES, check_img_size, check_writable, fail, refuse_nan_dy_thres, run_cli
+from utils.data.calibration import calibration_images
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('export')
-FORMATS = ('onnx', 'torchscript')
+FORMATS = ('onnx', 'torchscript', 'openvino')
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +45,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--batch-size', type=int, default=1, help='example batch (the batch axis stays dynamic)')
     p.add_argument('--static-batch', action='store_true', help='fix the batch axis to --batch-size')
     p.add_argument('--dy-thres', type=float, default=DEFAULT_DY_THRES, help='default threshold written to the manifest')
-    p.add_argument('--include', nargs='+', default=['onnx'], choices=FORMATS, help='formats to write')
+    p.add_argument('--include', nargs='+', default=['onnx'], choices=FORMATS,
+                   help='formats to write (openvino is converted from the ONNX graphs, which are written too)')
+    p.add_argument('--int8', action='store_true', help='also quantize the OpenVINO graphs to int8 (needs --data)')
+    p.add_argument('--data', default='', help='data.yaml whose train split calibrates --int8')
+    p.add_argument('--calib-images', type=int, default=DEFAULT_CALIB_IMAGES,
+                   help='calibration images for --int8 (evenly spaced over the train split)')
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset')
     p.add_argument('--device', default='cpu', help='device to trace on (cpu or a cuda index)')
     p.add_argument('--out', default='', help='output folder (default: beside --weight)')
@@ -55,6 +70,14 @@ def check_export_flags(p: argparse.ArgumentParser, opt: argparse.Namespace) -> N
         p.error(f'--opset {opt.opset}: this torch exports opsets {opsets.start} to {opsets.stop - 1}; '
                 f'the default is {DEFAULT_OPSET}')
     refuse_nan_dy_thres(p, opt.dy_thres)
+    if opt.int8 and not opt.data:
+        p.error('--int8 calibrates on images: pass --data DATA.yaml (its train split is used)')
+    if opt.int8 and 'openvino' not in opt.include:
+        opt.include.append('openvino')
+    if 'openvino' in opt.include and 'onnx' not in opt.include:
+        opt.include.append('onnx')  # the OpenVINO graphs are converted from them
+    if opt.calib_images < 1:
+        p.error(f'--calib-images {opt.calib_images}: must be at least 1 (about 300 is usual)')
 
 
 def run(opt: argparse.Namespace) -> Path:
@@ -78,8 +101,16 @@ def run(opt: argparse.Namespace) -> Path:
         written += export_onnx(parts, examples, manifest, base, opt.opset)
     if 'torchscript' in opt.include:
         written += export_torchscript(parts, examples, manifest, base)
+    if 'openvino' in opt.include:
+        written += export_openvino(manifest, base)
+    manifest.gflops = model.flops(tuple(size))
     path = manifest.save(base.with_name(f'{base.name}_export.yaml'))
     LOGGER.info('Exported %s and the manifest %s', ', '.join(str(p) for p in written), path)
+    if opt.int8:
+        images, source = calibration_images(opt.data, tuple(size), opt.calib_images)
+        LOGGER.info(f'int8: quantizing the three graphs with NNCF on {source}')
+        int8 = quantize_int8(manifest, folder, base, images, source)
+        LOGGER.info('int8 graphs and their manifest: %s (run with --engine openvino)', int8)
     return path
 
 

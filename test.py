@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models.inference import load_for_inference
+from models.exported_model import load_inference_model
 from models.yolo import Model
 from utils.cli import (
     add_detection_flags,
@@ -57,7 +57,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_model(opt: argparse.Namespace, nc: int, device: torch.device) -> Model:
     """Model from --cfg with --weight loaded strictly, fused, in eval mode, threshold set."""
-    model = load_for_inference(opt.cfg, opt.weight, nc, device, opt.compile, opt.bf16, retain_memory=True)
+    model = load_inference_model(opt, nc, device)
     apply_routing_flags(model, opt)
     if model.dynamic:
         LOGGER.info('Set dynamic threshold to %f', opt.dy_thres)

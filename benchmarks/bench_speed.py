@@ -5,6 +5,7 @@ for orientation).
     python benchmarks/bench_speed.py                                  # CPU: Dy-YOLOv7 at 640 and 320, batch 1 and 8
     python benchmarks/bench_speed.py --onnx                           # + the exported graphs on ONNX Runtime
     python benchmarks/bench_speed.py --plain --unpacked --compile --bf16 --onnx  # CPU: every engine, one run
+    python benchmarks/bench_speed.py --plain --bf16 --openvino fp32 bf16 int8 --batches 1  # CPU deployment engines
     python benchmarks/bench_speed.py --device 0 --half --batches 1 32 --cfgs cfg/dy-yolov7-step2.yaml \
         cfg/dy-yolov7x-step2.yaml cfg/dy-yolov7-w6-step2.yaml           # GPU: adds fp16 and the share of peak
 
@@ -227,18 +228,33 @@ def torch_forward(model: Model) -> Callable:
     return forward
 
 
-def onnx_timer(model: Model) -> Callable[[str, int, int], tuple[Timer, int]]:
+def exported_timer(model: Model, backend: str = 'onnx', precision: str = 'fp32'
+                   ) -> Callable[[str, int, int], tuple[Timer, int]]:
     """local_timer of the same model exported (export.py's three graphs, once per image size) and routed by
-    models.exported on ONNX Runtime."""
+    models.exported: on ONNX Runtime, or OpenVINO at fp32 / bf16 / int8 (int8: NNCF on 8 random images, which is
+    enough for speed, not for accuracy; benchmarks/bench_int8.py measures that)."""
     from models.export import export_onnx, split_model
     from models.exported import ExportedDynamicModel
+    from models.openvino_export import export_openvino, quantize_int8
     folder, runners = Path(tempfile.mkdtemp()), {}
+
+    def runner_for(size: int) -> ExportedDynamicModel:
+        parts, examples, manifest = split_model(model, (size, size), 1, True)
+        base = folder / f'bench{size}'
+        export_onnx(parts, examples, manifest, base)
+        if backend == 'openvino':
+            export_openvino(manifest, base)
+        path = manifest.save(folder / f'bench{size}_export.yaml')
+        if precision == 'int8':
+            images = [torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(i)).numpy()
+                      for i in range(8)]
+            path = quantize_int8(manifest, folder, base, images, '8 random images (speed only)')
+        return ExportedDynamicModel(path, backend, precision='fp32' if precision == 'int8' else precision,
+                                    threads=torch.get_num_threads())
 
     def cell(path: str, batch: int, size: int) -> tuple[Timer, int]:
         if size not in runners:
-            parts, examples, manifest = split_model(model, (size, size), 1, True)
-            export_onnx(parts, examples, manifest, folder / f'bench{size}')
-            runners[size] = ExportedDynamicModel(manifest.save(folder / f'bench{size}_export.yaml'), 'onnx')
+            runners[size] = runner_for(size)
         runner = runners[size]
 
         def forward(x: torch.Tensor, thres: float):
@@ -270,7 +286,8 @@ def cell_rows(cfg: str, engines: list[Engine], size: int, flops: dict[str, float
     for engine, s in zip(engines, seconds):
         ips = batch / s
         tflops = gflops * ips / 1e3
-        share = f'{100 * tflops / peak[engine.precision != "fp32"]:5.1f}%' if peak else '     -'
+        peak_of = {'fp32': 0, 'fp16': 1, 'bf16': 1}.get(engine.precision)  # no int8 peak is measured
+        share = f'{100 * tflops / peak[peak_of]:5.1f}%' if peak and peak_of is not None else '     -'
         ratio = f'{base / s:6.2f}x' if base else '      -'
         lines.append(f'{name:<14} {size:>5} {batch:>5} {path:<6} {engine.precision:<5} {engine.name:<6} '
                      f'{1e3 * s / batch:>10.2f} {ips:>9.1f} {gflops:>8.4g} {tflops:>8.3f} {share} {ratio} {ref}')
@@ -301,6 +318,8 @@ def main() -> None:
     p.add_argument('--device', default='cpu')
     p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
     p.add_argument('--onnx', action='store_true', help='also the exported graphs on ONNX Runtime (fp32)')
+    p.add_argument('--openvino', nargs='*', choices=('fp32', 'bf16', 'int8'), default=None,
+                   help='also the exported graphs on OpenVINO at these precisions (CPU; default: all three)')
     p.add_argument('--whole-batch', action='store_true', help='also rows without CPU chunking (chunk_pixels 0)')
     p.add_argument('--plain', action='store_true',
                    help='also the in-run baseline: the fused model in NCHW, whole batches (fp32 rows)')
@@ -308,6 +327,8 @@ def main() -> None:
                    help='also the CPU preparation without the oneDNN-packed convolutions (as before them)')
     add_engine_flags(p)  # --compile [MODE]: also compiled rows; --bf16: also bfloat16 rows (CPU)
     opt = p.parse_args()
+    if opt.openvino == []:
+        opt.openvino = ['fp32', 'bf16', 'int8']
     device = select_device(opt.device)
     peak = device_peak(device)
     kinds = 'fp16 data sheet' if device.type == 'cuda' else 'bf16, measured: best of matmul, 1x1 and 3x3 conv'
@@ -345,7 +366,12 @@ def engines_for(cfg: str, opt: argparse.Namespace, device: torch.device) -> list
         if opt.compile:  # a shallow copy: same weights, own compiled stages
             engines.append(torch_engine('compil', precision, compile_paths(copy.copy(model), opt.compile)))
         if opt.onnx and precision == 'fp32':
-            engines.append(Engine('ort', precision, model, onnx_timer(model)))
+            engines.append(Engine('ort', precision, model, exported_timer(model)))
+    if opt.openvino and device.type == 'cpu':
+        fp32 = next((e.model for e in engines if e.model is not None and e.precision == 'fp32'), None) \
+            or build(cfg, device)
+        for precision in opt.openvino:
+            engines.append(Engine('ov', precision, fp32, exported_timer(fp32, 'openvino', precision)))
     return engines
 
 

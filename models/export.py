@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from utils.errors import UserError
+from utils.general import file_digest
 
 from .inference import prepare_input
 from .yolo import Model
@@ -77,9 +78,20 @@ class ExportManifest:
     easy_features: list[int]
     hard_features: list[int]
     files: dict[str, str] = field(default_factory=dict)
+    detect_index: dict[str, int] = field(default_factory=dict)  # IDetect's layer index in model_h / model_h2
+    gflops: dict[str, float] = field(default_factory=dict)  # per path at img_size, as Model.flops counts them
+    precision: str = 'fp32'  # 'int8': NNCF-quantized OpenVINO graphs
+    calibration: dict = field(default_factory=dict)  # int8: images used and where they came from
+    digests: dict[str, str] = field(default_factory=dict)  # SHA-256 of each file, checked when loaded
 
     def save(self, path: Path) -> Path:
-        """Write as YAML (plain types only, safe to read back); returns path."""
+        """Write as YAML (plain types only, safe to read back) with the SHA-256 of every listed file (OpenVINO's
+        .bin beside its .xml), which loading checks; returns path."""
+        self.digests = {}
+        for name in self.files.values():
+            for file in [path.parent / name] + ([(path.parent / name).with_suffix('.bin')] if name.endswith('.xml')
+                                                else []):
+                self.digests[file.name] = file_digest(file)
         path.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
         return path
 
@@ -128,7 +140,8 @@ def split_model(model: Model, img_size: tuple[int, int], batch: int, dynamic_bat
     features = sorted(set(easy_f) | set(hard_f))
     manifest = ExportManifest(str(getattr(model, 'yaml_file', '')), list(img_size), batch, dynamic_batch,
                               float(model.dy_thres), [float(s) for s in model.stride], int(model.yaml['nc']), features,
-                              easy_f, hard_f)
+                              easy_f, hard_f, detect_index={'model_h': len(model.model_h) - 1,
+                                                            'model_h2': len(model.model_h2) - 1})
     parts = {'part1': _Part1(model, features), 'easy': _Easy(model, easy_f), 'hard': _Hard(model, hard_f)}
     parts = {k: v.eval() for k, v in parts.items()}  # a new nn.Module is in train mode, and exporters restore it
     x = prepare_input(torch.zeros(batch, 3, *img_size), model)

@@ -76,7 +76,8 @@ def _to_bf16(model: Model, keep_backbone1: bool) -> None:
 
 def prepare_input(images: torch.Tensor, model: Model) -> torch.Tensor:
     """Move a (B, C, H, W) batch to the model's device, dtype (its first layer's) and memory layout."""
-    param = next(model.model_b.parameters())
+    param = getattr(model, 'input_param', None)  # an exported model's stand-in (models/exported_model.py)
+    param = next(model.model_b.parameters()) if param is None else param
     fmt = getattr(model, 'input_format', torch.contiguous_format)
     return images.to(param.device, param.dtype, non_blocking=True).contiguous(memory_format=fmt)
 

@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import cli_error_line
 from utils import demo_detector as shipped
 from utils.data.synthetic import generate_dataset
-from utils.evaluation.router_budget import file_digest
+from utils.general import file_digest
 
 # Largest difference allowed between the manifest's mAP figures (measured where the detector was built) and a
 # re-evaluation of the same file on the re-generated held-out images. Measured: 0.0000 with 1 or 2 threads on the

@@ -116,6 +116,9 @@ def add_engine_flags(p) -> None:
                         'than fp32 on CPUs with AVX512-BF16 or AMX; boxes within ~1 px at 640, see README); MODE '
                         'keep-routes keeps backbone 1 in fp32 so every route is fp32\'s (slower), one of '
                         f'{", ".join(BF16_MODES)} (default: all)')
+    p.add_argument('--engine', default=None, choices=('onnx', 'openvino', 'torchscript'),
+                   help='with --weight <stem>_export.yaml (export.py\'s manifest): the runtime of its graphs '
+                        '(default: openvino for an int8 manifest, onnx otherwise; --bf16 sets OpenVINO\'s precision)')
 
 
 def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:

@@ -22,7 +22,7 @@ import torch
 from utils.data.synthetic import GENERATOR_VERSION, image_kind
 from utils.errors import UserError
 from utils.evaluation.path_records import PATHS, collect_path_records, subset_map
-from utils.evaluation.router_budget import file_digest
+from utils.general import file_digest
 from utils.train.trainer import Trainer
 
 LOGGER = logging.getLogger(__name__)

@@ -2,8 +2,10 @@
 (reference names and signatures kept, so scripts written for the original port as they are)."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +14,15 @@ import torchvision
 LOGGER = logging.getLogger(__name__)
 
 Array = np.ndarray | torch.Tensor
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _empty_like(x: Array) -> Array:

@@ -68,12 +68,13 @@ class BatchResult:
     nms_s: float
 
 
-def letterbox_batch(images: list[np.ndarray], img_size: int, stride: int) -> np.ndarray:
-    """(B, 3, H, W) RGB uint8: each image letterboxed with auto padding, padded further to the batch's largest shape.
+def letterbox_batch(images: list[np.ndarray], img_size: int, stride: int, auto: bool = True) -> np.ndarray:
+    """(B, 3, H, W) RGB uint8: each image letterboxed with auto padding, padded further to the batch's largest shape
+    (auto False: every image to img_size x img_size, as exported graphs of one size take them).
 
     Every image keeps the scale it has alone (the batch shape never exceeds img_size), so only borders differ.
     """
-    boxed = [letterbox(im, img_size, stride=stride)[0] for im in images]
+    boxed = [letterbox(im, img_size, stride=stride, auto=auto)[0] for im in images]
     shape = tuple(max(b.shape[i] for b in boxed) for i in (0, 1))
     boxed = [b if b.shape[:2] == shape else letterbox(im, shape, auto=False)[0] for b, im in zip(boxed, images)]
     return np.ascontiguousarray(np.stack(boxed).transpose(0, 3, 1, 2)[:, ::-1])
@@ -95,7 +96,8 @@ class Detector:
     def letterbox(self, frames: list[Frame]) -> torch.Tensor:
         """The batch as the model takes it (uint8, B×3×H×W; in pinned memory for a CUDA model, so that the copy
         to the device does not block); may run ahead in another thread."""
-        boxed = torch.from_numpy(letterbox_batch([f.image for f in frames], self.img_size, self.stride))
+        auto = getattr(self.model, 'fixed_size', None) is None
+        boxed = torch.from_numpy(letterbox_batch([f.image for f in frames], self.img_size, self.stride, auto))
         return boxed.pin_memory() if next(self.model.parameters()).is_cuda else boxed
 
     def __call__(self, frames: list[Frame], boxed: torch.Tensor | None = None) -> BatchResult:

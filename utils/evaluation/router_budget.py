@@ -7,7 +7,6 @@ used, and the weights file's SHA-256 so that it is never applied to other weight
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from utils.cli import DEFAULT_DY_THRES
 from utils.errors import UserError
+from utils.general import file_digest
 
 LOGGER = logging.getLogger(__name__)
 MAX_QUANTILES = 10001  # 0.01 % steps: within one image of any share on splits of up to 10,000 images
@@ -29,15 +29,6 @@ class RouterBudgetError(UserError, ValueError):
 def budget_file_for(weights: str | Path) -> Path:
     """The file get_dynamic_thres.py writes beside a checkpoint: weights/x.pt → weights/x.router.json."""
     return Path(weights).with_suffix('.router.json')
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_router_budget(paths: list[Path], scores: np.ndarray, weights: str, img_size: int,

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.exported_model import load_inference_model
 from models.graph import ConfigError
-from models.inference import load_for_inference, prepare_input
+from models.inference import prepare_input
 from utils.cli import check_writable, increment_path
 from utils.data.data_config import load_data_config
 from utils.evaluation.path_records import PathRecords, collect_path_records, routed_map
@@ -75,13 +76,18 @@ def dynamic_thresholds(opt: argparse.Namespace,
     check_writable(Path(opt.project) / opt.name)  # before the pass over the split, not after it
     hyp = load_hyp(opt.hyp) if opt.sweep else None  # a bad --hyp fails now, not after the model and the split
     device = select_device(opt.device, opt.batch_size)
-    model = load_for_inference(opt.cfg, opt.weight, data['nc'], device, opt.compile, opt.bf16, retain_memory=True)
+    model = load_inference_model(opt, data['nc'], device)
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
     loader, dataset, img_size = split_loader(model, opt, data, data['nc'], device)
     records = None
     if opt.sweep:
-        records = collect_path_records(model, loader, oracle_loss=oracle_loss(model, hyp, data['nc'], img_size))
+        exported = getattr(model, 'fixed_size', None) is not None  # no raw maps, so no training losses
+        if exported:
+            LOGGER.info('Sweep of exported graphs: router and random routing; the oracle needs the PyTorch '
+                        'checkpoint (it ranks images by training losses)')
+        oracle = None if exported else oracle_loss(model, hyp, data['nc'], img_size)
+        records = collect_path_records(model, loader, oracle_loss=oracle)
         scores = records.scores.float().numpy()
     else:
         scores = collect_scores(model, loader)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.export import ExportError
 from models.inference import prepare_input
 from utils.cli import check_img_size
 from utils.data.dataloaders import create_dataloader
@@ -134,12 +135,20 @@ def split_loader(model, opt, data: dict, nc: int, device: torch.device) -> tuple
     """For a loaded inference model: the checked image size, fp16 on CUDA (with a warm-up pass) and the rect val
     loader of `opt.task` → (loader, dataset, img_size)."""
     gs = max(int(model.stride.max()), 32)
-    img_size = check_img_size(opt.img_size, gs)
+    fixed = getattr(model, 'fixed_size', None)  # exported graphs: one size, letterboxed squares (no rect batches)
+    if fixed is not None and (fixed[0] != fixed[1] or fixed[0] != opt.img_size):
+        if fixed[0] != fixed[1]:
+            raise ExportError(f'the exported graphs take {fixed[0]}x{fixed[1]} images; evaluation needs a square '
+                              'export (export.py --img-size N)')
+        LOGGER.warning(f'WARNING: --img-size {opt.img_size} ignored: the exported graphs take {fixed[0]}')
+    img_size = fixed[0] if fixed is not None else check_img_size(opt.img_size, gs)
     if device.type == 'cuda':
         model.half()
         model(prepare_input(torch.zeros(1, 3, img_size, img_size), model))
-    loader, dataset = create_dataloader(data[opt.task], img_size, opt.batch_size, gs, opt, pad=0.5, rect=True,
-                                        prefix=f'{opt.task}: ', nc=nc)
+    # exported graphs: images load in this process (OpenVINO's runtime does not survive the loader's fork: its
+    # workers crashed at exit); letterboxing at one size is cheap beside the graphs
+    loader, dataset = create_dataloader(data[opt.task], img_size, opt.batch_size, gs, opt, pad=0.5, rect=fixed is None,
+                                        prefix=f'{opt.task}: ', nc=nc, workers=8 if fixed is None else 0)
     return loader, dataset, img_size
 
 

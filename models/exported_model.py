@@ -1,0 +1,133 @@
+"""An exported model (export.py's manifest and graphs) behind the interface test.py, get_dynamic_thres.py and
+detect.py use of a PyTorch Model: routed forward, router scores, the three stages, FLOPs (extension).
+
+So the project's own evaluator scores what is deployed (ONNX, OpenVINO fp32/bf16, OpenVINO int8). The graphs run
+on the CPU, at the manifest's fixed image size (the evaluation loader letterboxes to it instead of rect batches);
+test-time augmentation and training losses need the PyTorch model.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .export import ExportError
+from .exported import BACKENDS, ExportedDynamicModel
+
+LOGGER = logging.getLogger(__name__)
+MANIFEST_SUFFIX = '_export.yaml'
+
+
+def is_export_manifest(weights: str) -> bool:
+    """Whether --weight names an export manifest rather than a checkpoint."""
+    return str(weights).endswith(MANIFEST_SUFFIX)
+
+
+class ExportedModel(nn.Module):
+    """Model-like wrapper of ExportedDynamicModel: forward(x) → (decoded, None) with per-image routing (last_easy
+    set), or router scores (B, 1) when get_score is set; _backbone/_easy/_hard for the both-path sweep."""
+    dynamic = True
+
+    def __init__(self, manifest: str | Path, engine: str = 'onnx', precision: str = 'fp32', threads: int = 0
+                 ) -> None:
+        super().__init__()
+        self.runner = ExportedDynamicModel(manifest, engine, precision=precision, threads=threads)
+        spec = self.runner.manifest
+        self.engine, self.precision = engine, spec.precision if spec.precision == 'int8' else precision
+        self.register_buffer('stride', torch.tensor(spec.stride))
+        self.input_param = nn.Parameter(torch.zeros(0), requires_grad=False)  # device and dtype of the inputs
+        self.yaml = {'nc': spec.nc}
+        self.fixed_size = tuple(spec.img_size)  # (h, w) the graphs were exported at
+        self.get_score, self.last_easy = False, None
+        self.eval()
+
+    @property
+    def dy_thres(self) -> float:
+        """The routing threshold (score >= it: easy path)."""
+        return self.runner.dy_thres
+
+    @dy_thres.setter
+    def dy_thres(self, value: float) -> None:
+        self.runner.dy_thres = float(value)
+
+    def description(self) -> str:
+        """e.g. 'openvino int8 graphs of dy-yolov7_int8_export.yaml at 640x640'."""
+        h, w = self.fixed_size
+        return f'{self.engine} {self.precision} graphs at {h}x{w}'
+
+    def _array(self, x: torch.Tensor) -> np.ndarray:
+        if tuple(x.shape[2:]) != self.fixed_size:
+            raise ExportError(f'the exported graphs take {self.fixed_size[0]}x{self.fixed_size[1]} images, got '
+                              f'{x.shape[2]}x{x.shape[3]}; letterbox to the export size (or re-export)')
+        return np.ascontiguousarray(x.detach().float().cpu().numpy())
+
+    def forward(self, x: torch.Tensor, augment: bool = False):
+        """Routed detections (B, N, nc+5) and None (no raw maps); router scores (B, 1) with get_score."""
+        if augment:
+            raise ExportError('--augment needs the PyTorch checkpoint: the exported graphs run one image size')
+        arr = self._array(x)
+        if self.get_score:
+            return torch.from_numpy(self.runner.scores_and_features(arr)[0]).view(-1, 1)
+        decoded, easy = self.runner(arr)
+        self.last_easy = torch.from_numpy(easy)
+        return torch.from_numpy(decoded), None
+
+    def eval_chunk(self, x: torch.Tensor) -> int:
+        """The whole batch at once (the runtime sizes its own work)."""
+        return max(len(x), 1)
+
+    def _backbone(self, x: torch.Tensor) -> tuple[tuple[np.ndarray, dict], torch.Tensor]:
+        arr = self._array(x)
+        score, by_index = self.runner.scores_and_features(arr)
+        return (arr, by_index), torch.from_numpy(score).view(-1, 1)
+
+    def _stage(self, part: str, b1: tuple[np.ndarray, dict]):
+        arr, by_index = b1
+        return torch.from_numpy(self.runner.head(part, arr, by_index, np.arange(len(arr)))), None
+
+    def _easy(self, b1: tuple[np.ndarray, dict]):
+        return self._stage('easy', b1)
+
+    def _hard(self, x: torch.Tensor, b1: tuple[np.ndarray, dict]):
+        return self._stage('hard', b1)
+
+    def flops(self, img_size=None) -> dict[str, float]:
+        """GFLOPs per path at the export size (written by export.py; the graphs run no other size)."""
+        gflops = self.runner.manifest.gflops
+        return {'easy': float(gflops.get('easy', 0.0)), 'hard': float(gflops.get('hard', 0.0))}
+
+
+def load_exported(weights: str, engine: str, device: torch.device, precision: str = 'fp32') -> ExportedModel:
+    """The manifest `weights` run by `engine` on the CPU; one-line errors for another device or engine."""
+    if engine not in BACKENDS:
+        raise ExportError(f'--engine {engine}: one of {", ".join(BACKENDS)}')
+    if device.type != 'cpu':
+        raise ExportError(f'{weights}: exported graphs run on the CPU here; pass --device cpu')
+    model = ExportedModel(weights, engine, precision)
+    LOGGER.info(f'Exported model: {model.description()} ({weights})')
+    return model
+
+
+def load_inference_model(opt, nc: int, device: torch.device):
+    """What test.py, get_dynamic_thres.py and detect.py run: the export manifest --weight names (--engine, --bf16
+    as OpenVINO's precision), else --cfg with the checkpoint --weight (load_for_inference, CLI memory settings)."""
+    engine = getattr(opt, 'engine', None)
+    if not is_export_manifest(opt.weight):
+        if engine:
+            raise ExportError(f'--engine {engine} runs an export manifest (--weight <stem>_export.yaml from '
+                              'export.py); leave it out for a .pt checkpoint')
+        from .inference import load_for_inference
+        return load_for_inference(opt.cfg, opt.weight, nc, device, opt.compile, opt.bf16, retain_memory=True)
+    if getattr(opt, 'compile', None):
+        raise ExportError('--compile applies to PyTorch checkpoints; an export manifest runs in its own engine')
+    engine = engine or ('openvino' if '_int8' in Path(opt.weight).name else 'onnx')
+    if opt.bf16 and engine != 'openvino':
+        raise ExportError('--bf16 with an export manifest sets OpenVINO\'s precision; pass --engine openvino')
+    model = load_exported(opt.weight, engine, device, 'bf16' if opt.bf16 else 'fp32')
+    if model.yaml['nc'] != nc:
+        raise ExportError(f'{opt.weight}: exported for {model.yaml["nc"]} classes, the data has {nc}; use the '
+                          'matching data YAML (or --num-classes) or re-export')
+    return model
