@@ -89,8 +89,12 @@ def compile_ir(path: Path, precision: str = 'fp32', threads: int = 0) -> Callabl
     return run
 
 
-def ignored_scopes(manifest: ExportManifest, nncf: Any) -> dict[str, Any]:
-    """NNCF ignored scopes per graph: the router in part 1, each head's IDetect decode (see the module doc)."""
+def ignored_scopes(manifest: ExportManifest, nncf: Any, keep_fp32: bool = True) -> dict[str, Any]:
+    """NNCF ignored scopes per graph: the router in part 1, each head's IDetect decode (see the module doc); with
+    keep_fp32 False none (everything NNCF can quantize is: benchmarks/bench_int8.py measures what that costs)."""
+    if not keep_fp32:
+        return {part: nncf.IgnoredScope() for part in PARTS}
+
     def head(section: str) -> Any:
         index = manifest.detect_index.get(section)
         if index is None:
@@ -102,13 +106,13 @@ def ignored_scopes(manifest: ExportManifest, nncf: Any) -> dict[str, Any]:
 
 
 def quantize_int8(manifest: ExportManifest, folder: Path, base: Path, images: Sequence[np.ndarray],
-                  calibration: str) -> Path:
+                  calibration: str, keep_fp32: bool = True) -> Path:
     """Quantize the three IRs on `images` ((1, 3, H, W) float32 in [0, 1], letterboxed at the export size) and
     write them with an int8 manifest beside the fp32 one; returns the int8 manifest's path."""
     ov = require('openvino', 'int8 quantization')
     nncf = require('nncf', 'int8 quantization')
     logging.getLogger('nncf').setLevel(logging.WARNING)  # NNCF logs every statistics pass at INFO
-    scopes = ignored_scopes(manifest, nncf)
+    scopes = ignored_scopes(manifest, nncf, keep_fp32)
     quantized, files = {}, {}
 
     def quantize(part: str, inputs: list[list[np.ndarray]]) -> None:
