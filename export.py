@@ -13,7 +13,8 @@ int8 for CPUs (OpenVINO + NNCF post-training quantization; router and box decode
     python export.py --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --num-classes 80 \
         --img-size 640 --include openvino --int8 --data data/coco.yaml --calib-images 300
 
-also writes <weight stem>_int8_part1/_easy/_hard.xml and <weight stem>_int8_export.yaml.
+also writes <weight stem>_int8_part1/_easy/_hard.xml and <weight stem>_int8_export.yaml. `--int8 keep-routes` leaves backbone 1
+and the router in fp32, so every route is fp32's and only the heads run int8.
 """
 from __future__ import annotations
 
@@ -47,7 +48,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--dy-thres', type=float, default=DEFAULT_DY_THRES, help='default threshold written to the manifest')
     p.add_argument('--include', nargs='+', default=['onnx'], choices=FORMATS,
                    help='formats to write (openvino is converted from the ONNX graphs, which are written too)')
-    p.add_argument('--int8', action='store_true', help='also quantize the OpenVINO graphs to int8 (needs --data)')
+    p.add_argument('--int8', nargs='?', const='all', default=None, choices=('all', 'keep-routes'), metavar='MODE',
+                   help='also quantize the OpenVINO graphs to int8 (needs --data); MODE keep-routes leaves backbone 1 '
+                        'and the router in fp32, so every route is fp32\'s (all, the default: only the router and '
+                        'the box decode stay fp32)')
     p.add_argument('--data', default='', help='data.yaml whose train split calibrates --int8')
     p.add_argument('--calib-images', type=int, default=DEFAULT_CALIB_IMAGES,
                    help='calibration images for --int8 (evenly spaced over the train split)')
@@ -109,7 +113,7 @@ def run(opt: argparse.Namespace) -> Path:
     if opt.int8:
         images, source = calibration_images(opt.data, tuple(size), opt.calib_images)
         LOGGER.info(f'int8: quantizing the three graphs with NNCF on {source}')
-        int8 = quantize_int8(manifest, folder, base, images, source)
+        int8 = quantize_int8(manifest, folder, base, images, source, keep_routes=opt.int8 == 'keep-routes')
         LOGGER.info('int8 graphs and their manifest: %s (run with --engine openvino)', int8)
     return path
 

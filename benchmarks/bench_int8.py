@@ -1,6 +1,6 @@
 """What int8 costs in accuracy and routes: the project's evaluator on a trained model, PyTorch fp32 against its
-OpenVINO graphs at fp32 and int8 (export.py --int8), and int8 with nothing kept in fp32 (router and box decode
-quantized too), on the same letterboxed images.
+OpenVINO graphs at fp32, int8 (export.py --int8), int8 with backbone 1 + router in fp32 (--int8 keep-routes) and int8
+with nothing kept in fp32 (router and box decode quantized too), on the same letterboxed images.
 
     python benchmarks/bench_int8.py        # the demo's model: runs/demo (python demo.py), its 128 held-out images
     python benchmarks/bench_int8.py --weight W.pt --cfg cfg/dy-yolov7-step2.yaml --data data/coco.yaml --img 640
@@ -45,10 +45,16 @@ def exported_engines(model, opt: argparse.Namespace, folder: Path) -> dict[str, 
     fp32 = manifest.save(folder / 'model_export.yaml')
     images, source = calibration_images(opt.data, (opt.img, opt.img), opt.calib_images)
     print(f'calibration: {source}', flush=True)
-    int8 = quantize_int8(manifest, folder, base, images, source)
-    bare = quantize_int8(manifest, folder, folder / 'bare', images, source, keep_fp32=False)
-    return {name: ExportedModel(path, 'openvino') for name, path in
-            (('openvino fp32', fp32), ('openvino int8', int8), ('int8, nothing kept fp32', bare))}
+    variants = {'openvino fp32': fp32,
+                'openvino int8': quantize_int8(manifest, folder, base, images, source),
+                'int8 keep-routes': quantize_int8(manifest, folder, folder / 'routes', images, source,
+                                                  keep_routes=True),
+                'int8, nothing kept fp32': quantize_int8(manifest, folder, folder / 'bare', images, source,
+                                                         keep_fp32=False)}
+    if opt.bias_correction:
+        variants['int8, full bias correction'] = quantize_int8(manifest, folder, folder / 'bc', images, source,
+                                                               fast_bias_correction=False)
+    return {name: ExportedModel(path, 'openvino') for name, path in variants.items()}
 
 
 def main() -> None:
@@ -59,6 +65,7 @@ def main() -> None:
     p.add_argument('--img', type=int, default=128)
     p.add_argument('--calib-images', type=int, default=DEFAULT_CALIB_IMAGES)
     p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--bias-correction', action='store_true', help="also NNCF's full (slow) bias correction")
     opt = p.parse_args()
     if not Path(opt.weight).is_file():
         sys.exit(f'{opt.weight}: no such checkpoint; run python demo.py first (or pass --weight/--cfg/--data)')

@@ -279,6 +279,7 @@ def cell_rows(cfg: str, engines: list[Engine], size: int, flops: dict[str, float
     seconds = interleaved_seconds([e.cell(path, batch, size) for e in engines], reps)
     base = next((s for e, s in zip(engines, seconds) if e.name == 'plain'), None)
     model = next(e.model for e in engines if e.model is not None)
+    device_type = next(model.parameters()).device.type
     gflops = {'easy': flops['easy'], 'hard': flops['hard'], 'mixed': (flops['easy'] + flops['hard']) / 2}[path]
     name = Path(cfg).stem.rsplit('-step', 1)[0]
     ref = reference_figure(name, path, size, batch, model)
@@ -287,6 +288,8 @@ def cell_rows(cfg: str, engines: list[Engine], size: int, flops: dict[str, float
         ips = batch / s
         tflops = gflops * ips / 1e3
         peak_of = {'fp32': 0, 'fp16': 1, 'bf16': 1}.get(engine.precision)  # no int8 peak is measured
+        if engine.precision == 'bf16' and device_type == 'cpu' and not native_bf16():
+            peak_of = None  # the bf16 peak is torch's emulation; OpenVINO runs such rows in fp32 instead
         share = f'{100 * tflops / peak[peak_of]:5.1f}%' if peak and peak_of is not None else '     -'
         ratio = f'{base / s:6.2f}x' if base else '      -'
         lines.append(f'{name:<14} {size:>5} {batch:>5} {path:<6} {engine.precision:<5} {engine.name:<6} '

@@ -106,9 +106,11 @@ def ignored_scopes(manifest: ExportManifest, nncf: Any, keep_fp32: bool = True) 
 
 
 def quantize_int8(manifest: ExportManifest, folder: Path, base: Path, images: Sequence[np.ndarray],
-                  calibration: str, keep_fp32: bool = True) -> Path:
-    """Quantize the three IRs on `images` ((1, 3, H, W) float32 in [0, 1], letterboxed at the export size) and
-    write them with an int8 manifest beside the fp32 one; returns the int8 manifest's path."""
+                  calibration: str, keep_fp32: bool = True, keep_routes: bool = False,
+                  fast_bias_correction: bool = True) -> Path:
+    """Quantize the IRs on `images` ((1, 3, H, W) float32 in [0, 1], letterboxed at the export size) and write them
+    with an int8 manifest beside the fp32 one; returns the int8 manifest's path. keep_routes leaves part 1
+    (backbone 1 + router) in fp32, so every route is fp32's and only the heads run int8."""
     ov = require('openvino', 'int8 quantization')
     nncf = require('nncf', 'int8 quantization')
     logging.getLogger('nncf').setLevel(logging.WARNING)  # NNCF logs every statistics pass at INFO
@@ -117,8 +119,9 @@ def quantize_int8(manifest: ExportManifest, folder: Path, base: Path, images: Se
 
     def quantize(part: str, inputs: list[list[np.ndarray]]) -> None:
         model = ov.Core().read_model(str(folder / manifest.files[part + OPENVINO_KEY]))
-        quantized[part] = nncf.quantize(model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.MIXED,
-                                        subset_size=len(inputs), ignored_scope=scopes[part])
+        quantized[part] = model if part == 'part1' and keep_routes else nncf.quantize(
+            model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.MIXED, subset_size=len(inputs),
+            ignored_scope=scopes[part], fast_bias_correction=fast_bias_correction)
         xml = base.with_name(f'{base.name}_int8_{part}.xml')
         ov.save_model(quantized[part], str(xml), compress_to_fp16=False)
         files[part + OPENVINO_KEY] = xml.name
@@ -131,7 +134,8 @@ def quantize_int8(manifest: ExportManifest, folder: Path, base: Path, images: Se
         quantize(part, [[x if n == 'images' else out[1 + manifest.features.index(int(n[1:]))] for n in names]
                         for x, out in zip(images, outs)])
     int8 = ExportManifest(**{**asdict(manifest), 'files': files, 'precision': 'int8',
-                             'calibration': {'images': len(images), 'source': calibration}})
+                             'calibration': {'images': len(images), 'source': calibration,
+                                             'keep_routes': keep_routes}})
     return int8.save(base.with_name(f'{base.name}_int8_export.yaml'))
 
 

@@ -154,3 +154,22 @@ def test_bad_openvino_input_is_one_line(exported: dict, tmp_path: Path, capsys) 
                                              '--engine', 'openvino', '--data', str(exported['data']), '--device',
                                              'cpu', '--project', str(tmp_path)], capsys)
     assert '--engine openvino runs an export manifest' in line
+
+
+def test_int8_keep_routes_quantizes_only_the_heads(exported: dict, tmp_path: Path) -> None:
+    """--int8 keep-routes: part 1 (backbone 1 + router) stays fp32, so scores and routes equal the fp32 graphs' bit
+    for bit, while both heads are quantized."""
+    import openvino as ov
+
+    from models.openvino_export import quantize_int8, read_manifest
+    folder = exported['manifest'].parent
+    images = [dark_to_bright(2, IMG, seed=4)[i:i + 1].numpy() for i in range(2)]
+    path = quantize_int8(read_manifest(exported['manifest']), folder, tmp_path / 'routes', images, 'test',
+                         keep_routes=True)
+    spec = yaml.safe_load(path.read_text())
+    count = {part: sum(op.get_type_name() == 'FakeQuantize' for op in ov.Core().read_model(
+        str(path.parent / spec['files'][f'{part}_openvino'])).get_ordered_ops()) for part in ('part1', 'easy', 'hard')}
+    assert count['part1'] == 0 and count['easy'] > 10 and count['hard'] > 10 and spec['calibration']['keep_routes']
+    x = dark_to_bright(6, IMG, seed=1).numpy()
+    fp32, int8 = (ExportedDynamicModel(m, 'openvino').scores_and_features(x)[0] for m in (exported['manifest'], path))
+    np.testing.assert_array_equal(int8, fp32)
