@@ -32,7 +32,7 @@ import train_step1
 import train_step2
 from models.checkpoint import copy_checkpoint
 from utils import demo_detector as shipped
-from utils.cli import increment_path, run_cli
+from utils.cli import HelpFormatter, increment_path, run_cli
 from utils.data.data_config import load_data_config
 from utils.data.synthetic import generate_dataset
 from utils.demo_detector import NUM_CLASSES, VAL_FRACTION, BuildRecipe
@@ -53,8 +53,7 @@ DEMO_IMAGES, SCRATCH_EPOCHS, ROUTER_EPOCHS = 640, 20, 10
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """Demo flags: which mode, where to write, how much data and training."""
-    p = argparse.ArgumentParser(prog='demo.py', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog='demo.py', description=__doc__, formatter_class=HelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument('--from-scratch', action='store_true', help='train step 1 too instead of using the shipped '
                       'detector (its verdict varies with seed, machine and versions)')
@@ -62,22 +61,23 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                       'with its manifest to --detector (about an hour on 2 cores)')
     p.add_argument('--detector', default=str(shipped.SHIPPED_DIR),
                    help='folder of the shipped detector and its manifest')
-    p.add_argument('--out', default=None, help='output folder (a new numbered one if it exists; default runs/demo, '
+    p.add_argument('--out', default=None, help='output folder, a new numbered one if it exists (default: runs/demo; '
                    'runs/demo_detector with --build-detector)')
-    p.add_argument('--images', type=int, default=None, help=f'synthetic images ({100 * VAL_FRACTION:.0f}%% held out; '
-                   f'default {DEMO_IMAGES}, {BuildRecipe.images} with --build-detector)')
-    p.add_argument('--img', type=int, default=None, help='image size, a multiple of 32 (default 128; the shipped '
-                   'detector\'s own size without --from-scratch/--build-detector)')
-    p.add_argument('--epochs', type=int, default=None, help=f'step-1 epochs (--from-scratch: default {SCRATCH_EPOCHS};'
-                   f' --build-detector: {BuildRecipe.epochs})')
-    p.add_argument('--router-epochs', type=int, default=None, help=f'step-2 epochs (default {ROUTER_EPOCHS})')
+    p.add_argument('--images', type=int, default=None, help=f'synthetic images, {100 * VAL_FRACTION:.0f}%% held out '
+                   f'(default: {DEMO_IMAGES}; {BuildRecipe.images} with --build-detector)')
+    p.add_argument('--img', type=int, default=None, help='image size, a multiple of 32 (default: the shipped '
+                   f'detector\'s own, from its manifest; {BuildRecipe.img} with --from-scratch/--build-detector)')
+    p.add_argument('--epochs', type=int, default=None, help=f'step-1 epochs, only with --from-scratch or '
+                   f'--build-detector (default: {SCRATCH_EPOCHS}; {BuildRecipe.epochs} with --build-detector)')
+    p.add_argument('--router-epochs', type=int, default=None, help=f'step-2 epochs, not with --build-detector '
+                   f'(default: {ROUTER_EPOCHS})')
     p.add_argument('--router-loss', choices=('bce', 'adaptive'), default='bce',
                    help="step 2's router loss (train_step2.py --router-loss; 'adaptive' is the reference's)")
-    p.add_argument('--batch-size', type=int, default=8, help='training batch size (both steps)')
+    p.add_argument('--batch-size', type=int, default=8, help='training batch size (of each step trained)')
     p.add_argument('--workers', type=int, default=2, help='data loader workers')
-    p.add_argument('--device', default='', help='cuda device (0, 0,1, …) or cpu; default: CUDA if available')
+    p.add_argument('--device', default='', help='cuda device (0, 0,1, …) or cpu (default: CUDA if available)')
     p.add_argument('--seed', type=int, default=None, help='seed of training (and of the data with --from-scratch or '
-                   '--build-detector; the shipped detector\'s data seed otherwise); default 0')
+                   '--build-detector; the shipped detector\'s data seed otherwise) (default: 0)')
     opt = p.parse_args(argv)
     for bad, message in _mode_problems(opt):
         if bad:
@@ -113,7 +113,16 @@ def _fill_defaults(opt: argparse.Namespace) -> None:
                          SCRATCH_EPOCHS if opt.from_scratch else None)
     opt.router_epochs = None if opt.build_detector else default(opt.router_epochs, ROUTER_EPOCHS)
     opt.seed = default(opt.seed, 0)
-    opt.img = default(opt.img, BuildRecipe.img)
+    opt.img = default(opt.img, BuildRecipe.img if opt.from_scratch or opt.build_detector else _shipped_img(opt))
+
+
+def _shipped_img(opt: argparse.Namespace) -> int:
+    """The image size the shipped detector was trained at (its manifest's), the default demo's --img; the recipe's
+    when the manifest cannot be read (the demo then stops on that with one line, before any work)."""
+    try:
+        return int(shipped.read_manifest(Path(opt.detector))['data']['img'])
+    except (shipped.DetectorError, TypeError, ValueError):
+        return BuildRecipe.img
 
 
 def with_epoch_bar(trainer_cls: type[Trainer], bar: tqdm) -> type[Trainer]:

@@ -1,7 +1,14 @@
-r"""Detect objects in images, folders, globs, videos or a webcam with a DynamicDet checkpoint.
+r"""Detect objects in images, folders, globs, videos, webcams or network streams with a DynamicDet checkpoint.
 
     python detect.py --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --num-classes 80 \
-        --source inference/images --device 0 --dy-thres 0.5
+        --source path/to/images --device 0 --dy-thres 0.5
+    python detect.py --cfg cfg/dy-yolov7-tiny-step1.yaml --weight data/demo/dy-yolov7-tiny-demo.pt \
+        --num-classes 3 --img-size 128    # no download: the demo's detector on the sample images in data/images
+
+--source takes an image, a folder (its images, then its videos), a glob ('dir/*.jpg', quoted), a video file, a webcam
+index (0), an rtsp:// rtmp:// http:// https:// stream address, or a .txt file listing streams or webcam indexes
+(one per line; they are read live, side by side). Its default, data/images, holds four synthetic sample images
+(two easy, two hard) held out from the demo detector's training data.
 
 Flags are those of the reference's detect.py. Each image is routed by its own router score (>= --dy-thres: easy path);
 the log line says which path it took. Beyond the reference: class names from --data (else COCO's for 80 classes),
@@ -20,6 +27,7 @@ import yaml
 
 from models.exported_model import load_inference_model
 from utils.cli import (
+    HelpFormatter,
     add_detection_flags,
     add_engine_flags,
     check_detection_flags,
@@ -46,15 +54,18 @@ from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('detect')
 ROOT = Path(__file__).resolve().parent
+DEFAULT_SOURCE = 'data/images'  # shipped sample images (relative to the working directory, as --data's default)
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """The reference's flags plus an optional --data for class names."""
-    p = argparse.ArgumentParser(prog='detect.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog='detect.py', description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--cfg', type=str, default='', help='model.yaml path')
     p.add_argument('--weight', '--weights', type=str, default='', help='model.pt path')
     p.add_argument('--num-classes', type=int, default=80, help='number of classes the checkpoint was trained for')
-    p.add_argument('--source', type=str, default='inference/images', help='file, folder, glob, video, 0 for webcam')
+    p.add_argument('--source', type=str, default=DEFAULT_SOURCE,
+                   help='image, folder, glob, video, webcam index (0), rtsp/rtmp/http(s) stream address, or a .txt '
+                        'list of streams (see above)')
     p.add_argument('--img-size', type=int, default=640, help='inference size (pixels)')
     add_detection_flags(p, 0.25, 0.45)
     p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')

@@ -1,5 +1,7 @@
 r"""Export a dynamic model (step 2) as three graphs — backbone 1 + router, head 1, backbone 2 + head 2 — and a
-manifest, so that a runtime without PyTorch can route per image (extension; the reference has no export).
+manifest, so that ONNX Runtime, OpenVINO or TorchScript runs the network and each image is still routed by its own
+score (extension; the reference has no export). The runner routes in NumPy but imports torch (it accepts torch
+tensors and loads TorchScript), so PyTorch must still be installed where it runs.
 
     python export.py --cfg cfg/dy-yolov7-step2.yaml --weight weights/dy-yolov7.pt --num-classes 80 \
         --img-size 640 --include onnx torchscript
@@ -27,7 +29,15 @@ from models.export import DEFAULT_OPSET, ExportError, export_onnx, export_torchs
 from models.graph import ConfigError
 from models.inference import load_for_inference
 from models.openvino_export import DEFAULT_CALIB_IMAGES, export_openvino, quantize_int8
-from utils.cli import DEFAULT_DY_THRES, check_img_size, check_writable, fail, refuse_nan_dy_thres, run_cli
+from utils.cli import (
+    DEFAULT_DY_THRES,
+    HelpFormatter,
+    check_img_size,
+    check_writable,
+    fail,
+    refuse_nan_dy_thres,
+    run_cli,
+)
 from utils.data.calibration import calibration_images
 from utils.torch_utils import select_device
 
@@ -37,21 +47,22 @@ FORMATS = ('onnx', 'torchscript', 'openvino')
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """Export flags."""
-    p = argparse.ArgumentParser(prog='export.py', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog='export.py', description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--cfg', default='', help='step-2 model.yaml path')
     p.add_argument('--weight', '--weights', default='', help='model.pt path')
     p.add_argument('--num-classes', type=int, default=80, help='number of classes')
     p.add_argument('--img-size', nargs='+', type=int, default=[640], help='image size: one value or h w')
     p.add_argument('--batch-size', type=int, default=1, help='example batch (the batch axis stays dynamic)')
     p.add_argument('--static-batch', action='store_true', help='fix the batch axis to --batch-size')
-    p.add_argument('--dy-thres', type=float, default=DEFAULT_DY_THRES, help='default threshold written to the manifest')
+    p.add_argument('--dy-thres', type=float, default=DEFAULT_DY_THRES,
+                   help='threshold written to the manifest: ExportedDynamicModel\'s unless given another (test.py '
+                        'and detect.py apply their own --dy-thres)')
     p.add_argument('--include', nargs='+', default=['onnx'], choices=FORMATS,
                    help='formats to write (openvino is converted from the ONNX graphs, which are written too)')
     p.add_argument('--int8', nargs='?', const='all', default=None, choices=('all', 'keep-routes'), metavar='MODE',
-                   help='also quantize the OpenVINO graphs to int8 (needs --data); MODE keep-routes leaves backbone 1 '
-                        'and the router in fp32, so every route is fp32\'s (all, the default: only the router and '
-                        'the box decode stay fp32)')
+                   help='also quantize the OpenVINO graphs to int8 (needs --data); MODE all (when --int8 is given '
+                        'alone): only the router and the box decode stay fp32; keep-routes: backbone 1 and the router '
+                        'stay fp32 too, so every route is fp32\'s')
     p.add_argument('--data', default='', help='data.yaml whose train split calibrates --int8')
     p.add_argument('--calib-images', type=int, default=DEFAULT_CALIB_IMAGES,
                    help='calibration images for --int8 (evenly spaced over the train split)')

@@ -18,7 +18,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from utils.cli import add_split_flags, check_split_flags, run_cli
+from utils.cli import HelpFormatter, add_split_flags, check_split_flags, run_cli
 from utils.evaluation.sweep import dynamic_thresholds, format_thresholds
 
 LOGGER = logging.getLogger('get_dynamic_thres')
@@ -27,9 +27,8 @@ ROOT = Path(__file__).resolve().parent
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """The reference's flags plus --sweep, --hyp and --random-orders."""
-    p = argparse.ArgumentParser(prog='get_dynamic_thres.py', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_split_flags(p, ' (--sweep only)')
+    p = argparse.ArgumentParser(prog='get_dynamic_thres.py', description=__doc__, formatter_class=HelpFormatter)
+    add_split_flags(p, ': router.json always; sweep.csv, sweep.png, router_quality.txt with --sweep')
     p.add_argument('--augment', action='store_true', help='accepted for compatibility; scores come from one pass')
     p.add_argument('--sweep', action='store_true',
                    help='evaluate every threshold, random and oracle routing in one pass: sweep.csv, sweep.png')

@@ -18,6 +18,7 @@ import torch
 from models.exported_model import load_inference_model
 from models.yolo import Model
 from utils.cli import (
+    HelpFormatter,
     add_detection_flags,
     add_split_flags,
     check_detection_flags,
@@ -38,13 +39,17 @@ LOGGER = logging.getLogger('test')
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """The reference's flags (`--conf`/`--iou` work as prefixes); `--weights` is accepted for `--weight`."""
-    p = argparse.ArgumentParser(prog='test.py', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog='test.py', description=__doc__, formatter_class=HelpFormatter)
     add_split_flags(p)
     add_detection_flags(p, 0.001, 0.65)
     p.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
     p.add_argument('--verbose', action='store_true', help='report mAP by class')
-    p.add_argument('--save-hybrid', action='store_true', help='save label+prediction hybrid results to *.txt')
-    p.add_argument('--save-json', action='store_true', help='save a cocoapi-compatible JSON results file')
+    p.add_argument('--save-hybrid', action='store_true',
+                   help='save label+prediction hybrid results to *.txt (turns on --save-txt)')
+    p.add_argument('--save-json', action='store_true',
+                   help='save a cocoapi-compatible JSON results file (<weights stem>_predictions.json) and score '
+                        'it with pycocotools when the split has an annotation JSON (not for --task test); '
+                        'turned on automatically when --data ends in coco.yaml')
     p.add_argument('--v5-metric', action='store_true', help='assume maximum recall as 1.0 in AP calculation')
     p.add_argument('--save-results', action='store_true', help='append mAP, dy_thres and speed to a results file')
     opt = p.parse_args(argv)

@@ -27,6 +27,7 @@ from bench_speed import build  # noqa: E402
 
 from models.inference import load_for_inference, prepare_input  # noqa: E402
 from models.yolo import Model  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.data.letterbox import letterbox  # noqa: E402
 from utils.evaluation.path_records import STAGES  # noqa: E402
 from utils.evaluation.path_records import _both_paths as both_paths  # noqa: E402
@@ -53,7 +54,7 @@ def outputs(model: Model, x: torch.Tensor, seconds: dict) -> tuple[float, dict[s
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--images', default=str(DEFAULT_IMAGES), help='folder of images (searched recursively)')
     p.add_argument('--cfg', default=str(ROOT / 'cfg' / 'dy-yolov7-step2.yaml'))
     p.add_argument('--weight', default='', help='step-2 weights (default: random weights, spread router)')

@@ -24,6 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.data.dataloaders import create_dataloader  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'coco128'
@@ -55,7 +56,7 @@ def images_per_second(loader, n_batches: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--data', type=Path, default=DEFAULT_DATA, help='a coco128-style folder (train2017.txt)')
     parser.add_argument('--hyp', default=str(ROOT / 'hyp' / 'hyp.scratch.p5.yaml'))
     parser.add_argument('--img-size', type=int, default=640)

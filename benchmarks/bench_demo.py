@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.demo_detector import cpu_name  # noqa: E402
 
 MODES = {'default': [], 'from-scratch': ['--from-scratch']}
@@ -116,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run every mode and seed, print each run's verdicts and the spread; --repeat checks that a seed reproduces."""
     argv = sys.argv[1:] if argv is None else argv
     demo_flags = argv[argv.index('--') + 1:] if '--' in argv else []
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--modes', nargs='+', choices=list(MODES), default=['default'], help='demo modes (default: default)')
-    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='demo seeds (default 0-4)')
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument('--modes', nargs='+', choices=list(MODES), default=['default'], help='demo modes')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='demo seeds')
     p.add_argument('--repeat', action='store_true', help='run the first seed twice and compare the sweeps')
     p.add_argument('--threads', type=int, help='OMP_NUM_THREADS of each demo (default: unset, torch decides)')
     p.add_argument('--jobs', type=int, default=1, help='demos run at once (wall times then include the sharing)')

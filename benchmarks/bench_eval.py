@@ -31,6 +31,7 @@ from bench_data import DEFAULT_DATA, writable_view  # noqa: E402
 from models.checkpoint import load_weights  # noqa: E402
 from models.inference import prepare_for_inference  # noqa: E402
 from models.yolo import Model  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.data.dataloaders import create_dataloader  # noqa: E402
 from utils.evaluation.validator import EvalOptions, evaluate, summarize  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
@@ -53,7 +54,7 @@ def build_model(cfg: str, weight: str, device: torch.device, packed: bool = True
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--cfg', default=str(ROOT / 'cfg' / 'dy-yolov7-step2.yaml'))
     parser.add_argument('--weight', default='')
     parser.add_argument('--img-size', type=int, default=640)

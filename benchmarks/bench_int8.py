@@ -27,6 +27,7 @@ from models.export import export_onnx, split_model  # noqa: E402
 from models.exported_model import ExportedModel  # noqa: E402
 from models.inference import load_for_inference  # noqa: E402
 from models.openvino_export import DEFAULT_CALIB_IMAGES, export_openvino, quantize_int8  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.data.calibration import calibration_images  # noqa: E402
 from utils.data.data_config import load_data_config  # noqa: E402
 from utils.data.dataloaders import create_dataloader  # noqa: E402
@@ -58,7 +59,7 @@ def exported_engines(model, opt: argparse.Namespace, folder: Path) -> dict[str, 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--cfg', default=str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml'))
     p.add_argument('--weight', default=str(DEMO / 'train' / 'step2' / 'weights' / 'last.pt'))
     p.add_argument('--data', default=str(DEMO / 'data' / 'data.yaml'))

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.inference import compile_paths, prepare_for_inference, prepare_input  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.cli import add_engine_flags  # noqa: E402
+from utils.cli import HelpFormatter, add_engine_flags  # noqa: E402
 from utils.torch_utils import native_bf16, select_device, time_sync  # noqa: E402
 
 # The DynamicDet paper: FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). Shown beside GPU rows as the
@@ -312,7 +312,7 @@ def precisions(opt: argparse.Namespace, device: torch.device) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--cfgs', nargs='+', default=['cfg/dy-yolov7-step2.yaml'])
     p.add_argument('--sizes', type=int, nargs='+', default=[640, 320])
     p.add_argument('--batches', type=int, nargs='+', default=[1, 8])

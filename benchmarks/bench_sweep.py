@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 from bench_data import DEFAULT_DATA, writable_view  # noqa: E402
 from bench_eval import build_model  # noqa: E402
 
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.data.dataloaders import create_dataloader  # noqa: E402
 from utils.evaluation.path_records import collect_path_records  # noqa: E402
 from utils.evaluation.sweep import evaluate_each_threshold, sweep_rows, thresholds_from_scores  # noqa: E402
@@ -35,7 +36,7 @@ from utils.torch_utils import select_device  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--cfg', default=str(ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml'))
     parser.add_argument('--weight', default='')
     parser.add_argument('--img-size', type=int, default=320)

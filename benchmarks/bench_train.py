@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 
+from utils.cli import HelpFormatter  # noqa: E402
+
 
 def measure(opt: argparse.Namespace) -> dict:
     """Time opt.steps training steps after opt.warmup ones; returns the figures."""
@@ -78,7 +80,7 @@ def measure(opt: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--cfg', default=str(ROOT / 'cfg' / 'dy-yolov7-step1.yaml'))
     p.add_argument('--img', type=int, default=320)
     p.add_argument('--batch', type=int, default=2)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import demo  # noqa: E402
 import train_step1  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.data.synthetic import generate_dataset  # noqa: E402
 from utils.demo_detector import NUM_CLASSES, VAL_FRACTION, BuildRecipe, curve_trainer  # noqa: E402
 from utils.train.trainer import Trainer, train  # noqa: E402
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     """Generate the demo's data, run its step 1 with both heads evaluated, write heads.csv."""
     argv = sys.argv[1:] if argv is None else argv
     demo_flags = argv[argv.index('--') + 1:] if '--' in argv else []
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--seed', type=int, default=0, help='the demo seed (data and training)')
     p.add_argument('--every', type=int, default=5, help='evaluate after every this many epochs (and the last)')
     p.add_argument('--out', default='runs/demo_heads', help='output folder (a new numbered one if it exists)')

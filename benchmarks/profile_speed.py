@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_speed import batches_for, build, torch_forward  # noqa: E402
 
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.torch_utils import select_device, time_sync  # noqa: E402
 
 # Operator name fragments → kind of work (first match wins; aten and CUDA kernel names).
@@ -78,7 +79,7 @@ def report(events, wall: float, cuda: bool, reps: int, top: int) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument('--cfg', default='cfg/dy-yolov7-step2.yaml')
     p.add_argument('--size', type=int, default=640)
     p.add_argument('--batch', type=int, default=8)

@@ -1,6 +1,8 @@
 """What every script needs: logging set-up, run folders, image-size checks and one-line failures."""
 from __future__ import annotations
 
+import argparse
+import copy
 import logging
 import math
 import os
@@ -12,6 +14,26 @@ from utils.errors import UserError
 from utils.torch_utils import BF16_MODES
 
 LOGGER = logging.getLogger(__name__)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every script's --help: the description's lines kept as written (its example commands) and each flag's help
+    ending in its default (a flag without help text shows its default alone), except where that says nothing: None
+    (the help says what leaving the flag out does), a switch's False/True, '' and [] (an empty path or list)."""
+
+    @staticmethod
+    def _says_something(default) -> bool:
+        return not (default is None or default is argparse.SUPPRESS or isinstance(default, bool)
+                    or (isinstance(default, (str, list)) and not default))
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return super()._get_help_string(action) if self._says_something(action.default) else action.help
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and self._says_something(action.default):
+            action = copy.copy(action)
+            action.help = '(default: %(default)s)'
+        return super()._format_action(action)
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -108,17 +130,17 @@ def add_engine_flags(p) -> None:
     compile time per shape) and --bf16 [MODE] (bfloat16 backbones on the CPU; 'keep-routes' keeps backbone 1 in
     fp32, so every route is fp32's)."""
     p.add_argument('--compile', nargs='?', const='default', default=None, choices=COMPILE_MODES, metavar='MODE',
-                   help='torch.compile the three stages of the routed forward (extension; first batches of each '
-                        'shape are slow); MODE reduce-overhead adds CUDA-graph capture per path on a GPU, '
-                        f'one of {", ".join(COMPILE_MODES)} (default: default)')
+                   help='torch.compile the three stages of the routed forward (extension; off unless given; first '
+                        f'batches of each shape are slow); MODE is one of {", ".join(COMPILE_MODES)}, default when '
+                        '--compile is given alone; reduce-overhead adds CUDA-graph capture per path on a GPU')
     p.add_argument('--bf16', nargs='?', const='all', default=None, choices=BF16_MODES, metavar='MODE',
-                   help='CPU: run backbones and necks in bfloat16, router and heads in fp32 (extension; ~1.5x faster '
-                        'than fp32 on CPUs with AVX512-BF16 or AMX; boxes within ~1 px at 640, see README); MODE '
-                        'keep-routes keeps backbone 1 in fp32 so every route is fp32\'s (slower), one of '
-                        f'{", ".join(BF16_MODES)} (default: all)')
+                   help='CPU: run backbones and necks in bfloat16, router and heads in fp32 (extension; off unless '
+                        'given; ~1.5x faster than fp32 on CPUs with AVX512-BF16 or AMX; boxes within ~1 px at 640, see '
+                        f'README); MODE is one of {", ".join(BF16_MODES)}, all when --bf16 is given alone; keep-routes '
+                        'keeps backbone 1 in fp32 so every route is fp32\'s (slower)')
     p.add_argument('--engine', default=None, choices=('onnx', 'openvino', 'torchscript'),
                    help='with --weight <stem>_export.yaml (export.py\'s manifest): the runtime of its graphs '
-                        '(default: openvino for an int8 manifest, onnx otherwise; --bf16 sets OpenVINO\'s precision)')
+                        '(left out: openvino for an int8 manifest, onnx otherwise; --bf16 sets OpenVINO\'s precision)')
 
 
 def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:
@@ -137,8 +159,8 @@ def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:
     budget.add_argument('--gflops', type=float, default=None, metavar='G',
                         help='instead of --dy-thres: the threshold giving G mean GFLOPs per image (extension)')
     p.add_argument('--router-json', default='', metavar='FILE',
-                   help='the percentiles file for --easy-share/--gflops (default: <weights stem>.router.json beside '
-                        '--weight)')
+                   help='the percentiles file for --easy-share/--gflops (left out: <weights stem>.router.json '
+                        'beside --weight, written by get_dynamic_thres.py)')
 
 
 def check_detection_flags(p, opt) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from models.checkpoint import read_checkpoint
 from models.config import load_config
-from utils.cli import increment_path
+from utils.cli import HelpFormatter, increment_path
 from utils.errors import TrainOptionError
 from utils.hyp import load_hyp
 from utils.train.checkpoint import checkpoint_step
@@ -27,11 +27,16 @@ KEPT_ON_RESUME = ('resume', 'device', 'no_amp', 'local_rank', 'help')  # flags -
 
 def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
     """The reference's flags for train_step1.py (step 1) or train_step2.py (step 2), plus our extensions."""
-    p.add_argument('--weight', '--weights', type=str, default='', help='initial weights path ("" = from scratch)')
+    p.add_argument('--weight', '--weights', type=str, default='',
+                   help='initial weights path ("" = from scratch)' if step == 1 else
+                   'the step-1 checkpoint whose detector the router learns to route (required)')
     p.add_argument('--cfg', type=str, default='', help='model.yaml path')
     p.add_argument('--data', type=str, default='data/coco.yaml', help='data.yaml path')
-    p.add_argument('--hyp', type=str, default='hyp/hyp.scratch.p5.yaml', help='hyperparameters path')
-    p.add_argument('--epochs', type=int, default=300 if step == 1 else 2)
+    p.add_argument('--hyp', type=str, default='hyp/hyp.scratch.p5.yaml',
+                   help='hyperparameters path' if step == 1 else
+                   'hyperparameters path (step 2\'s recipe: hyp/hyp.finetune.dynamic.adam.yaml with --adam; the '
+                   'default is step 1\'s file, as in the reference)')
+    p.add_argument('--epochs', type=int, default=300 if step == 1 else 2, help='number of training epochs')
     p.add_argument('--batch-size', type=int, default=16 if step == 1 else 1,
                    help='total batch size for all GPUs' if step == 1 else
                    'total batch size; 1 is the reference, B > 1 our extension (adaptive loss per image)')
@@ -54,7 +59,10 @@ def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
                        help='adaptive: the reference\'s s·(L1 - m/2) + (1 - s)·(L2 + m/2), linear in the score s; '
                             'bce (extension): binary cross-entropy of s against "L1 - L2 below its running median m", '
                             'which keeps scores off 0 and 1 (see README)')
-    p.add_argument('--adam', action='store_true', help='use torch.optim.Adam() optimizer')
+    p.add_argument('--adam', action='store_true',
+                   help='use torch.optim.Adam() (beta1 = hyp momentum) instead of Nesterov SGD' if step == 1 else
+                   'use torch.optim.AdamW() (beta1 = hyp momentum, as the reference\'s step 2) instead of '
+                   'Nesterov SGD')
     p.add_argument('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in DDP mode')
     p.add_argument('--local_rank', '--local-rank', type=int, default=-1, help='DDP parameter, do not modify')
     p.add_argument('--workers', type=int, default=8, help='maximum number of dataloader workers')
@@ -86,7 +94,7 @@ def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
 
 def parse_train_options(prog: str, step: int, description: str, argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line of train_step1.py / train_step2.py."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     add_train_flags(p, step)
     return p.parse_args(argv)
 
