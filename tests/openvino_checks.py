@@ -101,15 +101,13 @@ def test_int8_keeps_router_and_decode_in_fp32_and_routes_as_fp32(exported: dict)
 
 def test_test_py_evaluates_manifests_and_openvino_equals_onnx(exported: dict, tmp_path: Path) -> None:
     """test.py --weight <manifest>: the fp32 graphs give the same metrics under onnxruntime and OpenVINO (both
-    fp32), the int8 manifest runs with OpenVINO by default, and every image is routed."""
+    fp32)."""
     def run(manifest: Path, *extra: str) -> tuple:
         return test_script.run_test(test_script.parse_opt([
             '--weight', str(manifest), '--data', str(exported['data']), '--img-size', str(IMG), '--batch-size', '2',
             '--device', 'cpu', '--project', str(tmp_path), '--dy-thres', '0.5', *extra]))[0]
-    onnx, openvino, int8 = run(exported['manifest']), run(exported['manifest'], '--engine', 'openvino'), \
-        run(exported['int8'])
-    np.testing.assert_allclose(openvino, onnx, atol=1e-3)
-    assert all(np.isfinite(int8))
+    onnx, openvino = run(exported['manifest']), run(exported['manifest'], '--engine', 'openvino')
+    np.testing.assert_allclose(openvino, onnx, atol=1e-3)  # (the int8 manifest runs in the next test's scripts)
 
 
 def test_get_dynamic_thres_and_detect_take_a_manifest(exported: dict, tmp_path: Path) -> None:

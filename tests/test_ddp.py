@@ -43,7 +43,7 @@ def error_lines(stderr: str) -> list[str]:
     return sorted(line for line in stderr.splitlines() if ': error: ' in line and line.startswith('rank '))
 
 
-def test_two_process_ddp_on_cpu_step1_then_step2(tmp_path: Path, synthetic: dict) -> None:
+def test_two_process_ddp_step1_step2_then_a_failing_run(tmp_path: Path, synthetic: dict) -> None:
     """One torchrun, batch 4 (2 steps of 2 + 1 images per rank, each an optimizer step):
     - step 1 with autoanchor on (the default) and anchors 20x the small config's, far from 64-px labels, so rank 0
       re-fits them: every parameter and anchor buffer ends bit-identical on both ranks, and both ranks' training
@@ -53,7 +53,12 @@ def test_two_process_ddp_on_cpu_step1_then_step2(tmp_path: Path, synthetic: dict
       per-class mAPs that differ by class): both ranks drew epoch 1's images with rank 0's maps (rank 1 never
       validates: without the broadcast its weights came from all-zero maps) and both stopped after epoch 1 (rank 0's
       early stop reaches rank 1); only rank 0 logged; --sync-bn on CPU ranks says on each that it is ignored;
-    - then step 2 from its last.pt in the same process group: the router ends bit-identical on both ranks."""
+    - then step 2 from its last.pt in the same process group: the router ends bit-identical on both ranks;
+    - then a failing step 1 (batch 2: 3 steps an epoch) where rank 1's loss is NaN at every step and rank 0's finite:
+      both ranks skip each step together (rank 0 alone stepping would desynchronise DDP's all-reduce; each counts
+      3 of 5 in a row); then rank 0's checkpoint save raises (non-finite weights) and both ranks stop with rank 0's
+      one line at once. Rank 1 used to be left waiting in its next collective: torchrun then ended it without that
+      line, and a launcher that does not watch its workers would wait for the process group's 30-minute timeout."""
     far = tiny_config(dynamic=False)
     far['anchors'] = [[20 * v for v in level] for level in far['anchors']]  # 200-2400 px boxes for 64-px images
     cfg = tmp_path / 'far-anchors.yaml'
@@ -66,8 +71,13 @@ def test_two_process_ddp_on_cpu_step1_then_step2(tmp_path: Path, synthetic: dict
     step2 = ['--cfg', str(cfg2), '--weight', str(runs / 's1' / 'weights' / 'last.pt'), '--data', synthetic['data'],
              '--hyp', str(ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml'), '--epochs', '1', '--batch-size', '2',
              '--img', '64', '--device', 'cpu', '--workers', '0', '--adam', '--project', str(runs), '--name', 's2']
-    done = torchrun(tmp_path, 29533, [*step1, '--then-step2', *step2], DDP_TEST_SCRIPTED_VALIDATION='1')
-    assert done.returncode == 0, done.stderr[-3000:]
+    failing = step1_flags(synthetic, runs, 2, '--batch-size', '2', '--name', 'failing')
+    done = torchrun(tmp_path, 29533, [*step1, '--then-step2', *step2, '--then-failing-step1', *failing],
+                    DDP_TEST_SCRIPTED_VALIDATION='1')
+    expected = 'error: the weights became NaN/inf at epoch 0 (test)'
+    assert done.returncode != 0, done.stderr[-3000:]
+    assert error_lines(done.stderr) == [f'rank 0: {expected}', f'rank 1: {expected}'], done.stderr[-3000:]
+    assert done.stderr.count('step skipped (3/5 in a row)') == 2, done.stderr[-2000:]  # one per rank
     rank0, rank1 = rank_results(tmp_path)
     assert rank0.keys() == rank1.keys()
     for k in rank0:  # parameters, anchors, sampler weights, router; BN running statistics are per rank
@@ -82,21 +92,6 @@ def test_two_process_ddp_on_cpu_step1_then_step2(tmp_path: Path, synthetic: dict
     assert any(k.startswith('router ') for k in rank0)  # the step-2 trainer trains the router alone
     assert done.stderr.count('WARNING: --sync-bn ignored: SyncBatchNorm needs DDP on CUDA devices, this run has cpu '
                              'ranks') == 2
-
-
-def test_under_ddp_a_nan_on_one_rank_skips_on_both_and_an_error_on_rank_0_stops_both(tmp_path: Path,
-                                                                                   synthetic: dict) -> None:
-    """Rank 1's loss is NaN at every step, rank 0's finite: both ranks skip each of epoch 0's 3 steps together
-    (rank 0 alone stepping would desynchronise DDP's all-reduce; each rank counts 3 of 5 in a row). Then rank 0's
-    checkpoint save raises (non-finite weights): both ranks stop with rank 0's one line at once. Rank 1 used to be
-    left waiting in its next collective: torchrun then ended it without that line, and a launcher that does not
-    watch its workers would wait for the process group's 30-minute timeout."""
-    done = torchrun(tmp_path, 29534, step1_flags(synthetic, tmp_path / 'runs', 2, '--batch-size', '2'),
-                    DDP_TEST_FAIL_SAVE='1', DDP_TEST_NAN_RANK='1')
-    expected = 'error: the weights became NaN/inf at epoch 0 (test)'
-    assert done.returncode != 0, done.stderr[-2000:]
-    assert error_lines(done.stderr) == [f'rank 0: {expected}', f'rank 1: {expected}'], done.stderr[-2000:]
-    assert done.stderr.count('step skipped (3/5 in a row)') == 2, done.stderr[-2000:]  # one per rank
 
 
 @pytest.mark.parametrize('distributed,device,converts,warning', [
