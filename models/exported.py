@@ -83,17 +83,22 @@ class ExportedDynamicModel:
             raise ExportError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
         path = Path(manifest)
         self.manifest = read_manifest(path)
-        spec = self.spec = asdict(self.manifest)
-        self.dy_thres = float(spec['dy_thres'] if dy_thres is None else dy_thres)
+        self.dy_thres = float(self.manifest.dy_thres if dy_thres is None else dy_thres)
         if backend == 'openvino':
             load = partial(compile_ir, precision=precision, threads=threads)
         else:
             load = _onnx_session if backend == 'onnx' else _torchscript_module
         self.parts = {part: load(checked_file(path, self.manifest, part, backend)) for part in PARTS}
-        self.features = list(spec['features'])
+        self.features = list(self.manifest.features)
         # graphs exported with --static-batch take exactly `batch` images: smaller batches (a head's share of a routed
         # batch) are padded to it and cut back; traced TorchScript keeps a free batch axis either way
-        self.static_batch = int(spec['batch']) if backend != 'torchscript' and not spec['dynamic_batch'] else 0
+        fixed_batch = backend != 'torchscript' and not self.manifest.dynamic_batch
+        self.static_batch = int(self.manifest.batch) if fixed_batch else 0
+
+    @property
+    def spec(self) -> dict:
+        """The manifest as a plain dict (as written to YAML)."""
+        return asdict(self.manifest)
 
     def scores_and_features(self, x: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Part 1 on a float32 batch: router scores (B,) and the backbone-1 features by layer index."""
@@ -102,7 +107,7 @@ class ExportedDynamicModel:
 
     def head(self, part: str, x: np.ndarray, by_index: dict[int, np.ndarray], idx: np.ndarray) -> np.ndarray:
         """Decoded detections of the images `idx` through 'easy' (head 1) or 'hard' (backbone 2 + head 2)."""
-        names = input_names(part, self.spec['easy_features'], self.spec['hard_features'])
+        names = input_names(part, self.manifest.easy_features, self.manifest.hard_features)
         return self._run(part, [x[idx] if n == 'images' else by_index[int(n[1:])][idx] for n in names])[0]
 
     def _run(self, part: str, arrays: list[np.ndarray]) -> list[np.ndarray]:

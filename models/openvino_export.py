@@ -115,20 +115,21 @@ def quantize_int8(manifest: ExportManifest, folder: Path, base: Path, images: Se
     nncf = require('nncf', 'int8 quantization')
     logging.getLogger('nncf').setLevel(logging.WARNING)  # NNCF logs every statistics pass at INFO
     scopes = ignored_scopes(manifest, nncf, keep_fp32)
-    quantized, files = {}, {}
+    files = {}
 
-    def quantize(part: str, inputs: list[list[np.ndarray]]) -> None:
+    def quantize(part: str, inputs: list[list[np.ndarray]]) -> Path:
         model = ov.Core().read_model(str(folder / manifest.files[part + OPENVINO_KEY]))
-        quantized[part] = model if part == 'part1' and keep_routes else nncf.quantize(
-            model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.MIXED, subset_size=len(inputs),
-            ignored_scope=scopes[part], fast_bias_correction=fast_bias_correction)
+        if not (part == 'part1' and keep_routes):
+            model = nncf.quantize(model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.MIXED,
+                                  subset_size=len(inputs), ignored_scope=scopes[part],
+                                  fast_bias_correction=fast_bias_correction)
         xml = base.with_name(f'{base.name}_int8_{part}.xml')
-        ov.save_model(quantized[part], str(xml), compress_to_fp16=False)
+        ov.save_model(model, str(xml), compress_to_fp16=False)
         files[part + OPENVINO_KEY] = xml.name
+        return xml
 
-    quantize('part1', [[x] for x in images])
-    part1 = ov.Core().compile_model(quantized['part1'], 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
-    outs = [[np.array(t) for t in part1(x).values()] for x in images]  # score, then the features in order
+    part1 = compile_ir(quantize('part1', [[x] for x in images]))  # run as it will be deployed
+    outs = [part1(x) for x in images]  # score, then the features in order
     for part in ('easy', 'hard'):
         names = input_names(part, manifest.easy_features, manifest.hard_features)
         quantize(part, [[x if n == 'images' else out[1 + manifest.features.index(int(n[1:]))] for n in names]
