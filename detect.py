@@ -135,8 +135,9 @@ def load_detector(opt: argparse.Namespace) -> Detector:
         model.half()
     stride = int(model.stride.max())
     options = DetectOptions(opt.conf_thres, opt.iou_thres, opt.classes, opt.agnostic_nms, opt.augment)
-    fixed = getattr(model, 'fixed_size', None)  # exported graphs take one size
-    return Detector(model, fixed[0] if fixed else check_img_size(opt.img_size, stride), stride, options)
+    fixed = getattr(model, 'fixed_size', None) is not None  # exported graphs take one (h, w)
+    size = model.input_size(opt.img_size) if fixed else check_img_size(opt.img_size, stride)
+    return Detector(model, size, stride, options)
 
 
 def run_detect(opt: argparse.Namespace) -> Path:

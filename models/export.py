@@ -11,27 +11,19 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from utils.errors import UserError
-from utils.general import file_digest
-
+from .export_manifest import ExportError, ExportManifest
 from .inference import prepare_input
 from .yolo import Model
 
 LOGGER = logging.getLogger(__name__)
 PARTS = ('part1', 'easy', 'hard')
 DEFAULT_OPSET = 17
-
-
-class ExportError(UserError, RuntimeError):
-    """A graph that cannot be exported or written, or a manifest or graph that cannot be used; one line naming the
-    file and the fix (models.exported re-exports it)."""
 
 
 def onnx_opsets() -> range:
@@ -62,38 +54,6 @@ def reported_as_export_error(path: Path, what: str, fix: str = '') -> Iterator[N
 
 def _b1_reads(section) -> set[int]:
     return {r.index for refs in section.refs for r in refs if r.source == 'b1'}
-
-
-@dataclass
-class ExportManifest:
-    """What the runner needs besides the graphs; written as YAML beside them."""
-    cfg: str
-    img_size: list[int]
-    batch: int
-    dynamic_batch: bool
-    dy_thres: float
-    stride: list[float]
-    nc: int
-    features: list[int]  # backbone-1 layer indices returned by part 1, in order
-    easy_features: list[int]
-    hard_features: list[int]
-    files: dict[str, str] = field(default_factory=dict)
-    detect_index: dict[str, int] = field(default_factory=dict)  # IDetect's layer index in model_h / model_h2
-    gflops: dict[str, float] = field(default_factory=dict)  # per path at img_size, as Model.flops counts them
-    precision: str = 'fp32'  # 'int8': NNCF-quantized OpenVINO graphs
-    calibration: dict = field(default_factory=dict)  # int8: images used and where they came from
-    digests: dict[str, str] = field(default_factory=dict)  # SHA-256 of each file, checked when loaded
-
-    def save(self, path: Path) -> Path:
-        """Write as YAML (plain types only, safe to read back) with the SHA-256 of every listed file (OpenVINO's
-        .bin beside its .xml), which loading checks; returns path."""
-        self.digests = {}
-        for name in self.files.values():
-            for file in [path.parent / name] + ([(path.parent / name).with_suffix('.bin')] if name.endswith('.xml')
-                                                else []):
-                self.digests[file.name] = file_digest(file)
-        path.write_text(yaml.safe_dump(asdict(self), sort_keys=False))
-        return path
 
 
 class _Part1(nn.Module):
@@ -151,6 +111,21 @@ def split_model(model: Model, img_size: tuple[int, int], batch: int, dynamic_bat
     examples = {'part1': (x,), 'easy': tuple(by_index[i] for i in easy_f),
                 'hard': (x, *(by_index[i] for i in hard_f))}
     return parts, examples, manifest
+
+
+def batch_chunks(arrays: list[np.ndarray] | tuple[np.ndarray, ...], batch: int) -> list[list[np.ndarray]]:
+    """Inputs with one leading batch as chunks of exactly `batch` (a graph with a fixed batch axis takes no other);
+    the last padded with zero images, whose outputs the caller cuts off. batch 0: one chunk, as given."""
+    n = len(arrays[0])
+    if not batch or n == batch:
+        return [[np.ascontiguousarray(a) for a in arrays]]
+    chunks = []
+    for start in range(0, n, batch):
+        part = [a[start:start + batch] for a in arrays]
+        if len(part[0]) < batch:
+            part = [np.concatenate((a, np.zeros((batch - len(a), *a.shape[1:]), a.dtype))) for a in part]
+        chunks.append([np.ascontiguousarray(a) for a in part])
+    return chunks
 
 
 def input_names(part: str, easy_features: list[int], hard_features: list[int]) -> list[str]:

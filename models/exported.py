@@ -2,7 +2,8 @@
 
     runner = ExportedDynamicModel('weights/dy-yolov7_export.yaml')            # ONNX via onnxruntime
     runner = ExportedDynamicModel('weights/dy-yolov7_export.yaml', 'torchscript')
-    runner = ExportedDynamicModel('weights/dy-yolov7_int8_export.yaml', 'openvino')  # export.py --int8
+    runner = ExportedDynamicModel('weights/dy-yolov7_int8_export.yaml')       # export.py --int8: OpenVINO
+    runner = ExportedDynamicModel('weights/dy-yolov7_export.yaml', 'openvino', precision='bf16', threads=4)
     detections, easy = runner(images)   # float (B, 3, H, W) in [0, 1] → (B, N, nc+5), bool (B,)
 """
 from __future__ import annotations
@@ -10,27 +11,29 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from utils.general import file_digest
-
-from .export import PARTS, ExportError, ExportManifest, input_names
-from .openvino_export import OPENVINO_KEY, compile_ir, read_manifest
+from .export import PARTS, batch_chunks, input_names
+from .export_manifest import ExportError, ExportManifest, check_digest, manifest_file, read_manifest
+from .openvino_export import OPENVINO_KEY, fp32_patterns
+from .openvino_runtime import CompiledGraph
 
 __all__ = ['ExportError', 'ExportedDynamicModel']  # ExportError lives in models.export, which cannot import this
 
 
-def _onnx_session(path: Path) -> Callable:
+def _onnx_session(path: Path, threads: int = 0) -> Callable:
     try:
         import onnxruntime as ort
     except ImportError:
         raise ExportError('onnxruntime is not installed: pip install onnxruntime (or use backend="torchscript")') \
             from None
-    session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
     names = [i.name for i in session.get_inputs()]
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
@@ -38,7 +41,9 @@ def _onnx_session(path: Path) -> Callable:
     return run
 
 
-def _torchscript_module(path: Path) -> Callable:
+def _torchscript_module(path: Path, threads: int = 0) -> Callable:
+    if threads:  # torch's thread count is the process's: TorchScript has no per-module setting
+        torch.set_num_threads(int(threads))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', FutureWarning)  # TorchScript is deprecated upstream; it still runs
         module = torch.jit.load(str(path), map_location='cpu')
@@ -57,42 +62,60 @@ def _file_key(part: str, backend: str) -> str:
     return part + {'onnx': '', 'torchscript': '_torchscript', 'openvino': OPENVINO_KEY}[backend]
 
 
+def default_backend(manifest: ExportManifest) -> str:
+    """OpenVINO for int8 graphs (they exist only as OpenVINO IR), ONNX Runtime otherwise."""
+    return 'openvino' if manifest.precision == 'int8' else 'onnx'
+
+
 def checked_file(manifest_path: Path, manifest: ExportManifest, part: str, backend: str) -> Path:
-    """The graph file of `part` for `backend`, its SHA-256 (and its .bin's) checked against the manifest's."""
+    """The graph file of `part` for `backend`, inside the manifest's folder, its SHA-256 (and its .bin's) checked
+    against the manifest's."""
     name = manifest.files.get(_file_key(part, backend))
-    path = manifest_path.parent / name if name else None
+    if not name and manifest.precision == 'int8':
+        raise ExportError(f'{manifest_path}: int8 graphs run on OpenVINO only; pass --engine openvino (or leave '
+                          '--engine out), or run the fp32 manifest export.py wrote beside it on this engine')
+    path = manifest_file(manifest_path, name) if name else None
     if path is None or not path.is_file():
         raise ExportError(f'{manifest_path}: no {backend} file for {part}; export with --include {backend}')
     for file in [path] + ([path.with_suffix('.bin')] if backend == 'openvino' else []):
-        expected = manifest.digests.get(file.name)
-        if expected is not None and (not file.is_file() or file_digest(file) != expected):
-            raise ExportError(f'{file}: missing or not the file {manifest_path.name} was written with (SHA-256 '
-                              'differs); rerun export.py')
+        check_digest(manifest_path, manifest, file)
     return path
 
 
 class ExportedDynamicModel:
     """Part 1 on the whole batch; head 1 on the images scoring >= dy_thres, backbone 2 + head 2 on the others.
 
-    backend 'openvino' runs the IRs with OpenVINO's CPU plugin at `precision` ('fp32', or 'bf16' where the CPU has
-    it; an int8 manifest's quantized layers run int8 either way) on `threads` threads (0: OpenVINO's choice)."""
+    backend None: OpenVINO for an int8 manifest, ONNX Runtime otherwise. `threads` (0: the runtime's choice) sets
+    ONNX Runtime's intra-op threads, OpenVINO's inference threads, or torch's (TorchScript). OpenVINO runs each graph
+    with static shapes (models/openvino_runtime.py) at `precision` 'fp32' or 'bf16' (where the CPU has it; the router
+    and the box decode stay fp32, and with keep_routes all of part 1, so every route is fp32's; an int8 manifest's
+    quantized layers run int8 either way), in 'latency' or 'throughput' `mode`."""
 
-    def __init__(self, manifest: str | Path, backend: str = 'onnx', dy_thres: float | None = None,
-                 precision: str = 'fp32', threads: int = 0) -> None:
-        if backend not in BACKENDS:
-            raise ExportError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
+    def __init__(self, manifest: str | Path, backend: str | None = None, dy_thres: float | None = None,
+                 precision: str = 'fp32', threads: int = 0, mode: str = 'latency', keep_routes: bool = False
+                 ) -> None:
         path = Path(manifest)
         self.manifest = read_manifest(path)
-        self.dy_thres = float(self.manifest.dy_thres if dy_thres is None else dy_thres)
+        backend = backend or default_backend(self.manifest)
+        if backend not in BACKENDS:
+            raise ExportError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
+        if precision != 'fp32' and backend != 'openvino':
+            raise ExportError(f'precision {precision} is OpenVINO\'s; the {backend} engine runs the graphs in fp32')
+        self.backend, self.dy_thres = backend, float(self.manifest.dy_thres if dy_thres is None else dy_thres)
+        files = {part: checked_file(path, self.manifest, part, backend) for part in PARTS}
         if backend == 'openvino':
-            load = partial(compile_ir, precision=precision, threads=threads)
+            kept = fp32_patterns(self.manifest)
+            self.parts = {part: CompiledGraph(file, 'fp32' if keep_routes and part == 'part1' else precision,
+                                              threads, mode, kept[part]) for part, file in files.items()}
+            self.precision = self.parts['easy'].precision
         else:
             load = _onnx_session if backend == 'onnx' else _torchscript_module
-        self.parts = {part: load(checked_file(path, self.manifest, part, backend)) for part in PARTS}
+            self.parts = {part: load(file, threads) for part, file in files.items()}
+            self.precision = 'fp32'
         self.features = list(self.manifest.features)
-        # graphs exported with --static-batch take exactly `batch` images: smaller batches (a head's share of a routed
-        # batch) are padded to it and cut back; traced TorchScript keeps a free batch axis either way
-        fixed_batch = backend != 'torchscript' and not self.manifest.dynamic_batch
+        # ONNX graphs exported with --static-batch take exactly `batch` images: a batch runs in chunks of it (the
+        # last padded with zero images, cut back); OpenVINO's CompiledGraph chunks itself, TorchScript's batch is free
+        fixed_batch = backend == 'onnx' and not self.manifest.dynamic_batch
         self.static_batch = int(self.manifest.batch) if fixed_batch else 0
 
     @property
@@ -111,15 +134,10 @@ class ExportedDynamicModel:
         return self._run(part, [x[idx] if n == 'images' else by_index[int(n[1:])][idx] for n in names])[0]
 
     def _run(self, part: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """One graph on `arrays` (same batch), padded with zero images to a static batch and cut back."""
+        """One graph on `arrays` (same batch), in chunks of a static batch when it has one."""
         n = len(arrays[0])
-        if self.static_batch and n != self.static_batch:
-            if n > self.static_batch:
-                raise ExportError(f'a batch of {n} images: these graphs were exported with --static-batch for '
-                                  f'batches of at most {self.static_batch}; split the batch or re-export')
-            arrays = [np.concatenate((a, np.zeros((self.static_batch - n, *a.shape[1:]), a.dtype))) for a in arrays]
-            return [out[:n] for out in self.parts[part](*arrays)]
-        return self.parts[part](*arrays)
+        results = [self.parts[part](*chunk) for chunk in batch_chunks(arrays, self.static_batch)]
+        return [np.concatenate(outs)[:n] if len(outs) > 1 else outs[0][:n] for outs in zip(*results)]
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(decoded detections (B, N, nc+5), easy mask (B,)) for a float batch (B, 3, H, W)."""

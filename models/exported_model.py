@@ -31,12 +31,15 @@ class ExportedModel(nn.Module):
     set), or router scores (B, 1) when get_score is set; _backbone/_easy/_hard for the both-path sweep."""
     dynamic = True
 
-    def __init__(self, manifest: str | Path, engine: str = 'onnx', precision: str = 'fp32', threads: int = 0
-                 ) -> None:
+    def __init__(self, manifest: str | Path, engine: str | None = None, precision: str = 'fp32', threads: int = 0,
+                 mode: str = 'latency', keep_routes: bool = False) -> None:
         super().__init__()
-        self.runner = ExportedDynamicModel(manifest, engine, precision=precision, threads=threads)
+        self.runner = ExportedDynamicModel(manifest, engine, precision=precision, threads=threads, mode=mode,
+                                           keep_routes=keep_routes)
         spec = self.runner.manifest
-        self.engine, self.precision = engine, spec.precision if spec.precision == 'int8' else precision
+        self.engine, self.mode = self.runner.backend, mode
+        hint = self.runner.precision if not keep_routes else f'{self.runner.precision} (part 1 fp32)'
+        self.precision = f'int8 ({hint} elsewhere)' if spec.precision == 'int8' else hint
         self.register_buffer('stride', torch.tensor(spec.stride))
         self.input_param = nn.Parameter(torch.zeros(0), requires_grad=False)  # device and dtype of the inputs
         self.yaml = {'nc': spec.nc}
@@ -54,9 +57,10 @@ class ExportedModel(nn.Module):
         self.runner.dy_thres = float(value)
 
     def description(self) -> str:
-        """e.g. 'openvino int8 graphs at 640x640'."""
+        """e.g. 'openvino int8 (fp32 elsewhere) graphs at 640x640, latency mode'."""
         h, w = self.fixed_size
-        return f'{self.engine} {self.precision} graphs at {h}x{w}'
+        mode = f', {self.mode} mode' if self.engine == 'openvino' else ''
+        return f'{self.engine} {self.precision} graphs at {h}x{w}{mode}'
 
     def _array(self, x: torch.Tensor) -> np.ndarray:
         if tuple(x.shape[2:]) != self.fixed_size:
@@ -94,38 +98,51 @@ class ExportedModel(nn.Module):
     def _hard(self, x: torch.Tensor, b1: tuple[np.ndarray, dict]):
         return self._stage('hard', b1)
 
+    def input_size(self, img_size: int) -> tuple[int, int]:
+        """The (h, w) the graphs run at, with a warning when the asked --img-size differs (it cannot apply)."""
+        h, w = self.fixed_size
+        if (img_size, img_size) != (h, w):
+            LOGGER.warning(f'WARNING: --img-size {img_size} ignored: the exported graphs take {h}x{w} images')
+        return h, w
+
     def flops(self, img_size=None) -> dict[str, float]:
         """GFLOPs per path at the export size (written by export.py; the graphs run no other size)."""
         gflops = self.runner.manifest.gflops
         return {'easy': float(gflops.get('easy', 0.0)), 'hard': float(gflops.get('hard', 0.0))}
 
 
-def load_exported(weights: str, engine: str, device: torch.device, precision: str = 'fp32') -> ExportedModel:
-    """The manifest `weights` run by `engine` on the CPU (ExportedDynamicModel refuses an unknown engine in one line);
-    one-line error for another device."""
+def load_exported(weights: str, engine: str | None, device: torch.device, precision: str = 'fp32', threads: int = 0,
+                  mode: str = 'latency', keep_routes: bool = False) -> ExportedModel:
+    """The manifest `weights` run by `engine` (None: the manifest's default) on the CPU; one-line error for another
+    device."""
     if device.type != 'cpu':
         raise ExportError(f'{weights}: exported graphs run on the CPU here; pass --device cpu')
-    model = ExportedModel(weights, engine, precision)
+    model = ExportedModel(weights, engine, precision, threads, mode, keep_routes)
     LOGGER.info(f'Exported model: {model.description()} ({weights})')
     return model
 
 
 def load_inference_model(opt, nc: int, device: torch.device):
     """What test.py, get_dynamic_thres.py and detect.py run: the export manifest --weight names (--engine, --bf16
-    as OpenVINO's precision), else --cfg with the checkpoint --weight (load_for_inference, CLI memory settings)."""
-    engine = getattr(opt, 'engine', None)
+    as OpenVINO's precision, --threads, --ov-mode), else --cfg with the checkpoint --weight (load_for_inference, CLI
+    memory settings, --threads as torch's)."""
+    engine, threads = getattr(opt, 'engine', None), getattr(opt, 'threads', 0) or 0
     if not is_export_manifest(opt.weight):
         if engine:
             raise ExportError(f'--engine {engine} runs an export manifest (--weight <stem>_export.yaml from '
                               'export.py); leave it out for a .pt checkpoint')
+        if threads:
+            torch.set_num_threads(threads)
         from .inference import load_for_inference
         return load_for_inference(opt.cfg, opt.weight, nc, device, opt.compile, opt.bf16, retain_memory=True)
     if getattr(opt, 'compile', None):
         raise ExportError('--compile applies to PyTorch checkpoints; an export manifest runs in its own engine')
-    engine = engine or ('openvino' if '_int8' in Path(opt.weight).name else 'onnx')
-    if opt.bf16 and engine != 'openvino':
-        raise ExportError('--bf16 with an export manifest sets OpenVINO\'s precision; pass --engine openvino')
-    model = load_exported(opt.weight, engine, device, 'bf16' if opt.bf16 else 'fp32')
+    if opt.bf16 and engine not in (None, 'openvino'):
+        raise ExportError(f'--bf16 with an export manifest sets OpenVINO\'s precision; --engine {engine} runs fp32 '
+                          'only: pass --engine openvino or drop --bf16')
+    engine = engine or ('openvino' if opt.bf16 else None)  # --bf16 is OpenVINO's precision
+    model = load_exported(opt.weight, engine, device, 'bf16' if opt.bf16 else 'fp32', threads,
+                          getattr(opt, 'ov_mode', 'latency'), opt.bf16 == 'keep-routes')
     if model.yaml['nc'] != nc:
         raise ExportError(f'{opt.weight}: exported for {model.yaml["nc"]} classes, the data has {nc}; use the '
                           'matching data YAML (or --num-classes) or re-export')

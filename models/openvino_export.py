@@ -15,20 +15,20 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from .export import PARTS, ExportError, ExportManifest, input_names
+from .export import PARTS, ExportError, ExportManifest, input_names, reported_as_export_error
+from .openvino_runtime import CompiledGraph, read_ir
 
 LOGGER = logging.getLogger(__name__)
 OPENVINO_KEY = '_openvino'  # manifest file keys: part1_openvino, easy_openvino, hard_openvino
-PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16'}  # OpenVINO's INFERENCE_PRECISION_HINT values
 DEFAULT_CALIB_IMAGES = 300
+HEAD_CONVS_FP32 = True  # each head's 1x1 output convolutions stay fp32 (benchmarks/bench_int8.py: see docs)
 
 
 def require(name: str, what: str) -> Any:
@@ -63,46 +63,37 @@ def export_openvino(manifest: ExportManifest, base: Path) -> list[Path]:
     return written
 
 
-def compile_ir(path: Path, precision: str = 'fp32', threads: int = 0) -> Callable[..., list[np.ndarray]]:
-    """A compiled IR as run(*arrays) -> outputs, on the CPU with the precision set explicitly (OpenVINO's default
-    on AVX512-BF16/AMX CPUs is bf16 even for an fp32 IR); threads 0 = OpenVINO's choice."""
-    ov = require('openvino', 'The openvino engine')
-    if precision not in PRECISIONS:
-        raise ExportError(f'OpenVINO precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
-    if not path.is_file() or not path.with_suffix('.bin').is_file():
-        raise ExportError(f'{path}: no such OpenVINO IR (.xml and .bin); rerun export.py --include openvino')
-    config = {'INFERENCE_PRECISION_HINT': PRECISIONS[precision]}
-    if threads:
-        config['INFERENCE_NUM_THREADS'] = int(threads)
-    try:
-        compiled = ov.Core().compile_model(str(path), 'CPU', config)
-    except RuntimeError as e:
-        first = (str(e).strip().splitlines() or ['unreadable'])[0]
-        raise ExportError(f'{path}: OpenVINO cannot read this IR ({first}); rerun export.py --include openvino') \
-            from None
-    request = compiled.create_infer_request()
-    outputs = list(compiled.outputs)
-
-    def run(*arrays: np.ndarray) -> list[np.ndarray]:
-        result = request.infer(list(arrays))
-        return [np.array(result[o]) for o in outputs]  # copies: the request reuses its buffers
-    return run
-
-
-def ignored_scopes(manifest: ExportManifest, nncf: Any, keep_fp32: bool = True) -> dict[str, Any]:
-    """NNCF ignored scopes per graph: the router in part 1, each head's IDetect decode (see the module doc); with
-    keep_fp32 False none (everything NNCF can quantize is: benchmarks/bench_int8.py measures what that costs)."""
-    if not keep_fp32:
-        return {part: nncf.IgnoredScope() for part in PARTS}
-
-    def head(section: str) -> Any:
+def fp32_patterns(manifest: ExportManifest) -> dict[str, list[str]]:
+    """Whole node names (regular expressions) kept in fp32 per graph: the router in part 1 and each head's IDetect
+    decode (see the module doc). The decode is the IDetect layer's own nodes; its 1x1 output convolutions (m.*)
+    belong to it too when HEAD_CONVS_FP32 says so."""
+    def head(section: str) -> list[str]:
         index = manifest.detect_index.get(section)
         if index is None:
             raise ExportError('this manifest has no detect layer indices; rerun export.py with this version')
-        return nncf.IgnoredScope(patterns=[rf'/{section}/{section}\.{index}/[^/]+'], names=['detections'],
-                                 validate=False)
-    return {'part1': nncf.IgnoredScope(patterns=[r'/router/.*'], names=['score'], validate=False),
-            'easy': head('model_h'), 'hard': head('model_h2')}
+        own = rf'/{section}/{section}\.{index}/'
+        return [own + '[^/]+', 'detections'] + ([own + r'm\.\d+/.+'] if HEAD_CONVS_FP32 else [])
+    return {'part1': [r'/router/.*', 'score'], 'easy': head('model_h'), 'hard': head('model_h2')}
+
+
+def ignored_scopes(manifest: ExportManifest, nncf: Any, keep_fp32: bool = True) -> dict[str, Any]:
+    """NNCF ignored scopes per graph from fp32_patterns (anchored at both ends: NNCF matches from the start only);
+    with keep_fp32 False none (everything NNCF can quantize is: benchmarks/bench_int8.py measures what that
+    costs)."""
+    if not keep_fp32:
+        return {part: nncf.IgnoredScope() for part in PARTS}
+    return {part: nncf.IgnoredScope(patterns=[rf'(?:{p})$' for p in patterns], validate=False)
+            for part, patterns in fp32_patterns(manifest).items()}
+
+
+def calibration_batches(images: Sequence[np.ndarray], batch: int) -> list[np.ndarray]:
+    """The (1, 3, H, W) calibration images as batches of the graphs' own batch (a --static-batch export takes only
+    that many), cycling through the images to fill the last one."""
+    if batch <= 1:
+        return list(images)
+    count = max(1, -(-len(images) // batch))
+    order = [i % len(images) for i in range(count * batch)]
+    return [np.concatenate([images[i] for i in order[k:k + batch]]) for k in range(0, len(order), batch)]
 
 
 def quantize_int8(manifest: ExportManifest, folder: Path, base: Path, images: Sequence[np.ndarray],
@@ -118,35 +109,30 @@ def quantize_int8(manifest: ExportManifest, folder: Path, base: Path, images: Se
     files = {}
 
     def quantize(part: str, inputs: list[list[np.ndarray]]) -> Path:
-        model = ov.Core().read_model(str(folder / manifest.files[part + OPENVINO_KEY]))
-        if not (part == 'part1' and keep_routes):
-            model = nncf.quantize(model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.MIXED,
-                                  subset_size=len(inputs), ignored_scope=scopes[part],
-                                  fast_bias_correction=fast_bias_correction)
+        source = folder / manifest.files[part + OPENVINO_KEY]
+        model = read_ir(source)
         xml = base.with_name(f'{base.name}_int8_{part}.xml')
-        ov.save_model(model, str(xml), compress_to_fp16=False)
+        try:
+            if not (part == 'part1' and keep_routes):
+                model = nncf.quantize(model, nncf.Dataset(inputs), preset=nncf.QuantizationPreset.MIXED,
+                                      subset_size=len(inputs), ignored_scope=scopes[part],
+                                      fast_bias_correction=fast_bias_correction)
+        except RuntimeError as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ExportError(f'{source}: int8 quantization failed: {first}') from None
+        with reported_as_export_error(xml, 'writing the int8 IR'):
+            ov.save_model(model, str(xml), compress_to_fp16=False)
         files[part + OPENVINO_KEY] = xml.name
         return xml
 
-    part1 = compile_ir(quantize('part1', [[x] for x in images]))  # run as it will be deployed
-    outs = [part1(x) for x in images]  # score, then the features in order
+    batches = calibration_batches(images, 1 if manifest.dynamic_batch else manifest.batch)
+    part1 = CompiledGraph(quantize('part1', [[x] for x in batches]))  # run as it will be deployed
+    outs = [part1(x) for x in batches]  # score, then the features in order
     for part in ('easy', 'hard'):
         names = input_names(part, manifest.easy_features, manifest.hard_features)
         quantize(part, [[x if n == 'images' else out[1 + manifest.features.index(int(n[1:]))] for n in names]
-                        for x, out in zip(images, outs)])
+                        for x, out in zip(batches, outs)])
     int8 = ExportManifest(**{**asdict(manifest), 'files': files, 'precision': 'int8',
                              'calibration': {'images': len(images), 'source': calibration,
                                              'keep_routes': keep_routes}})
     return int8.save(base.with_name(f'{base.name}_int8_export.yaml'))
-
-
-def read_manifest(path: Path) -> ExportManifest:
-    """An export manifest, or one line naming it."""
-    if not path.is_file():
-        raise ExportError(f'{path}: no such export manifest; run export.py first')
-    try:
-        spec = yaml.safe_load(path.read_text())
-        return ExportManifest(**spec)
-    except (yaml.YAMLError, TypeError) as e:
-        raise ExportError(f'{path}: not an export manifest of this version ({type(e).__name__}); '
-                          'rerun export.py') from None

@@ -162,7 +162,8 @@ def test_int8_keep_routes_quantizes_only_the_heads(exported: dict, tmp_path: Pat
     a stand-in records which graphs reach it)."""
     import nncf
 
-    from models.openvino_export import quantize_int8, read_manifest
+    from models.export_manifest import read_manifest
+    from models.openvino_export import quantize_int8
     quantized = []
 
     def record(model, dataset, **kwargs):

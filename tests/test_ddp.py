@@ -4,10 +4,13 @@ Each test launches tests/ddp_train_worker.py under `torch.distributed.run --npro
 train_helpers.synthetic_step1_set and compares what the two ranks ended with."""
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +19,9 @@ import yaml
 from models.yolo import Model
 from tests.helpers import ROOT, tiny_config
 from tests.train_helpers import results_epochs, step1_flags, synthetic_step1_set
+from utils.cli import run_cli
 from utils.train.distributed import DistContext, wants_sync_bn
+from utils.train.trainer import Trainer, TrainingError
 
 
 @pytest.fixture(scope='module')
@@ -92,6 +97,74 @@ def test_two_process_ddp_step1_step2_then_a_failing_run(tmp_path: Path, syntheti
     assert any(k.startswith('router ') for k in rank0)  # the step-2 trainer trains the router alone
     assert done.stderr.count('WARNING: --sync-bn ignored: SyncBatchNorm needs DDP on CUDA devices, this run has cpu '
                              'ranks') == 2
+
+
+def epoch_end_trainer(rank: int, failure: BaseException | None = None) -> Trainer:
+    """A Trainer reduced to what end_epoch touches, as `rank` of 2 on the CPU; its _log_and_save raises `failure`."""
+    trainer = Trainer.__new__(Trainer)
+    trainer.ctx = DistContext(rank, rank, 2, torch.device('cpu'))
+    trainer.optimizer = SimpleNamespace(param_groups=[{'lr': 0.01}])
+    trainer.scheduler = SimpleNamespace(step=lambda: None)
+
+    def log_and_save(*_args) -> bool:
+        raise failure
+    trainer._log_and_save = log_and_save
+    return trainer
+
+
+def end_epoch_on_both_ranks(failure: BaseException, monkeypatch) -> tuple[list, BaseException | None,
+                                                                          BaseException | None]:
+    """end_epoch on rank 0 (whose _log_and_save raises `failure`) then on rank 1, in this process, with a fake
+    broadcast that hands rank 1 what rank 0 sent (a real 2-process group would cost seconds); returns what rank 0
+    sent and what each rank raised (None: nothing)."""
+    wire, speaker = [], {'rank': 0}
+
+    def broadcast_object_list(box: list, src: int = 0) -> None:
+        if speaker['rank'] == 0:
+            wire.append(box[0])
+        else:
+            box[0] = wire[-1] if wire else None
+    monkeypatch.setattr(torch.distributed, 'broadcast_object_list', broadcast_object_list)
+    monkeypatch.setattr(torch.distributed, 'broadcast', lambda *_a, **_k: None)  # broadcast_flag, were it reached
+    raised = []
+    for rank in (0, 1):
+        speaker['rank'] = rank
+        try:
+            epoch_end_trainer(rank, failure if rank == 0 else None).end_epoch(0, torch.zeros(4), '')
+            raised.append(None)  # this rank went on to its next collective
+        except BaseException as e:  # whatever each rank stops with, Ctrl-C included
+            raised.append(e)
+    return wire, raised[0], raised[1]
+
+
+def test_an_os_error_at_rank_0s_epoch_end_stops_every_rank_with_its_cli_line(monkeypatch, capsys) -> None:
+    """While rank 0 validates and saves at an epoch's end the other ranks wait in end_epoch's broadcast: a full disk
+    at rank 0's save (an OSError, not a TrainingError) must reach them as the line run_cli prints on rank 0, not leave
+    them in their next collective until the process group's 30-minute timeout."""
+    full = OSError(errno.ENOSPC, 'No space left on device', 'runs/exp/weights/last.pt')
+    wire, rank0, rank1 = end_epoch_on_both_ranks(full, monkeypatch)
+    line = ('runs/exp/weights/last.pt: No space left on device; check that its folder exists, is writable and its '
+            'disk has space')
+    assert wire == [line], f'rank 0 sent {wire} before stopping; rank 1 raised {rank1!r}'
+    assert rank0 is full  # rank 0 stops with its own error: run_cli's one line there
+    assert isinstance(rank1, TrainingError) and str(rank1) == line
+    def rank_0_run(_opt) -> None:
+        raise rank0
+    with pytest.raises(SystemExit):
+        run_cli(rank_0_run, {}, logging.getLogger('test'))
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f'error: {line}'
+
+
+@pytest.mark.parametrize('failure,line', [
+    (ValueError('bad value\nsecond line'), 'rank 0 failed with ValueError: bad value; its traceback shows where'),
+    (KeyboardInterrupt(), 'rank 0 was interrupted (Ctrl-C)')])
+def test_any_failure_at_rank_0s_epoch_end_stops_every_rank(failure: BaseException, line: str, monkeypatch) -> None:
+    """A bug or Ctrl-C on rank 0 alone at an epoch's end stops the other ranks too, with one line; rank 0 re-raises
+    its own (a bug keeps its traceback there; Ctrl-C becomes the line saying how to --resume)."""
+    wire, rank0, rank1 = end_epoch_on_both_ranks(failure, monkeypatch)
+    assert wire == [line], f'rank 0 sent {wire} before stopping; rank 1 raised {rank1!r}'
+    assert rank0 is failure
+    assert isinstance(rank1, TrainingError) and str(rank1) == line
 
 
 @pytest.mark.parametrize('distributed,device,converts,warning', [

@@ -16,7 +16,7 @@ from models.checkpoint import save_checkpoint
 from models.exported import ExportedDynamicModel, ExportError
 from models.inference import load_for_inference
 from models.yolo import Model
-from tests.helpers import ROOT, dark_to_bright, spread_router, tiny_config
+from tests.helpers import ROOT, dark_to_bright, quick_step1_files, spread_router, tiny_config
 
 IMG = 64
 THRESHOLDS = ('all easy', 'three easy', 'all hard')
@@ -84,7 +84,8 @@ def test_static_batch_fixes_the_batch_axis_and_the_runner_still_routes(exported:
     """--static-batch --batch-size 6: every input and output of the three ONNX graphs has batch 6 (an int; without
     the flag a free 'batch' symbol), for runtimes that need fixed shapes; the runner still routes per image and
     detects as the model, a mixed batch's heads and a smaller batch getting padded to 6 images (before the fix ONNX
-    Runtime refused them: 'invalid dimensions'); a larger batch is one ExportError line."""
+    Runtime refused them: 'invalid dimensions'); a larger batch runs in chunks of 6 (it was an ExportError, so test.py
+    and get_dynamic_thres.py stopped at their default batch sizes)."""
     pytest.importorskip('onnxruntime', reason='onnxruntime not installed')
     cfg, weights, manifest = exported
     static = export.run(export.parse_opt(['--cfg', str(cfg), '--weight', str(weights), '--num-classes', '3',
@@ -110,8 +111,9 @@ def test_static_batch_fixes_the_batch_axis_and_the_runner_still_routes(exported:
     out, out_easy = runner(x[:5])  # a smaller (last) batch is padded too
     np.testing.assert_array_equal(out_easy, easy[:5])
     np.testing.assert_allclose(out, decoded[:5], rtol=1e-4, atol=1e-3)
-    with pytest.raises(ExportError, match='--static-batch for batches of at most 6'):
-        runner(torch.cat((x, x[:1])))
+    out, out_easy = runner(torch.cat((x, x, x[:1])))  # 13 images: chunks of 6, 6 and 1 (padded)
+    np.testing.assert_array_equal(out_easy, np.concatenate((easy, easy, easy[:1])))
+    np.testing.assert_allclose(out, np.concatenate((decoded, decoded, decoded[:1])), rtol=1e-4, atol=1e-3)
 
 
 def test_manifest_lists_the_graphs_and_the_features(exported: tuple) -> None:
@@ -145,3 +147,105 @@ def test_bad_export_input_is_one_line(tmp_path: Path, exported: tuple, capsys) -
     assert 'Traceback' not in done.stderr
     with pytest.raises(ExportError, match='no such export manifest'):
         ExportedDynamicModel(tmp_path / 'missing.yaml')
+
+
+def _manifest_copy(exported: tuple, folder: Path, **changes) -> Path:
+    """The fp32 manifest written into `folder` (its graphs stay where they are unless `files` says otherwise)
+    with `changes` applied to its fields."""
+    spec = yaml.safe_load(exported[2].read_text())
+    spec.update(changes)
+    path = folder / 'copy_export.yaml'
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_a_manifest_loads_only_its_own_checked_files(exported: tuple, tmp_path: Path, caplog) -> None:
+    """Files named outside the manifest's folder ('../x.onnx', an absolute path) are refused in one line (they were
+    loaded); a file without a recorded SHA-256 is loaded with one warning saying it is unchecked (it was silent);
+    a malformed manifest (files as a list) is one ExportError line (it was an AttributeError)."""
+    spec = yaml.safe_load(exported[2].read_text())
+    inner = tmp_path / 'inner'
+    inner.mkdir()
+    for name in (f'../../{exported[2].parent.name}/{spec["files"]["part1"]}',
+                 str(exported[2].parent / spec['files']['part1'])):
+        path = _manifest_copy(exported, inner, files={**spec['files'], 'part1': name})
+        with pytest.raises(ExportError, match='outside its own folder'):
+            ExportedDynamicModel(path, 'onnx')
+    here = _manifest_copy(exported, exported[2].parent, digests={k: v for k, v in spec['digests'].items()
+                                                                  if k != spec['files']['hard']})
+    with caplog.at_level('WARNING'):
+        ExportedDynamicModel(here, 'onnx')
+    assert [r.message for r in caplog.records if 'unchecked' in r.message] == [
+        f'WARNING: {exported[2].parent / spec["files"]["hard"]}: copy_export.yaml records no SHA-256 for it, so it is '
+        'used unchecked (rerun export.py to record one)']
+    for bad, problem in (({'files': ['a.onnx']}, 'files is a list'), ({'img_size': 64}, 'img_size is a int'),
+                         ({'nc': None}, 'nc is a NoneType')):
+        with pytest.raises(ExportError, match=f'not an export manifest of this version \\({problem}\\)'):
+            ExportedDynamicModel(_manifest_copy(exported, tmp_path, **bad), 'onnx')
+    (tmp_path / 'list_export.yaml').write_text('- a\n- b\n')
+    with pytest.raises(ExportError, match='a list, not a mapping'):
+        ExportedDynamicModel(tmp_path / 'list_export.yaml')
+
+
+def test_an_int8_manifest_names_its_engine(exported: tuple) -> None:
+    """--engine onnx on an int8 manifest says int8 graphs run on OpenVINO (it said 'export with --include onnx',
+    which cannot help); left out, the engine is OpenVINO (an int8 manifest lists OpenVINO files only)."""
+    spec = yaml.safe_load(exported[2].read_text())
+    path = _manifest_copy(exported, exported[2].parent, precision='int8',
+                          files={f'{part}_openvino': f'int8_{part}.xml' for part in ('part1', 'easy', 'hard')})
+    for engine in ('onnx', 'torchscript'):
+        with pytest.raises(ExportError, match='int8 graphs run on OpenVINO only; pass --engine openvino'):
+            ExportedDynamicModel(path, engine)
+    from models.export_manifest import read_manifest
+    from models.exported import default_backend
+    assert default_backend(read_manifest(path)) == 'openvino' and default_backend(read_manifest(exported[2])) == 'onnx'
+    assert spec['precision'] == 'fp32'
+
+
+@pytest.fixture(scope='module')
+def data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 synthetic 96-px images (2 for val)."""
+    return quick_step1_files(tmp_path_factory.mktemp('data'), 8, seed=3)[0]
+
+
+def test_detect_runs_a_non_square_export_and_says_img_size_is_ignored(exported: tuple, data_yaml: Path,
+                                                                      tmp_path: Path, caplog) -> None:
+    """detect.py with graphs exported at 64x96 letterboxes every image to 64x96 (it letterboxed to 64x64 and failed
+    inside the runner) and says once that --img-size cannot apply (it ignored it without a word); boxes lie in
+    the images' own pixels."""
+    import detect
+    cfg, weights, _ = exported
+    manifest = export.run(export.parse_opt(['--cfg', str(cfg), '--weight', str(weights), '--num-classes', '3',
+                                            '--img-size', '64', '96', '--out', str(tmp_path / 'wide')]))
+    images = data_yaml.parent / 'images' / 'train'
+    with caplog.at_level('INFO'):
+        run = detect.run_detect(detect.parse_opt([
+            '--weight', str(manifest), '--num-classes', '3', '--source', str(images), '--device', 'cpu',
+            '--project', str(tmp_path), '--conf-thres', '0', '--save-txt', '--dy-thres', '0.5']))
+    ignored = [r.message for r in caplog.records if 'ignored' in r.message]
+    assert ignored == ['WARNING: --img-size 640 ignored: the exported graphs take 64x96 images']
+    assert len([r for r in caplog.records if ' path, Done.' in r.message]) == len(list(images.iterdir()))
+    rows = np.concatenate([np.loadtxt(f, ndmin=2) for f in (run / 'labels').glob('*.txt')])
+    assert len(rows) and (rows[:, 1:] >= 0).all() and (rows[:, 1:] <= 1).all()
+
+
+def test_easy_share_with_a_manifest_compares_the_export_size(exported: tuple, data_yaml: Path, tmp_path: Path,
+                                                             caplog) -> None:
+    """Percentiles taken on the 64-px graphs, then test.py --easy-share 0.5 at the default --img-size 640: no
+    'the easy share will differ' warning (the graphs run at 64 whatever --img-size says; it warned, and the
+    '--img-size ignored' line contradicted it) and half of the images go easy."""
+    import get_dynamic_thres
+    import test as test_script
+    manifest = exported[2]
+    get_dynamic_thres.run(get_dynamic_thres.parse_opt([
+        '--weight', str(manifest), '--data', str(data_yaml), '--img-size', str(IMG), '--device', 'cpu',
+        '--project', str(tmp_path), '--task', 'train']))
+    with caplog.at_level('INFO'):
+        test_script.run_test(test_script.parse_opt([
+            '--weight', str(manifest), '--data', str(data_yaml), '--device', 'cpu', '--project', str(tmp_path),
+            '--easy-share', '0.5', '--task', 'train', '--batch-size', '4']))
+    messages = [r.message for r in caplog.records]
+    assert not [m for m in messages if 'will differ' in m], messages
+    assert [m for m in messages if 'ignored' in m] == ['WARNING: --img-size 640 ignored: the exported graphs take '
+                                                       '64x64 images']
+    assert any(m.startswith('Routing: 3/6 images easy') for m in messages), messages

@@ -101,6 +101,12 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def os_error_line(e: OSError) -> str:
+    """run_cli's one line for a file-system error met mid-run (also what DDP's other ranks print for rank 0's)."""
+    where = f'{e.filename}: ' if e.filename else ''
+    return f'{where}{e.strerror or e}; check that its folder exists, is writable and its disk has space'
+
+
 def run_cli(run, opt, logger: logging.Logger):
     """Log the options, run, and turn every user error (utils.errors.UserError) and every file-system error met
     mid-run into one line and exit code 2; Ctrl-C into one line and exit code 130."""
@@ -113,8 +119,7 @@ def run_cli(run, opt, logger: logging.Logger):
     except KeyboardInterrupt as e:  # training's says how to --resume
         fail(str(e) or 'interrupted (Ctrl-C)', 130)
     except OSError as e:  # a full disk, a folder removed or made read-only while running
-        where = f'{e.filename}: ' if e.filename else ''
-        fail(f'{where}{e.strerror or e}; check that its folder exists, is writable and its disk has space')
+        fail(os_error_line(e))
 
 
 TASKS = ('train', 'val', 'test')
@@ -140,7 +145,13 @@ def add_engine_flags(p) -> None:
                         'keeps backbone 1 in fp32 so every route is fp32\'s (slower)')
     p.add_argument('--engine', default=None, choices=('onnx', 'openvino', 'torchscript'),
                    help='with --weight <stem>_export.yaml (export.py\'s manifest): the runtime of its graphs '
-                        '(left out: openvino for an int8 manifest, onnx otherwise; --bf16 sets OpenVINO\'s precision)')
+                        '(left out: openvino for an int8 manifest or with --bf16, onnx otherwise)')
+    p.add_argument('--threads', type=int, default=0, metavar='N',
+                   help='CPU threads of the engine: torch\'s (a checkpoint, TorchScript), ONNX Runtime\'s intra-op, '
+                        'OpenVINO\'s inference threads (0: the engine\'s own choice, about one per core)')
+    p.add_argument('--ov-mode', default='latency', choices=('latency', 'throughput'),
+                   help='OpenVINO engine: latency runs one image at a time on every thread; throughput keeps several '
+                        'images in flight on parallel streams (pays with batches on 4+ cores; see docs/deployment.md)')
 
 
 def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:

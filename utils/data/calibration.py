@@ -6,8 +6,7 @@ import logging
 import numpy as np
 
 from utils.data.data_config import DataConfigError, list_image_files, load_data_config
-from utils.data.datasets import ImageLoadError, read_image
-from utils.data.letterbox import letterbox
+from utils.data.datasets import ImageLoadError, read_letterboxed
 
 LOGGER = logging.getLogger(__name__)
 
@@ -15,8 +14,8 @@ LOGGER = logging.getLogger(__name__)
 def calibration_images(data: str, img_size: tuple[int, int], count: int, split: str = 'train'
                        ) -> tuple[list[np.ndarray], str]:
     """Up to `count` images of data's split, evenly spaced over its sorted file list (the same ones on every run),
-    each letterboxed to img_size (h, w) as test.py feeds them: ((1, 3, h, w) float32 RGB in [0, 1] arrays, a
-    description). An unreadable image is warned about and skipped."""
+    each resized and letterboxed to img_size (h, w) by test.py's loader's rule (read_letterboxed): ((1, 3, h, w)
+    float32 RGB in [0, 1] arrays, a description). An unreadable image is warned about and skipped."""
     files = list_image_files(load_data_config(data, required=(split,))[split])
     if not files:
         raise DataConfigError(f'{data}: the {split} split has no images to calibrate on')
@@ -24,11 +23,10 @@ def calibration_images(data: str, img_size: tuple[int, int], count: int, split: 
     images = []
     for i in picks:
         try:
-            img = read_image(files[i])
+            boxed = read_letterboxed(files[i], tuple(img_size))
         except ImageLoadError as e:
             LOGGER.warning(f'WARNING: calibration image skipped: {e}')
             continue
-        boxed = letterbox(img, tuple(img_size), auto=False)[0]
         rgb = np.ascontiguousarray(boxed[:, :, ::-1].transpose(2, 0, 1))
         images.append(rgb[None].astype(np.float32) / 255.0)
     if not images:

@@ -30,7 +30,7 @@ from utils.data.label_cache import (
     scan_dataset,
 )
 from utils.data.labels import img2label_paths
-from utils.data.letterbox import letterbox, rect_batch_shapes
+from utils.data.letterbox import letterbox, rect_batch_shapes, resize_to_fit
 from utils.data.mosaic import load_mosaic, load_mosaic9, mosaic4_canvas
 from utils.data.paste_in import collect_samples, paste_in
 from utils.data.sampling import WeightedDraw
@@ -56,6 +56,12 @@ def read_image(path: str) -> np.ndarray:
     if img is None:
         raise ImageLoadError(f'{path}: cannot be decoded as an image')
     return img
+
+
+def read_letterboxed(path: str, shape: int | tuple[int, int]) -> np.ndarray:
+    """The image at path as the evaluation loader (not augmented, rect=False) feeds it: BGR uint8, letterboxed to shape."""
+    # LoadImagesAndLabels.load_image then _letterboxed, without the dataset: calibration must see these pixels
+    return letterbox(resize_to_fit(read_image(path), shape), shape, auto=False, scaleup=False)[0]
 
 
 class LoadImagesAndLabels(Dataset):
@@ -134,12 +140,8 @@ class LoadImagesAndLabels(Dataset):
 
     def _read_resized(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         img = read_image(self.img_files[index])
-        h0, w0 = img.shape[:2]
-        r = self.img_size / max(h0, w0)
-        if r != 1:
-            interp = cv2.INTER_AREA if r < 1 and not self.augment else cv2.INTER_LINEAR
-            img = cv2.resize(img, (max(1, int(w0 * r)), max(1, int(h0 * r))), interpolation=interp)  # thin: ≥ 1 px
-        return img, (h0, w0), img.shape[:2]
+        resized = resize_to_fit(img, self.img_size, self.augment)
+        return resized, img.shape[:2], resized.shape[:2]
 
     def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """Image with its long side resized to img_size, its original (h0, w0) and resized (h, w)."""

@@ -39,6 +39,18 @@ def letterbox(img: np.ndarray, new_shape: int | tuple[int, int] = (640, 640), co
     return img, ratio, (dw, dh)
 
 
+def resize_to_fit(img: np.ndarray, shape: int | tuple[int, int], augment: bool = False) -> np.ndarray:
+    """img resized, aspect kept, to fit shape: an int is the long side, (h, w) a box to fit inside (the loader's rule)."""
+    h0, w0 = img.shape[:2]
+    new_h, new_w = (shape, shape) if isinstance(shape, int) else shape
+    r = min(new_h / h0, new_w / w0)  # an int shape: exactly shape / max(h0, w0)
+    if r != 1:
+        # shrinking an image to evaluate: INTER_AREA averages the pixels it drops where INTER_LINEAR aliases
+        interp = cv2.INTER_AREA if r < 1 and not augment else cv2.INTER_LINEAR
+        img = cv2.resize(img, (max(1, int(w0 * r)), max(1, int(h0 * r))), interpolation=interp)  # thin: ≥ 1 px
+    return img
+
+
 def rect_batch_shapes(aspect_hw: np.ndarray, batch_size: int, img_size: int, stride: int,
                       pad: float = 0.0) -> np.ndarray:
     """Per-batch (h, w) input shapes for images already sorted by aspect ratio h/w.

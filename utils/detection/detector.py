@@ -68,9 +68,10 @@ class BatchResult:
     nms_s: float
 
 
-def letterbox_batch(images: list[np.ndarray], img_size: int, stride: int, auto: bool = True) -> np.ndarray:
+def letterbox_batch(images: list[np.ndarray], img_size: int | tuple[int, int], stride: int, auto: bool = True
+                    ) -> np.ndarray:
     """(B, 3, H, W) RGB uint8: each image letterboxed with auto padding, padded further to the batch's largest shape
-    (auto False: every image to img_size x img_size, as exported graphs of one size take them).
+    (auto False: every image to img_size, (h, w) or a square, as exported graphs of one size take them).
 
     Every image keeps the scale it has alone (the batch shape never exceeds img_size), so only borders differ.
     """
@@ -84,7 +85,7 @@ def letterbox_batch(images: list[np.ndarray], img_size: int, stride: int, auto: 
 class Detector:
     """A loaded model run over batches of frames; warms up on CUDA whenever the input shape changes."""
     model: torch.nn.Module
-    img_size: int
+    img_size: int | tuple[int, int]  # (h, w): exported graphs of one non-square size
     stride: int
     options: DetectOptions = field(default_factory=DetectOptions)
     last_shape: tuple | None = None

@@ -88,16 +88,17 @@ def share_for_gflops(budget: dict, gflops: float) -> float:
     return (hard - gflops) / (hard - easy)
 
 
-def resolve_dy_thres(opt) -> float:
+def resolve_dy_thres(opt, run_size: int | str | None = None) -> float:
     """opt.dy_thres, or the threshold --easy-share / --gflops ask for, from --router-json or the percentiles file
-    beside --weight."""
+    beside --weight; `run_size` is the size the model will run at (exported graphs: their own), else --img-size."""
     share, gflops = getattr(opt, 'easy_share', None), getattr(opt, 'gflops', None)
     if share is None and gflops is None:
         return opt.dy_thres
     budget = load_router_budget(getattr(opt, 'router_json', '') or budget_file_for(opt.weight), opt.weight)
-    if budget['img_size'] != getattr(opt, 'img_size', budget['img_size']):
+    size = run_size or getattr(opt, 'img_size', budget['img_size'])
+    if budget['img_size'] != size:
         LOGGER.warning(f'WARNING: the router percentiles were taken at --img-size {budget["img_size"]}, not '
-                       f'{opt.img_size}: the easy share will differ from the one asked')
+                       f'{size}: the easy share will differ from the one asked')
     if gflops is not None:
         share = share_for_gflops(budget, gflops)
     threshold = threshold_for_share(budget, share)
@@ -111,7 +112,9 @@ def apply_routing_flags(model, opt) -> None:
     """Set the model's threshold from --dy-thres / --easy-share / --gflops (opt.dy_thres follows); a model
     without a router ignores them, with one warning when any was given."""
     if model.dynamic:
-        model.dy_thres = opt.dy_thres = resolve_dy_thres(opt)
+        fixed = getattr(model, 'fixed_size', None)  # exported graphs run at their own size whatever --img-size says
+        run_size = (fixed[0] if fixed[0] == fixed[1] else f'{fixed[0]}x{fixed[1]}') if fixed else None
+        model.dy_thres = opt.dy_thres = resolve_dy_thres(opt, run_size)
         return
     given = [flag for flag, value, default in (('--dy-thres', opt.dy_thres, DEFAULT_DY_THRES),
                                                ('--easy-share', getattr(opt, 'easy_share', None), None),

@@ -136,12 +136,10 @@ def split_loader(model, opt, data: dict, nc: int, device: torch.device) -> tuple
     loader of `opt.task` → (loader, dataset, img_size)."""
     gs = max(int(model.stride.max()), 32)
     fixed = getattr(model, 'fixed_size', None)  # exported graphs: one size, letterboxed squares (no rect batches)
-    if fixed is not None and (fixed[0] != fixed[1] or fixed[0] != opt.img_size):
-        if fixed[0] != fixed[1]:
-            raise ExportError(f'the exported graphs take {fixed[0]}x{fixed[1]} images; evaluation needs a square '
-                              'export (export.py --img-size N)')
-        LOGGER.warning(f'WARNING: --img-size {opt.img_size} ignored: the exported graphs take {fixed[0]}')
-    img_size = fixed[0] if fixed is not None else check_img_size(opt.img_size, gs)
+    if fixed is not None and fixed[0] != fixed[1]:
+        raise ExportError(f'the exported graphs take {fixed[0]}x{fixed[1]} images; evaluation needs a square export '
+                          '(export.py --img-size N)')
+    img_size = model.input_size(opt.img_size)[0] if fixed is not None else check_img_size(opt.img_size, gs)
     if device.type == 'cuda':
         model.half()
         model(prepare_input(torch.zeros(1, 3, img_size, img_size), model))

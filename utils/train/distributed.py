@@ -21,6 +21,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from utils.cli import os_error_line
 from utils.errors import UserError
 from utils.torch_utils import DeviceError, device_spec
 from utils.train.options import distributed_env
@@ -85,6 +86,32 @@ def broadcast_error(message: str | None, ctx: DistContext) -> str | None:
     box = [message]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def error_line(e: BaseException) -> str:
+    """The one line the other ranks print for rank 0's failure: run_cli's for a user or file-system error, else
+    its type and first line (rank 0 shows the traceback of a bug)."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError):
+        return os_error_line(e)
+    if isinstance(e, KeyboardInterrupt):
+        return 'rank 0 was interrupted (Ctrl-C)'
+    first = str(e).splitlines()[0] if str(e) else ''
+    return f'rank 0 failed with {type(e).__name__}{": " + first if first else ""}; its traceback shows where'
+
+
+def share_failure(error: BaseException | None, ctx: DistContext) -> str | None:
+    """Called on every rank where the others wait for rank 0: rank 0's failure (None: none) as one line on every
+    rank, so that all stop together with it instead of waiting in their next collective for the process group's
+    timeout. Rank 0 gets its own line back even when the others are already gone."""
+    line = None if error is None else error_line(error)
+    try:
+        return broadcast_error(line, ctx)
+    except Exception:
+        if error is None:
+            raise
+        return line  # the others were ended already (e.g. by the launcher): rank 0 still stops with its own error
 
 
 def wants_sync_bn(requested: bool, ctx: DistContext) -> bool:

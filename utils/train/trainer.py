@@ -36,7 +36,7 @@ from utils.train.checkpoint import (
     strip_checkpoint,
     training_checkpoint,
 )
-from utils.train.distributed import DistContext, all_ranks_agree, broadcast_error, broadcast_flag, wants_sync_bn
+from utils.train.distributed import DistContext, all_ranks_agree, broadcast_flag, share_failure, wants_sync_bn
 from utils.train.ema import ModelEMA
 from utils.train.optim import (
     apply_warmup,
@@ -383,11 +383,13 @@ class Trainer:
         if self.ctx.main:
             try:
                 stop = self._log_and_save(epoch, mloss, line, lrs)
-            except TrainingError as e:  # e.g. non-finite weights at the save: every rank stops with this line
+            except BaseException as e:  # non-finite weights, a full disk, a bug, Ctrl-C: the other ranks wait below
                 error = e
-        message = broadcast_error(str(error) if error is not None else None, self.ctx)
+        message = share_failure(error, self.ctx)  # every rank stops with rank 0's line
+        if error is not None:
+            raise error  # rank 0's own: run_cli prints it as that line
         if message is not None:
-            raise error if error is not None else TrainingError(message)
+            raise TrainingError(message)
         return broadcast_flag(stop, self.ctx)
 
     def _log_and_save(self, epoch: int, mloss: torch.Tensor, line: str, lrs: list[float]) -> bool:
