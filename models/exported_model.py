@@ -26,6 +26,14 @@ def is_export_manifest(weights: str) -> bool:
     return str(weights).endswith(MANIFEST_SUFFIX)
 
 
+def precision_label(graphs: str, compiled: str, keep_routes: bool) -> str:
+    """What runs at which precision, e.g. 'int8 (unquantized ops bf16; router, decode and part 1 fp32)'."""
+    if compiled == 'fp32':
+        return 'int8 (unquantized ops fp32)' if graphs == 'int8' else 'fp32'
+    kept = 'router, decode and part 1 fp32' if keep_routes else 'router and decode fp32'
+    return f'int8 (unquantized ops {compiled}; {kept})' if graphs == 'int8' else f'{compiled} ({kept})'
+
+
 class ExportedModel(nn.Module):
     """Model-like wrapper of ExportedDynamicModel: forward(x) → (decoded, None) with per-image routing (last_easy
     set), or router scores (B, 1) when get_score is set; _backbone/_easy/_hard for the both-path sweep."""
@@ -38,8 +46,7 @@ class ExportedModel(nn.Module):
                                            keep_routes=keep_routes)
         spec = self.runner.manifest
         self.engine, self.mode = self.runner.backend, mode
-        hint = self.runner.precision if not keep_routes else f'{self.runner.precision} (part 1 fp32)'
-        self.precision = f'int8 ({hint} elsewhere)' if spec.precision == 'int8' else hint
+        self.precision = precision_label(spec.precision, self.runner.precision, keep_routes)
         self.register_buffer('stride', torch.tensor(spec.stride))
         self.input_param = nn.Parameter(torch.zeros(0), requires_grad=False)  # device and dtype of the inputs
         self.yaml = {'nc': spec.nc}
@@ -57,7 +64,7 @@ class ExportedModel(nn.Module):
         self.runner.dy_thres = float(value)
 
     def description(self) -> str:
-        """e.g. 'openvino int8 (fp32 elsewhere) graphs at 640x640, latency mode'."""
+        """e.g. 'openvino int8 (unquantized ops fp32) graphs at 640x640, latency mode'."""
         h, w = self.fixed_size
         mode = f', {self.mode} mode' if self.engine == 'openvino' else ''
         return f'{self.engine} {self.precision} graphs at {h}x{w}{mode}'
