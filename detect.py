@@ -31,6 +31,7 @@ from utils.cli import (
     add_detection_flags,
     add_engine_flags,
     check_detection_flags,
+    check_engine_flags,
     check_img_size,
     check_writable,
     increment_path,
@@ -89,6 +90,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f'--classes {" ".join(map(str, outside))}: outside 0..{opt.num_classes - 1} '
                 f'(--num-classes {opt.num_classes}); give class ids the model detects')
     check_detection_flags(p, opt)
+    check_engine_flags(p, opt)
     return opt
 
 

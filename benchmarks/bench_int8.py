@@ -1,6 +1,9 @@
 """What int8 costs in accuracy and routes: the project's evaluator on a trained model, PyTorch fp32 against its
-OpenVINO graphs at fp32, int8 (export.py --int8), int8 with backbone 1 + router in fp32 (--int8 keep-routes) and int8
-with nothing kept in fp32 (router and box decode quantized too), on the same letterboxed images.
+OpenVINO graphs at fp32, int8 (export.py --int8), int8 with backbone 1 + router in fp32 (--int8 keep-routes), and the
+alternatives export.py does not take: NNCF's defaults (the recipe before: overflow fix on the first layer only,
+activation ranges as the mean over images of each one's min/max),
+each head's 1x1 output convolutions quantized, nothing kept in fp32 (router and IDetect layer quantized too), on the
+same letterboxed images.
 
     python benchmarks/bench_int8.py        # the demo's model: runs/demo (python demo.py), its 128 held-out images
     python benchmarks/bench_int8.py --weight W.pt --cfg cfg/dy-yolov7-step2.yaml --data data/coco.yaml --img 640
@@ -50,6 +53,10 @@ def exported_engines(model, opt: argparse.Namespace, folder: Path) -> dict[str, 
                 'openvino int8': quantize_int8(manifest, folder, base, images, source),
                 'int8 keep-routes': quantize_int8(manifest, folder, folder / 'routes', images, source,
                                                   keep_routes=True),
+                'int8, NNCF defaults': quantize_int8(manifest, folder, folder / 'nncf', images, source,
+                                                     recipe='nncf'),
+                'int8, head convs int8': quantize_int8(manifest, folder, folder / 'convs', images, source,
+                                                       head_convs=False),
                 'int8, nothing kept fp32': quantize_int8(manifest, folder, folder / 'bare', images, source,
                                                          keep_fp32=False)}
     if opt.bias_correction:

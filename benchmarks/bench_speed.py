@@ -6,6 +6,10 @@ for orientation).
     python benchmarks/bench_speed.py --onnx                           # + the exported graphs on ONNX Runtime
     python benchmarks/bench_speed.py --plain --unpacked --compile --bf16 --onnx  # CPU: every engine, one run
     python benchmarks/bench_speed.py --plain --bf16 --openvino fp32 bf16 int8 --batches 1  # CPU deployment engines
+    python benchmarks/bench_speed.py --sizes 640 --batches 1 --paths easy hard --plain --onnx --bf16 \
+        --openvino fp32 int8 int8-bf16 --ov-dynamic --reps 4        # OpenVINO static vs free batch axis, each hint
+    python benchmarks/bench_speed.py --sizes 640 --batches 8 --paths mixed --openvino int8 --ov-both-modes
+                                                                      # OpenVINO latency vs throughput mode (img/s)
     python benchmarks/bench_speed.py --device 0 --half --batches 1 32 --cfgs cfg/dy-yolov7-step2.yaml \
         cfg/dy-yolov7x-step2.yaml cfg/dy-yolov7-w6-step2.yaml           # GPU: adds fp16 and the share of peak
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import multiprocessing
 import statistics
 import sys
@@ -44,6 +49,7 @@ from utils.torch_utils import native_bf16, select_device, time_sync  # noqa: E40
 # The DynamicDet paper: FPS on one V100, batch 1, fp16; (90 % easy, 0 % easy). Shown beside GPU rows as the
 # paper's figure, never divided into ours (another GPU).
 REFERENCE_V100_FPS = {'dy-yolov7': (110, 83), 'dy-yolov7x': (98, 64), 'dy-yolov7-w6': (74, 46)}
+OPENVINO_ROWS = ('fp32', 'bf16', 'int8', 'int8-bf16')
 # Dense (no sparsity) peak TFLOP/s (fp32, fp16 tensor cores), from NVIDIA's product data sheets.
 PEAK_TFLOPS = {'H100 SXM': (66.9, 989.4), 'H100 PCIe': (51.2, 756.0), 'H100': (66.9, 989.4), 'H200': (66.9, 989.4),
                'A100': (19.5, 312.0), 'V100': (15.7, 125.0), 'L4': (30.3, 121.0), 'A10': (31.2, 125.0)}
@@ -228,11 +234,12 @@ def torch_forward(model: Model) -> Callable:
     return forward
 
 
-def exported_timer(model: Model, backend: str = 'onnx', precision: str = 'fp32'
-                   ) -> Callable[[str, int, int], tuple[Timer, int]]:
+def exported_timer(model: Model, backend: str = 'onnx', precision: str = 'fp32', static_shapes: bool = True,
+                   mode: str = 'latency') -> Callable[[str, int, int], tuple[Timer, int]]:
     """local_timer of the same model exported (export.py's three graphs, once per image size) and routed by
-    models.exported: on ONNX Runtime, or OpenVINO at fp32 / bf16 / int8 (int8: NNCF on 8 random images, which is
-    enough for speed, not for accuracy; benchmarks/bench_int8.py measures that)."""
+    models.exported: on ONNX Runtime, or OpenVINO at fp32 / bf16 / int8 / int8 with the bf16 hint for what int8
+    leaves unquantized (int8: NNCF on 8 random images, which is enough for speed, not for accuracy;
+    benchmarks/bench_int8.py measures that); static_shapes False: OpenVINO with the batch axis left free."""
     from models.export import export_onnx, split_model
     from models.exported import ExportedDynamicModel
     from models.openvino_export import export_openvino, quantize_int8
@@ -245,12 +252,13 @@ def exported_timer(model: Model, backend: str = 'onnx', precision: str = 'fp32'
         if backend == 'openvino':
             export_openvino(manifest, base)
         path = manifest.save(folder / f'bench{size}_export.yaml')
-        if precision == 'int8':
+        if precision.startswith('int8'):
             images = [torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(i)).numpy()
                       for i in range(8)]
             path = quantize_int8(manifest, folder, base, images, '8 random images (speed only)')
-        return ExportedDynamicModel(path, backend, precision='fp32' if precision == 'int8' else precision,
-                                    threads=torch.get_num_threads())
+        hint = 'bf16' if precision in ('bf16', 'int8-bf16') else 'fp32'
+        return ExportedDynamicModel(path, backend, precision=hint, threads=torch.get_num_threads(),
+                                    mode=mode if backend == 'openvino' else 'latency', static_shapes=static_shapes)
 
     def cell(path: str, batch: int, size: int) -> tuple[Timer, int]:
         if size not in runners:
@@ -321,17 +329,24 @@ def main() -> None:
     p.add_argument('--device', default='cpu')
     p.add_argument('--half', action='store_true', help='also fp16 rows (CUDA)')
     p.add_argument('--onnx', action='store_true', help='also the exported graphs on ONNX Runtime (fp32)')
-    p.add_argument('--openvino', nargs='*', choices=('fp32', 'bf16', 'int8'), default=None,
-                   help='also the exported graphs on OpenVINO at these precisions (CPU; default: all three)')
+    p.add_argument('--openvino', nargs='*', choices=OPENVINO_ROWS, default=None,
+                   help='also the exported graphs on OpenVINO at these precisions (CPU; int8-bf16: int8 with the bf16 '
+                        'hint for the ops left unquantized; default: fp32 bf16 int8)')
+    p.add_argument('--ov-both-modes', action='store_true',
+                   help='each OpenVINO row in latency mode and in throughput mode (engine ovtp), in the same run')
+    p.add_argument('--ov-dynamic', action='store_true',
+                   help='also each OpenVINO row with the batch axis left free (as it ran before static shapes)')
     p.add_argument('--whole-batch', action='store_true', help='also rows without CPU chunking (chunk_pixels 0)')
     p.add_argument('--plain', action='store_true',
                    help='also the in-run baseline: the fused model in NCHW, whole batches (fp32 rows)')
     p.add_argument('--unpacked', action='store_true',
                    help='also the CPU preparation without the oneDNN-packed convolutions (as before them)')
-    add_engine_flags(p)  # --compile [MODE]: also compiled rows; --bf16: also bfloat16 rows (CPU)
+    add_engine_flags(p)  # --compile [MODE]: compiled rows; --bf16: bfloat16 rows (CPU); --threads; --ov-mode
     opt = p.parse_args()
     if opt.openvino == []:
         opt.openvino = ['fp32', 'bf16', 'int8']
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
     device = select_device(opt.device)
     peak = device_peak(device)
     kinds = 'fp16 data sheet' if device.type == 'cuda' else 'bf16, measured: best of matmul, 1x1 and 3x3 conv'
@@ -373,8 +388,11 @@ def engines_for(cfg: str, opt: argparse.Namespace, device: torch.device) -> list
     if opt.openvino and device.type == 'cpu':
         fp32 = next((e.model for e in engines if e.model is not None and e.precision == 'fp32'), None) \
             or build(cfg, device)
-        for precision in opt.openvino:
-            engines.append(Engine('ov', precision, fp32, exported_timer(fp32, 'openvino', precision)))
+        modes = ('latency', 'throughput') if opt.ov_both_modes else (opt.ov_mode,)
+        for precision, static, mode in itertools.product(opt.openvino, (True, False)[:1 + opt.ov_dynamic], modes):
+            name = ('ov' if static else 'ovdyn') + ('tp' if mode == 'throughput' else '')
+            engines.append(Engine(name, precision.replace('int8-bf16', 'i8bf'), fp32,
+                                  exported_timer(fp32, 'openvino', precision, static, mode)))
     return engines
 
 

@@ -92,8 +92,8 @@ class ExportedDynamicModel:
     quantized layers run int8 either way), in 'latency' or 'throughput' `mode`."""
 
     def __init__(self, manifest: str | Path, backend: str | None = None, dy_thres: float | None = None,
-                 precision: str = 'fp32', threads: int = 0, mode: str = 'latency', keep_routes: bool = False
-                 ) -> None:
+                 precision: str = 'fp32', threads: int = 0, mode: str = 'latency', keep_routes: bool = False,
+                 static_shapes: bool = True) -> None:
         path = Path(manifest)
         self.manifest = read_manifest(path)
         backend = backend or default_backend(self.manifest)
@@ -106,7 +106,8 @@ class ExportedDynamicModel:
         if backend == 'openvino':
             kept = fp32_patterns(self.manifest)
             self.parts = {part: CompiledGraph(file, 'fp32' if keep_routes and part == 'part1' else precision,
-                                              threads, mode, kept[part]) for part, file in files.items()}
+                                              threads, mode, kept[part], static_shapes)
+                          for part, file in files.items()}
             self.precision = self.parts['easy'].precision
         else:
             load = _onnx_session if backend == 'onnx' else _torchscript_module

@@ -129,17 +129,25 @@ def load_exported(weights: str, engine: str | None, device: torch.device, precis
     return model
 
 
+def _warn_mode_ignored(mode: str) -> None:
+    if mode != 'latency':
+        LOGGER.warning(f'WARNING: --ov-mode {mode} ignored: it applies to export manifests run by OpenVINO '
+                       '(--engine openvino, or an int8 manifest)')
+
+
 def load_inference_model(opt, nc: int, device: torch.device):
     """What test.py, get_dynamic_thres.py and detect.py run: the export manifest --weight names (--engine, --bf16
     as OpenVINO's precision, --threads, --ov-mode), else --cfg with the checkpoint --weight (load_for_inference, CLI
     memory settings, --threads as torch's)."""
     engine, threads = getattr(opt, 'engine', None), getattr(opt, 'threads', 0) or 0
+    mode = getattr(opt, 'ov_mode', 'latency')
     if not is_export_manifest(opt.weight):
         if engine:
             raise ExportError(f'--engine {engine} runs an export manifest (--weight <stem>_export.yaml from '
                               'export.py); leave it out for a .pt checkpoint')
         if threads:
             torch.set_num_threads(threads)
+        _warn_mode_ignored(mode)
         from .inference import load_for_inference
         return load_for_inference(opt.cfg, opt.weight, nc, device, opt.compile, opt.bf16, retain_memory=True)
     if getattr(opt, 'compile', None):
@@ -148,8 +156,10 @@ def load_inference_model(opt, nc: int, device: torch.device):
         raise ExportError(f'--bf16 with an export manifest sets OpenVINO\'s precision; --engine {engine} runs fp32 '
                           'only: pass --engine openvino or drop --bf16')
     engine = engine or ('openvino' if opt.bf16 else None)  # --bf16 is OpenVINO's precision
-    model = load_exported(opt.weight, engine, device, 'bf16' if opt.bf16 else 'fp32', threads,
-                          getattr(opt, 'ov_mode', 'latency'), opt.bf16 == 'keep-routes')
+    model = load_exported(opt.weight, engine, device, 'bf16' if opt.bf16 else 'fp32', threads, mode,
+                          opt.bf16 == 'keep-routes')
+    if model.engine != 'openvino':
+        _warn_mode_ignored(mode)
     if model.yaml['nc'] != nc:
         raise ExportError(f'{opt.weight}: exported for {model.yaml["nc"]} classes, the data has {nc}; use the '
                           'matching data YAML (or --num-classes) or re-export')

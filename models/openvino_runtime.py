@@ -58,12 +58,15 @@ def read_ir(path: Path) -> Any:
             from None
 
 
-def static_batch(model: Any, batch: int) -> int:
-    """Give every input a batch axis of `batch` where it is free; returns the graph's batch (its own if fixed)."""
+def static_batch(model: Any, batch: int | None) -> int:
+    """Give every input a batch axis of `batch` where it is free (None: leave it free); returns the graph's batch:
+    its own if fixed, 0 if left free."""
     shapes = {i.get_any_name(): i.get_partial_shape() for i in model.inputs}
     fixed = {s[0].get_length() for s in shapes.values() if s[0].is_static}
     if fixed:
         return fixed.pop()
+    if batch is None:
+        return 0
     ov = openvino()
     model.reshape({name: ov.PartialShape([batch, *list(shape)[1:]]) for name, shape in shapes.items()})
     return batch
@@ -99,12 +102,13 @@ class CompiledGraph:
     """A compiled IR as graph(*arrays) -> outputs for any batch, in chunks of its static batch."""
 
     def __init__(self, path: Path, precision: str = 'fp32', threads: int = 0, mode: str = 'latency',
-                 keep_fp32: Sequence[str] = ()) -> None:
+                 keep_fp32: Sequence[str] = (), static_shapes: bool = True) -> None:
         if mode not in MODES:
             raise ExportError(f'OpenVINO mode must be one of {", ".join(MODES)}, got {mode!r}')
         ov = openvino()
         model = read_ir(path)
-        self.batch = static_batch(model, 1)
+        # static_shapes False (benchmarks/bench_speed.py --ov-dynamic) compiles a free batch axis as it is, to time it
+        self.batch = static_batch(model, 1 if static_shapes else None)
         self.precision = effective_precision(precision)
         self.kept = keep_in_fp32(model, keep_fp32) if self.precision != 'fp32' else []
         config = {'INFERENCE_PRECISION_HINT': PRECISIONS[self.precision],

@@ -154,6 +154,12 @@ def add_engine_flags(p) -> None:
                         'images in flight on parallel streams (pays with batches on 4+ cores; see docs/deployment.md)')
 
 
+def check_engine_flags(p, opt) -> None:
+    """argparse-style one-line error for a negative --threads."""
+    if getattr(opt, 'threads', 0) < 0:
+        p.error(f'--threads {opt.threads}: give a count of at least 1, or 0 for the engine\'s own choice')
+
+
 def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:
     """Flags test.py and detect.py share (reference names; the NMS defaults differ between them)."""
     p.add_argument('--conf-thres', type=float, default=conf_thres, help='object confidence threshold')
@@ -209,5 +215,6 @@ def check_split_flags(p, opt) -> None:
     """argparse-style one-line errors for a bad --task, --batch-size or --img-size."""
     if opt.task not in TASKS:
         p.error(f'--task {opt.task}: not implemented; use one of {", ".join(TASKS)}')
+    check_engine_flags(p, opt)
     if opt.batch_size < 1 or opt.img_size < 1:
         p.error('--batch-size and --img-size must be positive')
