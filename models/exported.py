@@ -38,6 +38,7 @@ def _onnx_session(path: Path, threads: int = 0) -> Callable:
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
         return session.run(None, dict(zip(names, arrays)))
+    run.session = session  # its options (threads) stay inspectable
     return run
 
 

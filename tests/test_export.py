@@ -249,3 +249,24 @@ def test_easy_share_with_a_manifest_compares_the_export_size(exported: tuple, da
     assert [m for m in messages if 'ignored' in m] == ['WARNING: --img-size 640 ignored: the exported graphs take '
                                                        '64x64 images']
     assert any(m.startswith('Routing: 3/6 images easy') for m in messages), messages
+
+
+def test_threads_reach_every_engine(exported: tuple, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """--threads N sets ONNX Runtime's intra-op threads for a manifest and torch's for a checkpoint (so script
+    timings match bench_speed.py's at that count); a negative count is one argparse line."""
+    import argparse
+
+    import test as test_script
+    from models.exported_model import load_inference_model
+    from tests.helpers import cli_error_line
+    cfg, weights, manifest = exported
+    opt = argparse.Namespace(weight=str(manifest), engine=None, threads=1, ov_mode='latency', bf16=None,
+                             compile=None, cfg='')
+    model = load_inference_model(opt, 3, torch.device('cpu'))
+    assert model.runner.parts['part1'].session.get_session_options().intra_op_num_threads == 1
+    monkeypatch.setattr(torch, 'set_num_threads', calls := [].append)
+    load_inference_model(argparse.Namespace(**{**vars(opt), 'weight': str(weights), 'cfg': str(cfg), 'threads': 3}),
+                         3, torch.device('cpu'))
+    assert calls.__self__ == [3]
+    line = cli_error_line(test_script.main, ['--weight', str(manifest), '--threads', '-1'], capsys, flag_error=True)
+    assert '--threads -1: give a count of at least 1' in line
