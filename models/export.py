@@ -128,6 +128,11 @@ def batch_chunks(arrays: list[np.ndarray] | tuple[np.ndarray, ...], batch: int) 
     return chunks
 
 
+def joined_chunks(results: list[list[np.ndarray]], n: int) -> list[np.ndarray]:
+    """Each output of batch_chunks' chunks joined back into one batch of the first `n` rows (padding dropped)."""
+    return [np.concatenate(outs)[:n] if len(outs) > 1 else outs[0][:n] for outs in zip(*results)]
+
+
 def input_names(part: str, easy_features: list[int], hard_features: list[int]) -> list[str]:
     """Graph input names: images and/or f<layer> features."""
     feats = {'part1': [], 'easy': easy_features, 'hard': hard_features}[part]

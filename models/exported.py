@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .export import PARTS, batch_chunks, input_names
+from .export import PARTS, batch_chunks, input_names, joined_chunks
 from .export_manifest import ExportError, ExportManifest, check_digest, manifest_file, read_manifest
 from .openvino_export import OPENVINO_KEY, fp32_patterns
 from .openvino_runtime import CompiledGraph
@@ -139,7 +139,7 @@ class ExportedDynamicModel:
         """One graph on `arrays` (same batch), in chunks of a static batch when it has one."""
         n = len(arrays[0])
         results = [self.parts[part](*chunk) for chunk in batch_chunks(arrays, self.static_batch)]
-        return [np.concatenate(outs)[:n] if len(outs) > 1 else outs[0][:n] for outs in zip(*results)]
+        return joined_chunks(results, n)
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(decoded detections (B, N, nc+5), easy mask (B,)) for a float batch (B, 3, H, W)."""

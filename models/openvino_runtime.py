@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .export import ExportError, batch_chunks
+from .export import ExportError, batch_chunks, joined_chunks
 
 LOGGER = logging.getLogger(__name__)
 PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16'}  # OpenVINO's INFERENCE_PRECISION_HINT values
@@ -141,4 +141,4 @@ class CompiledGraph:
         """Outputs of the graph for inputs with the same leading batch (any size)."""
         n = len(arrays[0])
         results = self._infer_all(batch_chunks(arrays, self.batch))
-        return [np.concatenate(parts)[:n] if len(parts) > 1 else parts[0][:n] for parts in zip(*results)]
+        return joined_chunks(results, n)
