@@ -139,7 +139,9 @@ def load_detector(opt: argparse.Namespace) -> Detector:
     options = DetectOptions(opt.conf_thres, opt.iou_thres, opt.classes, opt.agnostic_nms, opt.augment)
     fixed = getattr(model, 'fixed_size', None) is not None  # exported graphs take one (h, w)
     size = model.input_size(opt.img_size) if fixed else check_img_size(opt.img_size, stride)
-    return Detector(model, size, stride, options)
+    # a share of easy images from test.py's percentiles holds for images letterboxed as test.py letterboxes them
+    budget = getattr(model, 'dynamic', False) and (opt.easy_share is not None or opt.gflops is not None)
+    return Detector(model, size, stride, options, evaluation_boxes=budget)
 
 
 def run_detect(opt: argparse.Namespace) -> Path:

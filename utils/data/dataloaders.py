@@ -30,8 +30,11 @@ def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride
                       hyp: dict | None = None, augment: bool = False, cache: bool = False, pad: float = 0.0,
                       rect: bool = False, rank: int = -1, world_size: int = 1, workers: int = 8,
                       image_weights: bool = False, quad: bool = False, prefix: str = '', nc: int | None = None,
-                      seed: int = 0) -> tuple[DataLoader, LoadImagesAndLabels]:
-    """(loader, dataset) with the reference's arguments; `opt` is only read for `single_cls`."""
+                      seed: int = 0, own_shapes: bool = False) -> tuple[DataLoader, LoadImagesAndLabels]:
+    """(loader, dataset) with the reference's arguments; `opt` is only read for `single_cls`. own_shapes (rect,
+    one process; extension): every image letterboxed to its batch-1 shape and batches made of images of one shape,
+    so that a dynamic model routes each image as at batch 1 (the reference's rect batches pad every image to its
+    batch's shape, which moves the router's pooled features)."""
     # --rect under DDP (fix: the reference's shuffling DistributedSampler mixed rect shapes in a batch, which
     # cannot be stacked): shapes are made per global batch (batch × world size) and each rank takes every
     # world_size-th image in order, so each rank's batch lies inside one global batch; the last images that do
@@ -42,8 +45,15 @@ def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride
                                       hyp=hyp, rect=rect,
                                       cache_images=cache, single_cls=bool(getattr(opt, 'single_cls', False)),
                                       stride=int(stride), pad=pad, image_weights=image_weights, prefix=prefix,
-                                      nc=nc)
+                                      nc=nc, own_shapes=own_shapes and rect and rank == -1)
     batch_size = min(batch_size, len(dataset))
+    collate = LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn
+    if own_shapes and dataset.rect and rank == -1:
+        nw = worker_count(batch_size, world_size, workers)
+        loader = DataLoader(dataset, batch_sampler=dataset.same_shape_batches(batch_size), num_workers=nw,
+                            pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0, collate_fn=collate,
+                            generator=torch.Generator().manual_seed(seed))
+        return loader, dataset
     nw = worker_count(batch_size, world_size, workers)
     if image_weights:
         sampler = ImageWeightSampler(len(dataset), rank, world_size, seed, shared=dataset.share_image_weights())
@@ -55,5 +65,5 @@ def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride
     generator = torch.Generator().manual_seed(seed + max(rank, 0))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=nw, sampler=sampler,
                         pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0, generator=generator,
-                        collate_fn=LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn)
+                        collate_fn=collate)
     return loader, dataset

@@ -70,7 +70,7 @@ class LoadImagesAndLabels(Dataset):
     def __init__(self, path: str | list[str], img_size: int = 640, batch_size: int = 16, augment: bool = False,
                  hyp: dict | None = None, rect: bool = False, image_weights: bool = False,
                  cache_images: bool = False, single_cls: bool = False, stride: int = 32, pad: float = 0.0,
-                 prefix: str = '', nc: int | None = None) -> None:
+                 prefix: str = '', nc: int | None = None, own_shapes: bool = False) -> None:
         self.img_size, self.augment, self.hyp = img_size, augment, hyp or {}
         self.image_weights, self.stride, self.prefix = image_weights, stride, prefix
         self.rect = False if image_weights else rect
@@ -87,8 +87,10 @@ class LoadImagesAndLabels(Dataset):
         self.indices = list(range(n))
         self._partners: list[int] = []  # mosaic partners still to use from the current WeightedDraw
         self._image_weights: torch.Tensor | None = None  # --image-weights: the sampler's weights, shared with workers
-        if self.rect:
-            self._sort_for_rect(batch_size, img_size, stride, pad)
+        if self.rect:  # own_shapes: each image its batch-1 shape (batches then group equal shapes: same_shape_batches)
+            self._sort_for_rect(1 if own_shapes else batch_size, img_size, stride, pad)
+            if own_shapes:
+                self.batch = np.arange(n)
         self.imgs: list[np.ndarray | None] = [None] * n
         self.img_hw0: list[tuple[int, int] | None] = [None] * n
         self.img_hw: list[tuple[int, int] | None] = [None] * n
@@ -127,6 +129,19 @@ class LoadImagesAndLabels(Dataset):
             setattr(self, name, [items[i] for i in order])
         self.shapes = self.shapes[order]
         self.batch_shapes = rect_batch_shapes(aspect[order], batch_size, img_size, stride, pad)
+
+    def same_shape_batches(self, batch_size: int) -> list[list[int]]:
+        """Batches of up to batch_size consecutive images of one own (batch-1) rect shape, in the sorted order: no
+        image is padded to another's shape, so its input, and a dynamic model's route, are those of batch 1."""
+        batches: list[list[int]] = []
+        for i in range(len(self)):
+            shape = tuple(self.batch_shapes[self.batch[i]])
+            if batches and len(batches[-1]) < batch_size and tuple(self.batch_shapes[self.batch[batches[-1][0]]]) \
+                    == shape:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
 
     def _cache_images(self) -> None:
         with ThreadPoolExecutor(8) as pool:

@@ -51,6 +51,14 @@ def resize_to_fit(img: np.ndarray, shape: int | tuple[int, int], augment: bool =
     return img
 
 
+EVAL_RECT_PAD = 0.5  # test.py's rect shapes: a further half stride of border (the reference's val loader pad)
+
+
+def evaluation_grid(stride: int) -> int:
+    """The grid test.py's rect shapes round to: the model's largest stride, at least 32 (the reference's gs)."""
+    return max(int(stride), 32)
+
+
 def rect_batch_shapes(aspect_hw: np.ndarray, batch_size: int, img_size: int, stride: int,
                       pad: float = 0.0) -> np.ndarray:
     """Per-batch (h, w) input shapes for images already sorted by aspect ratio h/w.

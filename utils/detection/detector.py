@@ -12,7 +12,7 @@ import torch
 
 from models.inference import prepare_input
 from utils.data.labels import append_label_rows
-from utils.data.letterbox import letterbox
+from utils.data.letterbox import EVAL_RECT_PAD, evaluation_grid, letterbox, rect_batch_shapes, resize_to_fit
 from utils.detection.sources import Frame
 from utils.errors import UserError
 from utils.general import non_max_suppression, scale_coords
@@ -81,31 +81,70 @@ def letterbox_batch(images: list[np.ndarray], img_size: int | tuple[int, int], s
     return np.ascontiguousarray(np.stack(boxed).transpose(0, 3, 1, 2)[:, ::-1])
 
 
+def evaluation_letterbox(img: np.ndarray, img_size: int, stride: int) -> tuple[np.ndarray, tuple]:
+    """img as test.py feeds it at batch 1 (the loader's resize, then its own rect shape with EVAL_RECT_PAD): the
+    letterboxed BGR image and its ratio_pad for scale_coords."""
+    h0, w0 = img.shape[:2]
+    resized = resize_to_fit(img, img_size)
+    h, w = resized.shape[:2]
+    shape = rect_batch_shapes(np.array([h0 / w0]), 1, img_size, evaluation_grid(stride), EVAL_RECT_PAD)[0]
+    boxed, _, pad = letterbox(resized, (int(shape[0]), int(shape[1])), auto=False, scaleup=False)
+    return boxed, ((h / h0, w / w0), pad)
+
+
+@dataclass
+class Group:
+    """Frames of a batch that run through the model together: their indices, the uint8 B×3×H×W tensor and, for
+    evaluation letterboxing, each frame's ratio_pad (None: scale_coords derives it from the shapes)."""
+    indices: list[int]
+    boxed: torch.Tensor
+    ratio_pads: list[tuple] | None = None
+
+
 @dataclass
 class Detector:
-    """A loaded model run over batches of frames; warms up on CUDA whenever the input shape changes."""
+    """A loaded model run over batches of frames; warms up on CUDA whenever the input shape changes.
+
+    A dynamic model's batch runs as groups of frames of one letterboxed shape: its router reads pooled features, so
+    padding a frame to another's shape (the reference's batches) would change its route with the batch. With
+    `evaluation_boxes` (--easy-share / --gflops) frames are letterboxed as test.py and get_dynamic_thres.py letterbox
+    them, so that the share of easy images asked from their percentiles is the share obtained on such images."""
     model: torch.nn.Module
     img_size: int | tuple[int, int]  # (h, w): exported graphs of one non-square size
     stride: int
     options: DetectOptions = field(default_factory=DetectOptions)
     last_shape: tuple | None = None
+    evaluation_boxes: bool = False
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.model(x, augment=self.options.augment)[0]
 
-    def letterbox(self, frames: list[Frame]) -> torch.Tensor:
-        """The batch as the model takes it (uint8, B×3×H×W; in pinned memory for a CUDA model, so that the copy
-        to the device does not block); may run ahead in another thread."""
-        auto = getattr(self.model, 'fixed_size', None) is None
-        boxed = torch.from_numpy(letterbox_batch([f.image for f in frames], self.img_size, self.stride, auto))
-        return boxed.pin_memory() if next(self.model.parameters()).is_cuda else boxed
+    def letterbox(self, frames: list[Frame]) -> list[Group]:
+        """The batch as the model takes it (in pinned memory for a CUDA model, so that the copy to the device does not
+        block); may run ahead in another thread."""
+        images, auto = [f.image for f in frames], getattr(self.model, 'fixed_size', None) is None
+        pin = next(self.model.parameters()).is_cuda
+        if not getattr(self.model, 'dynamic', False):  # the reference's batch: one shape, the largest
+            boxed = torch.from_numpy(letterbox_batch(images, self.img_size, self.stride, auto))
+            return [Group(list(range(len(frames))), boxed.pin_memory() if pin else boxed)]
+        if self.evaluation_boxes and auto:
+            boxed, ratio_pads = zip(*(evaluation_letterbox(im, self.img_size, self.stride) for im in images))
+        else:
+            boxed, ratio_pads = [letterbox(im, self.img_size, stride=self.stride, auto=auto)[0] for im in images], None
+        by_shape: dict[tuple, list[int]] = {}
+        for i, b in enumerate(boxed):
+            by_shape.setdefault(b.shape, []).append(i)
+        groups = []
+        for indices in by_shape.values():
+            stacked = np.stack([boxed[i] for i in indices]).transpose(0, 3, 1, 2)[:, ::-1]
+            tensor = torch.from_numpy(np.ascontiguousarray(stacked))
+            groups.append(Group(indices, tensor.pin_memory() if pin else tensor,
+                                [ratio_pads[i] for i in indices] if ratio_pads else None))
+        return groups
 
-    def __call__(self, frames: list[Frame], boxed: torch.Tensor | None = None) -> BatchResult:
-        """Detect on a batch of frames (letterboxed here unless `boxed`, from letterbox(), is given); each image is
-        routed by its own router score."""
-        boxed = self.letterbox(frames) if boxed is None else boxed
-        x = prepare_input(boxed, self.model) / 255.0
+    def _run_group(self, group: Group, frames: list[Frame]) -> tuple[list, list, float, float]:
+        x = prepare_input(group.boxed, self.model) / 255.0
         if x.device.type == 'cuda' and x.shape != self.last_shape:
             for _ in range(CUDA_WARMUP_PASSES):
                 self._forward(x)
@@ -119,12 +158,26 @@ class Detector:
                                      agnostic=o.agnostic_nms)
         t2 = time_sync(x.device)
         detections = []
-        for det, frame in zip(output, frames):
-            det[:, :4] = scale_coords(x.shape[2:], det[:, :4], frame.image.shape).round()
+        for k, (det, i) in enumerate(zip(output, group.indices)):
+            ratio_pad = group.ratio_pads[k] if group.ratio_pads else None
+            det[:, :4] = scale_coords(x.shape[2:], det[:, :4], frames[i].image.shape, ratio_pad).round()
             detections.append(det.cpu().numpy())
         easy = self.model.last_easy
-        routes = [''] * len(frames) if easy is None else ['easy' if e else 'hard' for e in easy.tolist()]
-        return BatchResult(detections, routes, t1 - t0, t2 - t1)
+        routes = [''] * len(group.indices) if easy is None else ['easy' if e else 'hard' for e in easy.tolist()]
+        return detections, routes, t1 - t0, t2 - t1
+
+    def __call__(self, frames: list[Frame], groups: list[Group] | None = None) -> BatchResult:
+        """Detect on a batch of frames (letterboxed here unless `groups`, from letterbox(), is given); each image is
+        routed by its own router score."""
+        groups = self.letterbox(frames) if groups is None else groups
+        detections, routes = [np.zeros((0, 6))] * len(frames), [''] * len(frames)
+        inference_s = nms_s = 0.0
+        for group in groups:
+            dets, group_routes, t_inf, t_nms = self._run_group(group, frames)
+            for i, det, route in zip(group.indices, dets, group_routes):
+                detections[i], routes[i] = det, route
+            inference_s, nms_s = inference_s + t_inf, nms_s + t_nms
+        return BatchResult(detections, routes, inference_s, nms_s)
 
 
 class FpsMeter:

@@ -20,6 +20,7 @@ from models.inference import prepare_input
 from utils.cli import check_img_size
 from utils.data.dataloaders import create_dataloader
 from utils.data.labels import append_label_rows
+from utils.data.letterbox import EVAL_RECT_PAD, evaluation_grid
 from utils.evaluation.batch_plots import plot_batch, targets_to_boxes
 from utils.evaluation.coco_eval import CocoIds
 from utils.general import non_max_suppression, scale_coords, xywh2xyxy
@@ -134,7 +135,7 @@ def _run_batch(model, imgs: torch.Tensor, targets: torch.Tensor, opt: EvalOption
 def split_loader(model, opt, data: dict, nc: int, device: torch.device) -> tuple:
     """For a loaded inference model: the checked image size, fp16 on CUDA (with a warm-up pass) and the rect val
     loader of `opt.task` → (loader, dataset, img_size)."""
-    gs = max(int(model.stride.max()), 32)
+    gs = evaluation_grid(int(model.stride.max()))
     fixed = getattr(model, 'fixed_size', None)  # exported graphs: one size, letterboxed squares (no rect batches)
     if fixed is not None and fixed[0] != fixed[1]:
         raise ExportError(f'the exported graphs take {fixed[0]}x{fixed[1]} images; evaluation needs a square export '
@@ -145,8 +146,11 @@ def split_loader(model, opt, data: dict, nc: int, device: torch.device) -> tuple
         model(prepare_input(torch.zeros(1, 3, img_size, img_size), model))
     # exported graphs: images load in this process (OpenVINO's runtime does not survive the loader's fork: its
     # workers crashed at exit); letterboxing at one size is cheap beside the graphs
-    loader, dataset = create_dataloader(data[opt.task], img_size, opt.batch_size, gs, opt, pad=0.5, rect=fixed is None,
-                                        prefix=f'{opt.task}: ', nc=nc, workers=8 if fixed is None else 0)
+    # a dynamic model: batches of one own shape, so routes (pooled features) do not depend on --batch-size
+    loader, dataset = create_dataloader(data[opt.task], img_size, opt.batch_size, gs, opt, pad=EVAL_RECT_PAD,
+                                        rect=fixed is None,
+                                        prefix=f'{opt.task}: ', nc=nc, workers=8 if fixed is None else 0,
+                                        own_shapes=bool(getattr(model, 'dynamic', False)))
     return loader, dataset, img_size
 
 
