@@ -1,16 +1,17 @@
 r"""The whole DynamicDet method on your machine, no download: synthetic data → detector → router → sweep → detect.
 
-    python demo.py                       # the shipped detector + step 2, sweep, detect: about 2-3 min on 2 CPU cores
-    python demo.py --from-scratch        # step 1 from nothing too (5-7 min; its verdict varies run to run)
+    python demo.py                       # the shipped detector + step 2, sweep, detect: 2-2.5 min on 2 CPU cores
+    python demo.py --from-scratch        # step 1 from nothing too (time measured in docs/demo.md; verdict varies)
     python demo.py --build-detector      # rebuild the shipped detector (data/demo/): about an hour on 2 cores
 
 It generates a dataset of shapes (half the images easy: one or two clear shapes; half hard: many faint ones on
-clutter). By default it starts from the detector shipped in data/demo/ (step 1 of our tiny Dy-YOLOv7, trained to
-convergence once by --build-detector; its manifest.json says how and what it reached), checks it, trains the router
-(step 2, hyp/hyp.demo.step2.yaml), computes the 11 thresholds and evaluates at each (the sweep), prints a table for
-three of them and runs detection on a few images. --from-scratch trains step 1 first (hyp/hyp.demo.step1.yaml, a
-few minutes: which head ends ahead then depends on the seed, the machine and the library versions). Each stage
-calls the code of its script; the equivalent command is logged, so the same run can be typed by hand.
+clutter). By default it starts from the detector shipped in data/demo/ (step 1 of our tiny Dy-YOLOv7, trained once by
+--build-detector to the end of its schedule, where both paths were still gaining: docs/demo.md; its manifest.json
+says how and what it reached), checks it, trains the router (step 2, hyp/hyp.demo.step2.yaml), computes the 11
+thresholds and evaluates at each (the sweep), prints a table for three of them and runs detection on a few images.
+--from-scratch trains step 1 first (hyp/hyp.demo.step1.yaml, a few minutes: which head ends ahead then depends on the
+seed, the machine and the library versions). Each stage calls the code of its script; the equivalent command is
+logged, so the same run can be typed by hand.
 """
 from __future__ import annotations
 

@@ -141,8 +141,8 @@ def add_engine_flags(p) -> None:
     p.add_argument('--bf16', nargs='?', const='all', default=None, choices=BF16_MODES, metavar='MODE',
                    help='CPU: run backbones and necks in bfloat16, router and heads in fp32 (extension; off unless '
                         'given; ~1.5x faster than fp32 on CPUs with AVX512-BF16 or AMX; boxes within ~1 px at 640, see '
-                        f'README); MODE is one of {", ".join(BF16_MODES)}, all when --bf16 is given alone; keep-routes '
-                        'keeps backbone 1 in fp32 so every route is fp32\'s (slower)')
+                        f'docs/deployment.md); MODE is one of {", ".join(BF16_MODES)}, all when --bf16 is given alone; '
+                        'keep-routes keeps backbone 1 in fp32 so every route is fp32\'s (slower)')
     p.add_argument('--engine', default=None, choices=('onnx', 'openvino', 'torchscript'),
                    help='with --weight <stem>_export.yaml (export.py\'s manifest): the runtime of its graphs '
                         '(left out: openvino for an int8 manifest or with --bf16, onnx otherwise)')

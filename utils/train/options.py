@@ -58,7 +58,7 @@ def add_train_flags(p: argparse.ArgumentParser, step: int) -> None:
         p.add_argument('--router-loss', choices=ROUTER_LOSSES, default='adaptive',
                        help='adaptive: the reference\'s s·(L1 - m/2) + (1 - s)·(L2 + m/2), linear in the score s; '
                             'bce (extension): binary cross-entropy of s against "L1 - L2 below its running median m", '
-                            'which keeps scores off 0 and 1 (see README)')
+                            'which keeps scores off 0 and 1 (see docs/thresholds.md, Router losses)')
     p.add_argument('--adam', action='store_true',
                    help='use torch.optim.Adam() (beta1 = hyp momentum) instead of Nesterov SGD' if step == 1 else
                    'use torch.optim.AdamW() (beta1 = hyp momentum, as the reference\'s step 2) instead of '
