@@ -29,7 +29,7 @@ from utils.cli import (
     warn_existing_labels,
 )
 from utils.data.data_config import load_data_config
-from utils.evaluation.coco_eval import CocoIds, annotation_path, evaluate_json
+from utils.evaluation.coco_eval import CocoIds, annotation_path, evaluate_json, write_testdev_submission
 from utils.evaluation.router_budget import apply_routing_flags
 from utils.evaluation.validator import EvalOptions, evaluate, per_image_ms, split_loader, summarize
 from utils.torch_utils import select_device
@@ -48,7 +48,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    help='save label+prediction hybrid results to *.txt (turns on --save-txt)')
     p.add_argument('--save-json', action='store_true',
                    help='save a cocoapi-compatible JSON results file (<weights stem>_predictions.json) and score '
-                        'it with pycocotools when the split has an annotation JSON (not for --task test); '
+                        'it with pycocotools when the split has an annotation JSON; with --task test on *coco.yaml, '
+                        'the COCO server\'s detections_test-dev2017_<weights stem>_results.zip instead; '
                         'turned on automatically when --data ends in coco.yaml')
     p.add_argument('--v5-metric', action='store_true', help='assume maximum recall as 1.0 in AP calculation')
     p.add_argument('--save-results', action='store_true', help='append mAP, dy_thres and speed to a results file')
@@ -79,7 +80,11 @@ def routing_line(model: Model, n_easy: int, n_routed: int, img_size: int) -> str
 
 
 def write_json(opt: argparse.Namespace, rows: list, save_dir: Path, anno: Path | None, seen_ids: list) -> tuple | None:
-    """Write `<weights stem>_predictions.json`; evaluate it with pycocotools unless --task test."""
+    """Write `<weights stem>_predictions.json` and evaluate it with pycocotools; COCO --task test: the server's zip."""
+    if opt.task == 'test' and opt.data.endswith('coco.yaml') and not opt.single_cls:
+        # test-dev has no public labels: the COCO server scores it, from a file named and zipped its way
+        write_testdev_submission(rows, save_dir, Path(opt.weight).stem, len(seen_ids))
+        return None
     pred_json = save_dir / f'{Path(opt.weight).stem}_predictions.json'
     LOGGER.info(f'\nEvaluating pycocotools mAP... saving {pred_json}...')
     pred_json.write_text(json.dumps(rows))

@@ -1,4 +1,5 @@
-"""COCO JSON -> YOLO labels: equal to the coco128 fixture labels, and one-line errors on bad input."""
+"""COCO JSON -> YOLO labels: equal to the released labels (coco128 fixture, an official-format slice), image lists,
+and one-line errors on bad input."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import COCO128, ROOT, requires_coco128
-from utils.data.coco2yolo import coco91_to_80, convert_coco_json, main
+from utils.data.coco2yolo import coco91_to_80, convert_coco_json, main, write_image_list
 
 COCO128_JSON = COCO128 / 'annotations' / 'instances_train2017.json'
 
@@ -47,12 +48,8 @@ def test_boxes_equal_coco128_labels(coco128_boxes) -> None:
     out, _ = coco128_boxes
     reference = COCO128 / 'labels' / 'train2017'
     assert sorted(p.name for p in out.glob('*.txt')) == sorted(p.name for p in reference.glob('*.txt'))
-    for path in reference.glob('*.txt'):
-        expected, ours = read_rows(path), read_rows(out / path.name)
-        assert [row[0] for row in ours] == [row[0] for row in expected], path.name
-        # The fixture prints 6 significant digits ('0.0969375'), we round to 6 decimals: up to 5e-7 apart.
-        np.testing.assert_allclose(np.array([r[1:] for r in ours], float), np.array([r[1:] for r in expected], float),
-                                   rtol=0, atol=1e-6 + 1e-12, err_msg=path.name)
+    for path in reference.glob('*.txt'):  # character for character: both print %g ('0.0969375', '0.5955', '1')
+        assert (out / path.name).read_text() == path.read_text(), path.name
 
 
 @requires_coco128
@@ -202,3 +199,80 @@ def test_module_cli_prints_no_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count('\n') == 0 and 'no such file' in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+# A slice of COCO's instances_train2017.json (the annotations of 6 train2017 images, copied from coco128's JSON,
+# listed out of image order as in the official file) and the lines of the released labels for those images.
+# It holds category ids with gaps (3, 8, 13 -> classes 2, 7, 11; 67, 81, 85, 88, 90 -> 60, 71, 74, 77, 79), a
+# crowd box (149), a box touching the border (142: '1'), small values printed with more decimals (149, 133),
+# an image without annotations (250) and, added, one whose only annotation is a crowd box.
+SLICE_IMAGES = [(64, 480, 640), (133, 640, 480), (142, 480, 640), (149, 640, 428), (208, 640, 480), (250, 640, 480),
+                (999999, 640, 480)]
+SLICE_ANNOTATIONS = [  # (id, image_id, category_id, bbox, iscrowd)
+    (350246, 64, 3, [52.36, 387.77, 176.36, 157.62], 0), (317921, 133, 65, [13.99, 2.87, 626.01, 418.65], 0),
+    (1367656, 64, 8, [52.64, 353.78, 124.58, 59.47], 0), (82331, 142, 44, [256.71, 88.94, 160.07, 253.87], 0),
+    (466969, 149, 1, [388.03, 324.65, 9.61, 13.33], 0), (1132256, 208, 81, [1.08, 108.94, 638.92, 366.75], 0),
+    (1389088, 64, 13, [115.84, 226.59, 37.02, 75.17], 0), (1673328, 133, 88, [525.34, 20.93, 47.95, 28.72], 0),
+    (413425, 142, 67, [0.0, 226.36, 480.0, 226.22], 0), (900100011, 149, 1, [104, 310, 459, 34], 1),
+    (479044, 149, 1, [339.42, 316.81, 6.88, 13.08], 0), (2197833, 208, 90, [157.81, 170.21, 191.76, 88.89], 0),
+    (2197111, 64, 85, [112.04, 42.19, 154.3, 152.31], 0), (498873, 149, 1, [333.22, 315.73, 6.3, 13.95], 0),
+    (900100012, 999999, 1, [0, 0, 640, 480], 1)]
+RELEASED_LINES = {
+    '000000000064.txt': ['2 0.292792 0.729031 0.367417 0.246281', '7 0.239438 0.599242 0.259542 0.0929219',
+                         '11 0.279896 0.412773 0.077125 0.117453', '74 0.394146 0.184914 0.321458 0.237984'],
+    '000000000133.txt': ['59 0.51093 0.442073 0.978141 0.872188', '77 0.858305 0.0735208 0.0749219 0.0598333'],
+    '000000000142.txt': ['39 0.701552 0.337305 0.333479 0.396672', '60 0.5 0.530422 1 0.353469'],
+    '000000000149.txt': ['0 0.613805 0.7741 0.0150156 0.0311449', '0 0.535719 0.755491 0.01075 0.0305607',
+                         '0 0.525578 0.753984 0.00984375 0.0325935'],
+    '000000000208.txt': ['71 0.500844 0.60899 0.998312 0.764062', '79 0.396391 0.447198 0.299625 0.185188']}
+
+
+def test_official_slice_gives_the_released_label_lines(tmp_path: Path) -> None:
+    images = [{'id': i, 'file_name': f'{i:012d}.jpg', 'width': w, 'height': h, 'license': 1} for i, w, h in SLICE_IMAGES]
+    annotations = [{'id': a, 'image_id': i, 'category_id': c, 'bbox': b, 'iscrowd': crowd, 'area': b[2] * b[3],
+                    'segmentation': {'counts': [], 'size': [1, 1]} if crowd else []}
+                   for a, i, c, b, crowd in SLICE_ANNOTATIONS]
+    categories = [{'id': i, 'name': f'c{i}', 'supercategory': 's'} for i in coco91_to_80()]  # COCO's 80 ids
+    stats = convert_coco_json(write_coco(tmp_path, annotations, categories, images), tmp_path / 'out')
+    assert {p.name: p.read_text().splitlines() for p in (tmp_path / 'out').iterdir()} == RELEASED_LINES
+    assert (stats['files'], stats['backgrounds'], stats['crowd_skipped'], stats['objects']) == (5, 2, 2, 13)
+
+
+@requires_coco128
+def test_official_slice_lines_are_in_the_fixture() -> None:
+    for name, lines in RELEASED_LINES.items():  # the literal lines above are the fixture's, not retyped guesses
+        fixture = (COCO128 / 'labels' / 'train2017' / name).read_text().splitlines()
+        assert all(line in fixture for line in lines), name
+    assert not (COCO128 / 'labels' / 'train2017' / '000000000250.txt').exists()
+
+
+def test_image_list_from_an_image_info_json(tmp_path: Path, caplog) -> None:
+    # image_info_test-dev2017.json's form: images and categories, no annotations key
+    info = {'info': {}, 'licenses': [], 'categories': [{'id': 1, 'name': 'person'}],
+            'images': [{'id': 581929, 'file_name': '000000581929.jpg', 'width': 640, 'height': 480},
+                       {'id': 1, 'file_name': '000000000001.jpg', 'width': 640, 'height': 480},
+                       {'id': 57, 'file_name': '000000000057.jpg', 'width': 640, 'height': 480}]}
+    json_path = tmp_path / 'image_info_test-dev2017.json'
+    json_path.write_text(json.dumps(info))
+    (tmp_path / 'coco' / 'images' / 'test2017').mkdir(parents=True)
+    (tmp_path / 'coco' / 'images' / 'test2017' / '000000000001.jpg').write_bytes(b'')
+    list_path = tmp_path / 'coco' / 'test-dev2017.txt'
+    with caplog.at_level(logging.INFO, logger='utils.data.coco2yolo'):
+        assert main(['--json', str(json_path), '--image-list', str(list_path)]) == 0
+    assert list_path.read_text() == ('./images/test2017/000000000001.jpg\n./images/test2017/000000000057.jpg\n'
+                                     './images/test2017/000000581929.jpg\n')
+    assert [r.getMessage() for r in caplog.records] == [
+        f'2 of the 3 listed images are not in {tmp_path / "coco" / "images" / "test2017"}',
+        f'wrote 3 image paths to {list_path}']
+    assert write_image_list(json_path, tmp_path / 'val.txt', './images/val2017/') == 3
+    assert (tmp_path / 'val.txt').read_text().splitlines()[0] == './images/val2017/000000000001.jpg'
+
+
+@pytest.mark.parametrize('content, message', [
+    ('{"annotations": []}', 'no list under key(s) images'), ('{"images": [{"id": 1}]}', 'images[0]: needs a file_name')])
+def test_image_list_bad_input_is_one_line(tmp_path: Path, caplog, content: str, message: str) -> None:
+    json_path = tmp_path / 'info.json'
+    json_path.write_text(content)
+    assert main(['--json', str(json_path), '--image-list', str(tmp_path / 'list.txt')]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and message in errors[0] and not (tmp_path / 'list.txt').exists()

@@ -1,15 +1,20 @@
-"""Convert a COCO instances JSON into YOLO label files, one `<image stem>.txt` per image.
+"""Convert a COCO instances JSON into YOLO label files, one `<image stem>.txt` per image; write image lists.
 
     python -m utils.data.coco2yolo --json instances_train2017.json --out labels/train2017 [--segments]
+    python -m utils.data.coco2yolo --json image_info_test-dev2017.json --image-list test-dev2017.txt
 
-Each line is `class cx cy w h` (box, normalised by the image size, rounded to 6 decimals) or, with
---segments, `class x1 y1 x2 y2 ...` (normalised polygon, `%.6f`). Lines keep the order of the annotations
-in the JSON. Classes: when `categories` holds exactly the 80 COCO ids, they map to 0-79 by `coco91_to_80()`;
-any other category set maps its sorted ids to 0..K-1 (a missing `categories` key means the COCO map).
+Each line is `class cx cy w h` (box, normalised by the image size, printed `%g` as the released COCO labels
+are, so lines equal theirs character for character) or, with --segments, `class x1 y1 x2 y2 ...`
+(normalised polygon, `%.6f`). Lines keep the order of the annotations in the JSON. Classes: when
+`categories` holds exactly the 80 COCO ids, they map to 0-79 by `coco91_to_80()`; any other category set
+maps its sorted ids to 0..K-1 (a missing `categories` key means the COCO map).
 Crowd annotations and boxes with w <= 0 or h <= 0 are skipped, as in the released YOLO labels; an image
 left with no object gets no file (a background image). An annotation with several polygons becomes one
 polygon made by concatenating the parts in order (no bridging between parts); an annotation without a
 polygon (RLE) falls back to the four corners of its box.
+
+--image-list writes one `./images/test2017/<file_name>` line per image of the JSON (an instances JSON, or an
+image-info JSON such as image_info_test-dev2017.json, which has no annotations), sorted by name.
 """
 from __future__ import annotations
 
@@ -20,7 +25,6 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from utils.data.labels import topleft_box_to_yolo
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -49,8 +53,8 @@ def class_map(categories: list[dict] | None) -> dict[int, int]:
     return {category_id: index for index, category_id in enumerate(ids)}
 
 
-def load_coco_json(json_path: str | os.PathLike) -> dict:
-    """Read and check a COCO instances JSON; CocoFormatError on anything unusable."""
+def load_coco_json(json_path: str | os.PathLike, keys: tuple[str, ...] = ('images', 'annotations')) -> dict:
+    """Read a COCO JSON and check that it has a list under each of `keys`; CocoFormatError otherwise."""
     path = Path(json_path)
     try:
         text = path.read_bytes()
@@ -63,8 +67,8 @@ def load_coco_json(json_path: str | os.PathLike) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CocoFormatError(f'{path}: not valid JSON ({error})') from None
     if not isinstance(data, dict):
-        raise CocoFormatError(f'{path}: expected a JSON object with keys images and annotations')
-    missing = [key for key in ('images', 'annotations') if not isinstance(data.get(key), list)]
+        raise CocoFormatError(f'{path}: expected a JSON object with keys {" and ".join(keys)}')
+    missing = [key for key in keys if not isinstance(data.get(key), list)]
     if missing:
         raise CocoFormatError(f'{path}: no list under key(s) {", ".join(missing)}')
     return data
@@ -99,9 +103,11 @@ def label_line(annotation: dict, cls: int, width: float, height: float, segments
     """One label file line for an annotation already known to be usable."""
     if segments:
         return ' '.join([str(cls)] + [f'{v:.6f}' for v in polygon_values(annotation, width, height)])
-    values = topleft_box_to_yolo(annotation['bbox'], width, height)
-    # Trailing zeros dropped, like the released labels ('0.5955', not '0.595500').
-    return ' '.join([str(cls)] + [f'{v:.6f}'.rstrip('0').rstrip('.') for v in values])
+    x, y, w, h = annotation['bbox']
+    # Unrounded and %g (6 significant digits), in this order of operations: the released labels' lines
+    # ('0.5955', '0.0150156'), equal character for character on coco128's 929 boxes.
+    values = ((x + w / 2) / width, (y + h / 2) / height, w / width, h / height)
+    return ' '.join([str(cls)] + [f'{v:g}' for v in values])
 
 
 def skip_reason(annotation: dict, images: dict, classes: dict[int, int]) -> str | None:
@@ -157,21 +163,70 @@ def convert_coco_json(json_path: str | os.PathLike, out_dir: str | os.PathLike, 
     return dict(stats)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry: convert, log a summary line; exit code 2 with a one-line error on bad input."""
-    parser = argparse.ArgumentParser(description='Convert a COCO instances JSON to YOLO label files.')
-    parser.add_argument('--json', required=True, help='COCO instances JSON, e.g. instances_train2017.json')
-    parser.add_argument('--out', required=True, help='folder for the <image stem>.txt label files')
+def image_file_names(images: list[dict]) -> list[str]:
+    """The sorted, distinct `file_name` of every image entry, checking each one."""
+    names = set()
+    for index, image in enumerate(images):
+        name = image.get('file_name') if isinstance(image, dict) else None
+        if not isinstance(name, str) or not name:
+            raise CocoFormatError(f'images[{index}]: needs a file_name')
+        names.add(name)
+    return sorted(names)
+
+
+def write_image_list(json_path: str | os.PathLike, list_path: str | os.PathLike,
+                     image_dir: str = './images/test2017') -> int:
+    """Write LIST with one `<image_dir>/<file_name>` line per image of a COCO JSON; return the line count."""
+    names = image_file_names(load_coco_json(json_path, keys=('images',))['images'])
+    out = Path(list_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = image_dir.rstrip('/')
+    write_text_file(out, ''.join(f'{prefix}/{name}\n' for name in names))
+    # './' lines resolve against the list's folder, so that is where the images must be for the scan.
+    folder = out.parent / prefix
+    if not folder.is_dir():
+        logger.warning('%s does not exist yet: unzip the images there before using %s', folder, out)
+    else:
+        absent = sum(1 for name in names if not (folder / name).is_file())
+        if absent:
+            logger.warning('%d of the %d listed images are not in %s', absent, len(names), folder)
+    return len(names)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: --json and exactly one of --out (labels) or --image-list."""
+    parser = argparse.ArgumentParser(description='Convert a COCO instances JSON to YOLO label files, or write '
+                                                 'the image list of a COCO JSON.')
+    parser.add_argument('--json', required=True, help='COCO JSON, e.g. instances_train2017.json or '
+                                                      'image_info_test-dev2017.json (for --image-list)')
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument('--out', help='folder for the <image stem>.txt label files')
+    mode.add_argument('--image-list', metavar='FILE', help='write FILE listing the JSON\'s images, one '
+                                                           '<image-dir>/<file_name> a line, e.g. test-dev2017.txt')
+    parser.add_argument('--image-dir', default='./images/test2017',
+                        help='with --image-list: the folder each line starts with, relative to FILE\'s folder '
+                             '(default ./images/test2017, where the test-dev images are)')
     parser.add_argument('--segments', action='store_true', help='write polygons instead of boxes')
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry: convert or list, log a summary line; exit code 2 with a one-line error on bad input."""
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
     try:
-        stats = convert_coco_json(args.json, args.out, segments=args.segments)
+        if args.image_list:
+            count = write_image_list(args.json, args.image_list, args.image_dir)
+        else:
+            stats = convert_coco_json(args.json, args.out, segments=args.segments)
     except (CocoFormatError, OSError) as error:
         logger.error('%s', str(error).replace('\n', ' '))
         return 2
-    logger.info('wrote %d label files (%d background images, %d crowd annotations skipped) to %s',
-                stats['files'], stats['backgrounds'], stats['crowd_skipped'], args.out)
+    if args.image_list:
+        logger.info('wrote %d image paths to %s', count, args.image_list)
+    else:
+        logger.info('wrote %d label files (%d background images, %d crowd annotations skipped) to %s',
+                    stats['files'], stats['backgrounds'], stats['crowd_skipped'], args.out)
     return 0
 
 

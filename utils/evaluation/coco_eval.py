@@ -4,20 +4,34 @@ Faithful: the JSON rows (image_id, category_id, bbox top-left xywh rounded to 3,
 COCOeval call restricted to the evaluated images. Fixed reference defects: the annotation path is derived from the
 dataset (`<root>/annotations/instances_<split>.json`, or the data YAML's `annotations` key) instead of a hard-coded
 `./coco/...`, and its absence is said plainly. Extension: image ids and category ids come from the annotation JSON
-when there is one, so custom datasets whose file names are not numbers evaluate correctly.
+when there is one, so custom datasets whose file names are not numbers evaluate correctly. For COCO test-dev
+(no public labels) the rows go to the COCO server instead: `write_testdev_submission` names and zips them as its
+upload rules ask (cocodataset.org/#upload: `detections_test-dev2017_<method>_results.json`, zipped).
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
+import zipfile
 from pathlib import Path
 
 import torch
 
 from utils.data.coco2yolo import COCO80_IDS, class_map
+from utils.errors import UserError
 from utils.general import xyxy2xywh
 
 LOGGER = logging.getLogger(__name__)
+
+# The COCO detection challenge's bounding-box server (CodaLab), which scores test-dev; test-dev2017 has 20,288
+# images (image_info_test-dev2017.json), a subset of test2017's 40,670.
+TESTDEV_SERVER = 'https://codalab.lisn.upsaclay.fr/competitions/7384'
+TESTDEV2017_IMAGES = 20288
+
+
+class SubmissionError(UserError, ValueError):
+    """Detections that the COCO test-dev server cannot take; the message is one line."""
 
 
 def annotation_path(data: dict, split_entries: list[str]) -> Path | None:
@@ -77,3 +91,32 @@ def evaluate_json(anno_json: Path, pred_json: Path, image_ids: list) -> tuple[fl
     except Exception as e:  # noqa: BLE001 — the reference reports any pycocotools failure and goes on
         LOGGER.warning(f'pycocotools unable to run: {e}')
         return None
+
+
+def submission_method(name: str) -> str:
+    """The file name's <method>: letters, digits, '_' and '-' kept, any other run of characters becomes '-'."""
+    return re.sub(r'[^A-Za-z0-9_-]+', '-', name).strip('-') or 'dynamicdet'
+
+
+def submission_json_name(method: str) -> str:
+    """The name the server requires: `detections_test-dev2017_<method>_results.json`."""
+    return f'detections_test-dev2017_{submission_method(method)}_results.json'
+
+
+def write_testdev_submission(rows: list[dict], save_dir: Path, method: str, n_images: int) -> Path:
+    """Write the test-dev results JSON and the .zip the server takes (that JSON alone, at its top level)."""
+    foreign = sorted({row['category_id'] for row in rows} - set(COCO80_IDS), key=str)
+    if foreign:
+        raise SubmissionError(f'category ids {", ".join(map(str, foreign[:5]))} are not COCO\'s: the test-dev '
+                              f'server takes COCO\'s 91-id scheme, from a data YAML with the 80 COCO classes')
+    json_path = Path(save_dir) / submission_json_name(method)
+    json_path.write_text(json.dumps(rows))
+    zip_path = json_path.with_suffix('.zip')
+    with zipfile.ZipFile(zip_path, 'w', compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.write(json_path, arcname=json_path.name)
+    if n_images != TESTDEV2017_IMAGES:
+        LOGGER.warning(f'WARNING: {n_images} images evaluated; the server scores all {TESTDEV2017_IMAGES} of '
+                       f'test-dev2017 (the list from image_info_test-dev2017.json, see docs/datasets.md)')
+    LOGGER.info(f'COCO test-dev: {zip_path} ({len(rows)} detections on {n_images} images) is the file to upload '
+                f'to the COCO detection server, {TESTDEV_SERVER}')
+    return zip_path
