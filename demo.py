@@ -220,7 +220,7 @@ def step1_argv(opt: argparse.Namespace, data: Path, out: Path, hyp: Path = HYP1)
 
 def step2_argv(opt: argparse.Namespace, data: Path, out: Path, detector: Path) -> list[str]:
     """The demo's step-2 command line: the router on the frozen `detector` (run folder out/train/step2)."""
-    # --router-loss bce by default: the reference's linear loss drives every score to 0 or 1 together (README)
+    # --router-loss bce by default: the reference's linear loss drives every score to 0 or 1 together (docs/thresholds.md)
     return ['--cfg', str(CFG2), '--weight', str(detector), '--hyp', str(HYP2), '--epochs', str(opt.router_epochs),
             '--name', 'step2', '--router-loss', opt.router_loss, *common_argv(opt, data, out)]
 
@@ -248,9 +248,9 @@ def _stages(opt: argparse.Namespace) -> Path:
                             Trainer, opt.epochs)
         detector = step1 / 'weights' / 'last.pt'
         LOGGER.info('(--from-scratch: after these few minutes of training, which head ends ahead depends on the '
-                    'seed, the machine and the library versions; the default demo starts from a converged one)')
+                    'seed, the machine and the library versions; the default demo starts from the shipped one)')
     else:
-        LOGGER.info(f'Step 1: the shipped detector {detector} (trained to convergence by `{manifest["command"]}`; '
+        LOGGER.info(f'Step 1: the shipped detector {detector} (trained once by `{manifest["command"]}`; '
                     f'held-out mAP@.5:.95 easy path {_held_out(manifest, "easy")}, hard path '
                     f'{_held_out(manifest, "hard")}: {opt.detector}/manifest.json)')
     step2 = train_stage('Step 2: the router on the frozen detector', train_step2, step2_argv(opt, data, out, detector),
@@ -300,7 +300,7 @@ def build_detector(opt: argparse.Namespace) -> Path:
     argv = step1_argv(opt, data, out, shipped.HYP)
     rows: list[dict] = []
     start = time.perf_counter()
-    run = train_stage('Step 1: the demo detector, to convergence', train_step1, argv,
+    run = train_stage('Step 1: the demo detector, to the end of its schedule', train_step1, argv,
                       shipped.curve_trainer(Trainer, recipe, rows), recipe.epochs)
     wall = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ architecture     the DynamicDet architecture: rows per section, router inputs an
                  640x640) from models.yolo.Model(cfg).
 map_vs_gflops    mAP@.5:.95 against mean GFLOPs per image: left, the demo's router sweep (runs/demo/sweep/sweep.csv,
                  written by `python demo.py`) with random routing (mean +- sd) and the oracle; right, the paper's COCO
-                 points (copied from README.md, "The paper's figures (not reproduced here)").
+                 points (copied from README.md, "Results (the paper's, COCO)").
 demo_detections  the demo's detection images (runs/demo/detect/) with each image's route: detect.py logs the route but
                  does not store it, so it is recomputed here as detect.py routes (the step-2 checkpoint's router score
                  of the letterboxed sample image >= the threshold the demo detected at).
@@ -51,7 +51,7 @@ MAX_DETECTIONS = 8
 EASY, HARD, SHARED, ROUTER = '#2e7d32', '#c62828', '#37474f', '#6a1b9a'
 
 # COCO val AP (mAP@.5:.95) against GFLOPs per image, the paper's published figures, copied from README.md's section
-# "The paper's figures (not reproduced here)": model -> [(easy share, GFLOPs, AP val)].
+# README.md, "Results (the paper's, COCO)": model -> [(easy share, GFLOPs, AP val)].
 PAPER_COCO: dict[str, list[tuple[str, float, float]]] = {
     'Dy-YOLOv7 (640)': [('90%', 112.4, 51.4), ('50%', 143.2, 52.7), ('10%', 174.0, 53.3), ('0%', 181.7, 53.5)],
     'Dy-YOLOv7-X (640)': [('90%', 201.7, 53.0), ('50%', 248.9, 54.2), ('10%', 296.1, 54.7), ('0%', 307.9, 54.8)],

@@ -3,7 +3,7 @@ commands, and a learning floor an untrained model cannot reach; the same seed tr
 --build-detector (a checkpoint and manifest the default mode accepts) and the default (step 2 onwards on a given
 detector). tests/test_demo_detector.py checks the detector the repository ships.
 
-The default-size demo (the README's first command, 2-3 min on 2 cores) is not run here; `benchmarks/bench_demo.py`
+The default-size demo (the README's first command, 2-2.5 min on 2 cores) is not run here; `benchmarks/bench_demo.py`
 runs it over several seeds and prints each figure's spread; the README quotes those.
 """
 from __future__ import annotations

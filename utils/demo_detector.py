@@ -1,4 +1,4 @@
-"""The demo's shipped detector (extension): a step-1 tiny Dy-YOLOv7 trained once, to convergence, on the synthetic
+"""The demo's shipped detector (extension): a step-1 tiny Dy-YOLOv7 trained once, to the end of its schedule (both paths still gaining: docs/demo.md), on the synthetic
 shapes, kept in the repository with a manifest, so that the default demo starts from a model whose verdict (does the
 hard path pay?) is a property of the model, not of a five-minute run's float rounding.
 

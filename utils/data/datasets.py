@@ -114,7 +114,7 @@ class LoadImagesAndLabels(Dataset):
                                f'(see the warnings above)')
         if self.augment and not any(len(x) for x in scan.labels):
             raise DatasetError(f'{prefix}no labels found in {", ".join(paths)}; training needs labels in the '
-                               f'labels/ folder beside images/ (see README, Data)')
+                               f'labels/ folder beside images/ (see docs/datasets.md)')
         self.img_files, self.labels, self.segments = scan.files, scan.labels, scan.segments
         self.shapes = scan.shapes.astype(np.float64)  # (w, h) per image
         self.label_files = img2label_paths(self.img_files)

@@ -19,8 +19,8 @@ as BatchNorm weights too (the reference tested `nn.BatchNorm2d` only; it built t
 Extension: hyp `hard_path_lr_gain` (default 1, the reference's single rate) multiplies the learning rate of the
 hard path's own layers, backbone 2 and head 2 (`HARD_PATH_SECTIONS`). With a gain other than 1 those layers get
 three more groups (3-5, the same three kinds in the same order) at lr0 · gain; warmup and the schedule treat them
-as groups 0-2. Why it exists: trained from scratch for a few hundred steps, head 2 trails head 1 (see the README's
-demo section), and a larger step for the second path is what lets it pass head 1 early.
+as groups 0-2. Why it exists: trained from scratch for a few hundred steps, head 2 trails head 1 (see docs/demo.md's
+experiments), and a larger step for the second path is what lets it pass head 1 early.
 """
 from __future__ import annotations
 
