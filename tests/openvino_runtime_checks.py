@@ -10,28 +10,46 @@ import pytest
 import yaml
 
 import export
+from models.checkpoint import save_checkpoint
 from models.exported import ExportedDynamicModel
-from tests import openvino_checks
-from tests.helpers import dark_to_bright
+from models.yolo import Model
+from tests.helpers import ROOT, dark_to_bright, quick_step1_files, spread_router
+from utils.train.step2 import load_detector
 
 pytest.importorskip('openvino', reason='openvino not installed (requirements.txt)')
 pytest.importorskip('nncf', reason='nncf not installed (requirements.txt)')
-IMG = openvino_checks.IMG
-exported = openvino_checks.exported  # the same module fixture: the demo detector exported at 64 px, and int8
+IMG = 64
 
 
-def test_static_batch_int8_export_calibrates_in_its_batch_and_runs_any_batch(exported: dict, tmp_path: Path) -> None:
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shipped demo detector in the tiny step-2 config with a spread router (as tests/openvino_checks.py's
+    fixture), exported once with --static-batch --batch-size 2 and --int8 on 3 synthetic images: 'manifest' (fp32)
+    and 'int8'. One export serves every check here (the suite's time)."""
+    folder = tmp_path_factory.mktemp('runtime')
+    data, _ = quick_step1_files(folder, 4, seed=3)
+    cfg = ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml'
+    model = Model(cfg, nc=3)
+    load_detector(model, str(ROOT / 'data' / 'demo' / 'dy-yolov7-tiny-demo.pt'))
+    model.eval()
+    spread_router(model)
+    save_checkpoint({'model': model.state_dict()}, folder / 'tiny.pt')
+    manifest = export.run(export.parse_opt([
+        '--cfg', str(cfg), '--weight', str(folder / 'tiny.pt'), '--num-classes', '3', '--img-size', str(IMG),
+        '--static-batch', '--batch-size', '2', '--include', 'openvino', '--int8', '--data', str(data),
+        '--calib-images', '3']))
+    return {'manifest': manifest, 'int8': folder / 'tiny_int8_export.yaml'}
+
+
+def test_static_batch_int8_export_calibrates_in_its_batch_and_runs_any_batch(exported: dict) -> None:
     """export.py --static-batch --batch-size 2 --int8: calibration runs in batches of 2 (it fed batches of one to
     graphs of batch 2 and crashed with OpenVINO's RuntimeError traceback), and the int8 graphs run 5 images in
-    chunks of 2 with routes and scores as the dynamic int8 graphs give them within int8's error."""
-    manifest = export.run(export.parse_opt([
-        '--cfg', str(exported['cfg']), '--weight', str(exported['weights']), '--num-classes', '3', '--img-size',
-        str(IMG), '--static-batch', '--batch-size', '2', '--include', 'openvino', '--int8', '--data',
-        str(exported['data']), '--calib-images', '3', '--out', str(tmp_path)]))
-    spec = yaml.safe_load((tmp_path / 'tiny_int8_export.yaml').read_text())
-    assert spec['batch'] == 2 and spec['dynamic_batch'] is False and yaml.safe_load(manifest.read_text())['batch'] == 2
+    chunks of 2 with scores as the fp32 graphs give them within int8's error."""
+    spec = yaml.safe_load(exported['int8'].read_text())
+    assert spec['batch'] == 2 and spec['dynamic_batch'] is False and spec['calibration']['images'] == 3
+    assert yaml.safe_load(exported['manifest'].read_text())['batch'] == 2
     x = dark_to_bright(5, IMG, seed=1).numpy()
-    static = ExportedDynamicModel(tmp_path / 'tiny_int8_export.yaml')
+    static = ExportedDynamicModel(exported['int8'])
     assert static.parts['part1'].batch == 2
     fp32 = ExportedDynamicModel(exported['manifest'], 'openvino')
     s8, s32 = static.scores_and_features(x)[0], fp32.scores_and_features(x)[0]
@@ -60,9 +78,9 @@ def test_bf16_with_a_manifest_keeps_router_and_decode_in_fp32(exported: dict, mo
         assert kept and all(k.startswith(own) or k == 'detections' for k in kept)
         assert any('Sigmoid' in k for k in kept) and any('Concat' in k for k in kept)
     assert all(p.precision == 'bf16' for p in runner.parts.values())
-    routes = ExportedDynamicModel(exported['int8'], precision='bf16', keep_routes=True)
-    assert [routes.parts[p].precision for p in ('part1', 'easy', 'hard')] == ['fp32', 'bf16', 'bf16']
-    assert ExportedModel(exported['int8'], precision='bf16', keep_routes=True).description() == (
+    routes = ExportedModel(exported['int8'], precision='bf16', keep_routes=True)
+    assert [routes.runner.parts[p].precision for p in ('part1', 'easy', 'hard')] == ['fp32', 'bf16', 'bf16']
+    assert routes.description() == (
         f'openvino int8 (unquantized ops bf16; router, decode and part 1 fp32) graphs at {IMG}x{IMG}, latency mode')
     monkeypatch.setattr(runtime, 'cpu_has_bf16', lambda: False)
     runtime._SAID.clear()
