@@ -309,7 +309,7 @@ def detection_routes(names: list[str], dy_thres: float) -> dict[str, tuple[str, 
         for name in names:
             source = str(_need(SAMPLES_DIR / name))  # detect.py's input image (runs/demo/detect/ has it drawn)
             frame = Frame(source, cv2.imread(source), 'image')
-            score = float(model(prepare_input(detector.letterbox([frame]), model) / 255.0).view(-1)[0])
+            score = float(model(prepare_input(detector.letterbox([frame])[0].boxed, model) / 255.0).view(-1)[0])
             routes[name] = ('easy' if score >= dy_thres else 'hard', score)
     return routes
 
