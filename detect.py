@@ -23,24 +23,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
-from models.exported_model import load_inference_model
 from utils.cli import (
     HelpFormatter,
     add_detection_flags,
     add_engine_flags,
     check_detection_flags,
     check_engine_flags,
-    check_img_size,
     check_writable,
     increment_path,
     run_cli,
     warn_existing_labels,
 )
-from utils.data.data_config import DataConfigError, load_data_config
-from utils.detection.detector import DetectionOutputs, DetectOptions, Detector, FpsMeter
+from utils.detection.detector import DetectionOutputs, FpsMeter
 from utils.detection.drawing import class_colours, display_available, draw_detection, draw_status
+from utils.detection.predictor import class_names, load_detector
 from utils.detection.sources import (
     Frame,
     SourceError,
@@ -50,11 +47,8 @@ from utils.detection.sources import (
     prefetch,
     read_stream_list,
 )
-from utils.evaluation.router_budget import apply_routing_flags
-from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger('detect')
-ROOT = Path(__file__).resolve().parent
 DEFAULT_SOURCE = 'data/images'  # shipped sample images (relative to the working directory, as --data's default)
 
 
@@ -94,21 +88,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     return opt
 
 
-def class_names(opt: argparse.Namespace) -> list[str]:
-    """--data names (its nc must be --num-classes), else COCO names for 80 classes, else numbers."""
-    if opt.data:
-        data = load_data_config(opt.data, required=())
-        if data['nc'] != opt.num_classes:  # its names would label the boxes with another dataset's classes
-            raise DataConfigError(f'--data {opt.data}: has {data["nc"]} classes but --num-classes is '
-                                  f'{opt.num_classes}; pass the data YAML the checkpoint was trained on, or drop --data')
-        names = [str(n) for n in data['names']]
-    elif opt.num_classes == 80:
-        names = [str(n) for n in yaml.safe_load((ROOT / 'data' / 'coco.yaml').read_text())['names']]
-    else:
-        names = [str(i) for i in range(opt.num_classes)]
-    return names + [str(i) for i in range(len(names), opt.num_classes)]
-
-
 def log_line(frame: Frame, det: np.ndarray, route: str, t_inf: float, t_nms: float, names: list[str]) -> str:
     """The reference's per-image line (stream/video prefix, class counts, timings) with the route taken."""
     counts = np.bincount(det[:, 5].astype(int), minlength=len(names)) if len(det) else []
@@ -128,25 +107,9 @@ def draw(frame: Frame, det: np.ndarray, route: str, fps: float, names: list[str]
     return drawn
 
 
-def load_detector(opt: argparse.Namespace) -> Detector:
-    """The strict-loaded, fused model with --dy-thres, fp16 on CUDA, wrapped with the NMS settings."""
-    device = select_device(opt.device)
-    model = load_inference_model(opt, opt.num_classes, device)
-    apply_routing_flags(model, opt)
-    if device.type == 'cuda':
-        model.half()
-    stride = int(model.stride.max())
-    options = DetectOptions(opt.conf_thres, opt.iou_thres, opt.classes, opt.agnostic_nms, opt.augment)
-    fixed = getattr(model, 'fixed_size', None) is not None  # exported graphs take one (h, w)
-    size = model.input_size(opt.img_size) if fixed else check_img_size(opt.img_size, stride)
-    # a share of easy images from test.py's percentiles holds for images letterboxed as test.py letterboxes them
-    budget = getattr(model, 'dynamic', False) and (opt.easy_share is not None or opt.gflops is not None)
-    return Detector(model, size, stride, options, evaluation_boxes=budget)
-
-
 def run_detect(opt: argparse.Namespace) -> Path:
     """Detect on every frame of --source; returns the run folder."""
-    names = class_names(opt)
+    names = class_names(opt.num_classes, opt.data)
     (read_stream_list if is_stream(opt.source) else list_sources)(opt.source)  # fail before creating anything
     check_writable(Path(opt.project) / opt.name)
     detector = load_detector(opt)  # before the run folder: a checkpoint that does not fit leaves nothing behind

@@ -115,6 +115,7 @@ class ExportedDynamicModel:
             self.parts = {part: load(file, threads) for part, file in files.items()}
             self.precision = 'fp32'
         self.features = list(self.manifest.features)
+        self.last_score: np.ndarray | None = None  # (B,) router scores of the last routed batch
         # ONNX graphs exported with --static-batch take exactly `batch` images: a batch runs in chunks of it (the
         # last padded with zero images, cut back); OpenVINO's CompiledGraph chunks itself, TorchScript's batch is free
         fixed_batch = backend == 'onnx' and not self.manifest.dynamic_batch
@@ -147,6 +148,7 @@ class ExportedDynamicModel:
         x = np.ascontiguousarray(x, dtype=np.float32)
         score, by_index = self.scores_and_features(x)
         easy = score >= self.dy_thres
+        self.last_score = score
         outputs = {}
         for part, mask in (('easy', easy), ('hard', ~easy)):
             if mask.any():

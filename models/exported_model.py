@@ -51,7 +51,7 @@ class ExportedModel(nn.Module):
         self.input_param = nn.Parameter(torch.zeros(0), requires_grad=False)  # device and dtype of the inputs
         self.yaml = {'nc': spec.nc}
         self.fixed_size = tuple(spec.img_size)  # (h, w) the graphs were exported at
-        self.get_score, self.last_easy = False, None
+        self.get_score, self.last_easy, self.last_score = False, None, None
         self.eval()
 
     @property
@@ -83,7 +83,7 @@ class ExportedModel(nn.Module):
         if self.get_score:
             return torch.from_numpy(self.runner.scores_and_features(arr)[0]).view(-1, 1)
         decoded, easy = self.runner(arr)
-        self.last_easy = torch.from_numpy(easy)
+        self.last_easy, self.last_score = torch.from_numpy(easy), torch.from_numpy(self.runner.last_score)
         return torch.from_numpy(decoded), None
 
     def eval_chunk(self, x: torch.Tensor) -> int:

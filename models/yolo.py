@@ -47,6 +47,7 @@ class Model(nn.Module):
         self.dy_thres = 0.5
         self.get_score = False
         self.last_easy: torch.Tensor | None = None  # (B,) bool: which images of the last routed batch took the easy path
+        self.last_score: torch.Tensor | None = None  # (B,) their router scores
         self.chunk_pixels = 0  # set for the CPU by models.inference.prepare_for_inference
         self.input_format = torch.contiguous_format  # eval inputs' layout; channels_last after prepare_for_inference
         if self.dynamic:  # created first: the reference's state_dict lists the router first
@@ -158,12 +159,14 @@ class Model(nn.Module):
 
     def _forward_chunks(self, x: torch.Tensor, chunk: int, augment: bool):
         """The eval forward chunk by chunk, outputs and `last_easy` concatenated in input order."""
-        outputs, easy = [], []
+        outputs, easy, scores = [], [], []
         for part in x.split(chunk):
-            self.last_easy = None
+            self.last_easy = self.last_score = None
             outputs.append(self.forward(part, augment))
             easy.append(self.last_easy)
+            scores.append(self.last_score)
         self.last_easy = None if any(e is None for e in easy) else torch.cat(easy)
+        self.last_score = None if any(s is None for s in scores) else torch.cat(scores)
         return cat_outputs(outputs)
 
     def forward_path(self, x: torch.Tensor, path: str):
@@ -191,7 +194,7 @@ class Model(nn.Module):
 
     def _route(self, x: torch.Tensor, b1: list, score: torch.Tensor):
         easy = score[:, 0] >= self.dy_thres
-        self.last_easy = easy  # read by evaluators for routing statistics
+        self.last_easy, self.last_score = easy, score[:, 0]  # read by evaluators and the predictor
         n_easy = int(easy.sum())
         if n_easy == x.shape[0]:
             return self._easy(b1)

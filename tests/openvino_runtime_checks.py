@@ -38,7 +38,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         '--cfg', str(cfg), '--weight', str(folder / 'tiny.pt'), '--num-classes', '3', '--img-size', str(IMG),
         '--static-batch', '--batch-size', '2', '--include', 'openvino', '--int8', '--data', str(data),
         '--calib-images', '3']))
-    return {'manifest': manifest, 'int8': folder / 'tiny_int8_export.yaml'}
+    return {'manifest': manifest, 'int8': folder / 'tiny_int8_export.yaml', 'data': data}
 
 
 def test_static_batch_int8_export_calibrates_in_its_batch_and_runs_any_batch(exported: dict) -> None:
@@ -106,3 +106,18 @@ def test_throughput_mode_gives_latency_modes_outputs(exported: dict) -> None:
     (d1, e1), (d2, e2) = latency(x), throughput(x)
     np.testing.assert_array_equal(e1, e2)
     np.testing.assert_allclose(d1, d2, rtol=1e-5, atol=1e-4)
+
+
+def test_the_predictor_gives_detects_results_on_an_openvino_fp32_manifest(exported: dict, tmp_path: Path,
+                                                                         caplog) -> None:
+    """Predictor(manifest, engine='openvino') and detect.py --engine openvino on the same images: equal boxes,
+    confidences, classes and routes (tests/test_predictor.py does the same for a checkpoint)."""
+    from tests.test_predictor import assert_equals_detect, detect_run
+    from utils.detection.predictor import Predictor
+    images = exported['data'].parent / 'images' / 'train'
+    run, routes = detect_run(exported['manifest'], '', images, tmp_path, caplog, '--conf-thres', '0.001',
+                             '--engine', 'openvino', '--dy-thres', '0.5')
+    predictions = Predictor(exported['manifest'], num_classes=3, engine='openvino', conf_thres=0.001,
+                            img_size=IMG)(images)
+    assert len(predictions) == len(routes) >= 2
+    assert_equals_detect(predictions, run, routes)

@@ -81,8 +81,8 @@ def test_detect_data_with_another_class_count_is_one_line(tmp_path: Path, capsys
                                        '--data', str(data), '--source', str(tmp_path)], capsys)
     assert f'--data {data}: has 80 classes but --num-classes is 3' in line
     (tmp_path / 'three.yaml').write_text(yaml.safe_dump({'names': ['a', 'b', 'c']}))
-    assert detect.class_names(detect.parse_opt(['--num-classes', '3', '--data', str(tmp_path / 'three.yaml')])) \
-        == ['a', 'b', 'c']
+    opt = detect.parse_opt(['--num-classes', '3', '--data', str(tmp_path / 'three.yaml')])
+    assert detect.class_names(opt.num_classes, opt.data) == ['a', 'b', 'c']
 
 
 def test_detect_classes_outside_the_model_are_one_line(capsys) -> None:

@@ -61,11 +61,13 @@ class DetectOptions:
 
 @dataclass
 class BatchResult:
-    """Per frame: detections [x1, y1, x2, y2, conf, cls] in frame pixels and the route; batch timings."""
+    """Per frame: detections [x1, y1, x2, y2, conf, cls] in frame pixels, the route and the router score ('' and
+    None without a router); batch timings."""
     detections: list[np.ndarray]
     routes: list[str]
     inference_s: float
     nms_s: float
+    scores: list[float | None] = field(default_factory=list)
 
 
 def letterbox_batch(images: list[np.ndarray], img_size: int | tuple[int, int], stride: int, auto: bool = True
@@ -143,13 +145,13 @@ class Detector:
                                 [ratio_pads[i] for i in indices] if ratio_pads else None))
         return groups
 
-    def _run_group(self, group: Group, frames: list[Frame]) -> tuple[list, list, float, float]:
+    def _run_group(self, group: Group, frames: list[Frame]) -> tuple[list, list, list, float, float]:
         x = prepare_input(group.boxed, self.model) / 255.0
         if x.device.type == 'cuda' and x.shape != self.last_shape:
             for _ in range(CUDA_WARMUP_PASSES):
                 self._forward(x)
             self.last_shape = x.shape
-        self.model.last_easy = None
+        self.model.last_easy = self.model.last_score = None
         t0 = time_sync(x.device)
         decoded = self._forward(x)
         t1 = time_sync(x.device)
@@ -162,22 +164,23 @@ class Detector:
             ratio_pad = group.ratio_pads[k] if group.ratio_pads else None
             det[:, :4] = scale_coords(x.shape[2:], det[:, :4], frames[i].image.shape, ratio_pad).round()
             detections.append(det.cpu().numpy())
-        easy = self.model.last_easy
+        easy, score = self.model.last_easy, self.model.last_score
         routes = [''] * len(group.indices) if easy is None else ['easy' if e else 'hard' for e in easy.tolist()]
-        return detections, routes, t1 - t0, t2 - t1
+        scores = [None] * len(group.indices) if score is None else score.float().tolist()
+        return detections, routes, scores, t1 - t0, t2 - t1
 
     def __call__(self, frames: list[Frame], groups: list[Group] | None = None) -> BatchResult:
         """Detect on a batch of frames (letterboxed here unless `groups`, from letterbox(), is given); each image is
         routed by its own router score."""
         groups = self.letterbox(frames) if groups is None else groups
-        detections, routes = [np.zeros((0, 6))] * len(frames), [''] * len(frames)
+        detections, routes, scores = [np.zeros((0, 6))] * len(frames), [''] * len(frames), [None] * len(frames)
         inference_s = nms_s = 0.0
         for group in groups:
-            dets, group_routes, t_inf, t_nms = self._run_group(group, frames)
-            for i, det, route in zip(group.indices, dets, group_routes):
-                detections[i], routes[i] = det, route
+            dets, group_routes, group_scores, t_inf, t_nms = self._run_group(group, frames)
+            for i, det, route, score in zip(group.indices, dets, group_routes, group_scores):
+                detections[i], routes[i], scores[i] = det, route, score
             inference_s, nms_s = inference_s + t_inf, nms_s + t_nms
-        return BatchResult(detections, routes, inference_s, nms_s)
+        return BatchResult(detections, routes, inference_s, nms_s, scores)
 
 
 class FpsMeter:
