@@ -177,7 +177,7 @@ def format_table(rows: list[dict]) -> str:
     lines += [f'{r["threshold"]:>12.4g} {100 * r["easy_share"]:>11.0f}% {r["gflops_per_image"]:>13.3f} '
               f'{r["mAP@.5"]:>8.3f} {r["mAP@.5:.95"]:>11.3f} '
               f'{r["random_mAP@.5:.95"]:>9.3f}±{r["random_mAP@.5:.95_sd"]:.3f} {r["oracle_mAP@.5:.95"]:>7.3f} '
-              f'{r["ms_per_image"]:>9.1f}' for r in rows]
+              f'{r["eval_ms_per_image"]:>9.1f}' for r in rows]
     return '\n'.join(lines)
 
 

@@ -97,14 +97,23 @@ def log_line(frame: Frame, det: np.ndarray, route: str, t_inf: float, t_nms: flo
            f'Done. ({1e3 * t_inf:.1f}ms) Inference, ({1e3 * t_nms:.1f}ms) NMS'
 
 
-def draw(frame: Frame, det: np.ndarray, route: str, fps: float, names: list[str], colours: list) -> np.ndarray:
+def draw(frame: Frame, det: np.ndarray, route: str, fps: float, names: list[str], colours: list, status: str = ''
+         ) -> np.ndarray:
     """The frame with every detection boxed and labelled; videos and streams get a route + FPS line."""
     drawn = frame.image.copy()
     for *xyxy, conf, cls in reversed(det.tolist()):
         draw_detection(drawn, xyxy, f'{names[int(cls)]} {conf:.2f}', colours[int(cls)])
     if frame.kind != 'image':
-        draw_status(drawn, f'{route + " path | " if route else ""}{fps:.1f} FPS')
+        draw_status(drawn, f'{route + " path | " if route else ""}{fps:.1f} FPS{status}')
     return drawn
+
+
+def budget_status(detector) -> str:
+    """--target-ms on a video's status line: the target, the recent mean and the easy share."""
+    c = detector.controller
+    if c is None or not c.rows:
+        return ''
+    return f' | target {1e3 * c.target_s:g} ms, mean {1e3 * c.rows[-1][2]:.0f} ms, {100 * c.share:.0f}% easy'
 
 
 def run_detect(opt: argparse.Namespace) -> Path:
@@ -139,7 +148,7 @@ def run_detect(opt: argparse.Namespace) -> Path:
                 if opt.save_crop and len(det):
                     outputs.crops(frame, det, names)
                 if outputs.save_img or opt.view_img:
-                    drawn = draw(frame, det, route, fps, names, colours)
+                    drawn = draw(frame, det, route, fps, names, colours, budget_status(detector))
                     if outputs.save_img:
                         message += f' The image with the result is saved in: {outputs.image(frame, drawn)}'
                     if opt.view_img:
@@ -153,6 +162,9 @@ def run_detect(opt: argparse.Namespace) -> Path:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise SourceError(f'--source {opt.source}: no image or video frame could be read (see the warnings above)')
+    if detector.controller is not None:
+        LOGGER.info(f'Latency budget: {detector.controller.summary()}; frame by frame in '
+                    f'{detector.controller.save(save_dir)} and budget.png')
     LOGGER.info(f'Done. ({time.perf_counter() - t_start:.3f}s)')
     return save_dir
 

@@ -379,7 +379,7 @@ def test_get_dynamic_thres_prints_11_ascending_thresholds_and_sweeps(coco_subset
     with open(tmp_path / 'runs' / 'exp' / 'sweep.csv', newline='') as f:
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     assert len(rows) == 11 and rows[0]['threshold'] == 0 and rows[0]['easy_share'] == 1  # every image easy
-    assert rows[-1]['threshold'] == 1 and all(r['ms_per_image'] > 0 for r in rows)
+    assert rows[-1]['threshold'] == 1 and all(r['eval_ms_per_image'] > 0 for r in rows)
     for name in ('sweep.png', 'router_quality.txt', 'router.json'):
         assert (tmp_path / 'runs' / 'exp' / name).is_file(), name
     # each row's easy share is that of the scores collected (threshold 1 sends an image scoring exactly 1.0 easy:

@@ -175,8 +175,13 @@ def add_detection_flags(p, conf_thres: float, iou_thres: float) -> None:
                              'path, from the percentiles get_dynamic_thres.py saved for --weight (extension)')
     budget.add_argument('--gflops', type=float, default=None, metavar='G',
                         help='instead of --dy-thres: the threshold giving G mean GFLOPs per image (extension)')
+    budget.add_argument('--target-ms', type=float, default=None, metavar='T',
+                        help='instead of --dy-thres: hold T milliseconds per image (inference + NMS, the time each '
+                             'detect.py line logs): the paths are timed here first, the easy share that fits T is '
+                             'taken from the saved percentiles, and detect.py keeps moving the threshold as the '
+                             'machine\'s load changes (test.py: the share and mAP T gives here) (extension)')
     p.add_argument('--router-json', default='', metavar='FILE',
-                   help='the percentiles file for --easy-share/--gflops (left out: <weights stem>.router.json '
+                   help='the percentiles file for --easy-share/--gflops/--target-ms (left out: <weights stem>.router.json '
                         'beside --weight, written by get_dynamic_thres.py)')
 
 

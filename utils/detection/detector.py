@@ -117,6 +117,7 @@ class Detector:
     options: DetectOptions = field(default_factory=DetectOptions)
     last_shape: tuple | None = None
     evaluation_boxes: bool = False
+    controller: object | None = None  # --target-ms: a utils.detection.latency.LatencyController moving dy_thres
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -180,6 +181,10 @@ class Detector:
             for i, det, route, score in zip(group.indices, dets, group_routes, group_scores):
                 detections[i], routes[i], scores[i] = det, route, score
             inference_s, nms_s = inference_s + t_inf, nms_s + t_nms
+        if self.controller is not None:  # each frame's time as detect.py logs it: the batch's, per image
+            per_frame = (inference_s + nms_s) / len(frames)
+            for route, score in zip(routes, scores):
+                self.model.dy_thres = self.controller.update(per_frame, route, score)
         return BatchResult(detections, routes, inference_s, nms_s, scores)
 
 

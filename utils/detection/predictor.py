@@ -74,27 +74,33 @@ def load_detector(opt: argparse.Namespace) -> Detector:
     fixed = getattr(model, 'fixed_size', None) is not None  # exported graphs take one (h, w)
     size = model.input_size(opt.img_size) if fixed else check_img_size(opt.img_size, stride)
     # a share of easy images from test.py's percentiles holds for images letterboxed as test.py letterboxes them
-    budget = getattr(model, 'dynamic', False) and (opt.easy_share is not None or opt.gflops is not None)
-    return Detector(model, size, stride, options, evaluation_boxes=budget)
+    budget = getattr(model, 'dynamic', False) and any(getattr(opt, k, None) is not None
+                                                      for k in ('easy_share', 'gflops', 'target_ms'))
+    return Detector(model, size, stride, options, evaluation_boxes=budget, controller=getattr(opt, 'controller', None))
 
 
 class Predictor:
     """A step-2 checkpoint (with its cfg) or an export manifest, ready to detect on images (see the module doc).
-    Routing: dy_thres, or easy_share / gflops from the percentiles get_dynamic_thres.py saved beside the weight."""
+    Routing: dy_thres, or easy_share / gflops from the percentiles get_dynamic_thres.py saved beside the weight, or
+    target_ms: the paths timed here, then the threshold moved frame by frame to hold that time per image (inference
+    + NMS; `controller` has the record: summary(), save(folder))."""
 
     def __init__(self, weight: str | Path, cfg: str | Path = '', num_classes: int = 80, data: str = '',
                  img_size: int = 640, dy_thres: float = DEFAULT_DY_THRES, easy_share: float | None = None,
-                 gflops: float | None = None, router_json: str = '', conf_thres: float = 0.25,
+                 gflops: float | None = None, target_ms: float | None = None, router_json: str = '',
+                 conf_thres: float = 0.25,
                  iou_thres: float = 0.45, classes: list[int] | None = None, agnostic_nms: bool = False,
                  device: str = 'cpu', engine: str | None = None, threads: int = 0, ov_mode: str = 'latency',
                  bf16: str | None = None, batch_size: int = 1) -> None:
         opt = argparse.Namespace(weight=str(weight), cfg=str(cfg), num_classes=num_classes, data=data,
                                  img_size=img_size, dy_thres=dy_thres, easy_share=easy_share, gflops=gflops,
+                                 target_ms=target_ms,
                                  router_json=router_json, conf_thres=conf_thres, iou_thres=iou_thres,
                                  classes=classes, agnostic_nms=agnostic_nms, augment=False, device=device,
                                  engine=engine, threads=threads, ov_mode=ov_mode, bf16=bf16, compile=None)
         self.names = class_names(num_classes, data)
         self.detector = load_detector(opt)
+        self.controller = getattr(opt, 'controller', None)
         self.batch_size = max(1, int(batch_size))
 
     @property

@@ -94,7 +94,7 @@ def resolve_dy_thres(opt, run_size: int | str | None = None) -> float:
     share, gflops = getattr(opt, 'easy_share', None), getattr(opt, 'gflops', None)
     if share is None and gflops is None:
         return opt.dy_thres
-    budget = load_router_budget(getattr(opt, 'router_json', '') or budget_file_for(opt.weight), opt.weight)
+    budget = budget_for(opt)
     size = run_size or getattr(opt, 'img_size', budget['img_size'])
     if budget['img_size'] != size:
         LOGGER.warning(f'WARNING: the router percentiles were taken at --img-size {budget["img_size"]}, not '
@@ -108,9 +108,25 @@ def resolve_dy_thres(opt, run_size: int | str | None = None) -> float:
     return threshold
 
 
+def budget_for(opt) -> dict:
+    """The percentiles file --router-json names, or the one beside --weight."""
+    return load_router_budget(getattr(opt, 'router_json', '') or budget_file_for(opt.weight), opt.weight)
+
+
 def apply_routing_flags(model, opt) -> None:
-    """Set the model's threshold from --dy-thres / --easy-share / --gflops (opt.dy_thres follows); a model
-    without a router ignores them, with one warning when any was given."""
+    """Set the model's threshold from --dy-thres / --easy-share / --gflops / --target-ms (opt.dy_thres follows); a
+    model without a router ignores them, with one warning when any was given. --target-ms here is the static share
+    the paths' measured times give (detect.py's stream then keeps holding it: utils/detection/latency.py)."""
+    if model.dynamic and getattr(opt, 'target_ms', None) is not None:
+        from utils.detection.latency import controller_for
+        size = getattr(model, 'fixed_size', None) or (opt.img_size, opt.img_size)
+        opt.controller = controller_for(model, tuple(size), opt.target_ms, budget_for(opt))
+        model.dy_thres = opt.dy_thres = opt.controller.threshold
+        times = opt.controller.times
+        LOGGER.info(f'--target-ms {opt.target_ms:g}: {100 * opt.controller.share:.1f}% easy expected here '
+                    f'({1e3 * times.expected(opt.controller.share):.1f} ms per image; easy path '
+                    f'{1e3 * times.path("easy"):.1f}, hard {1e3 * times.path("hard"):.1f}), dy_thres {model.dy_thres:.6g}')
+        return
     if model.dynamic:
         fixed = getattr(model, 'fixed_size', None)  # exported graphs run at their own size whatever --img-size says
         run_size = (fixed[0] if fixed[0] == fixed[1] else f'{fixed[0]}x{fixed[1]}') if fixed else None
@@ -118,7 +134,9 @@ def apply_routing_flags(model, opt) -> None:
         return
     given = [flag for flag, value, default in (('--dy-thres', opt.dy_thres, DEFAULT_DY_THRES),
                                                ('--easy-share', getattr(opt, 'easy_share', None), None),
-                                               ('--gflops', getattr(opt, 'gflops', None), None)) if value != default]
+                                               ('--gflops', getattr(opt, 'gflops', None), None),
+                                               ('--target-ms', getattr(opt, 'target_ms', None), None))
+             if value != default]
     if given:
         LOGGER.warning(f'WARNING: {" ".join(given)} has no effect: {getattr(opt, "cfg", "the model")} has no router '
                        f'(a step-1 config); every image takes the hard path. Use the step-2 config and checkpoint')

@@ -30,7 +30,7 @@ from utils.loss import ComputeLossOTADy
 from utils.torch_utils import select_device
 
 LOGGER = logging.getLogger(__name__)
-COLUMNS = ('threshold', 'easy_share', 'gflops_per_image', 'mAP@.5', 'mAP@.5:.95', 'ms_per_image')
+COLUMNS = ('threshold', 'easy_share', 'gflops_per_image', 'mAP@.5', 'mAP@.5:.95', 'eval_ms_per_image')
 
 
 @dataclass
