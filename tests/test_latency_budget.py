@@ -14,14 +14,15 @@ from tests import test_predictor
 from utils.detection.latency import LatencyController, PathTimes
 
 routed = test_predictor.routed  # the tiny routed model and its 6 images
-TIMES = PathTimes({'part1': 0.008, 'easy': 0.001, 'hard': 0.010}, {'part1': 0.009, 'easy': 0.001, 'hard': 0.011})
+PARTS = {'part1': 0.008, 'easy': 0.001, 'hard': 0.010, 'easy_path': 0.009, 'hard_path': 0.018}
+TIMES = PathTimes(PARTS, PARTS)
 
 
 def simulate(target_ms: float, frames: int, load_from: int = 10 ** 9, load: float = 1.3) -> LatencyController:
     """A stream of `frames` frames whose router scores are uniform in 0..1 and whose time is the measured time of the
     path each takes, times `load` from frame `load_from` on (another process sharing the cores)."""
     rng = np.random.default_rng(0)
-    controller = LatencyController(target_ms / 1e3, TIMES, list(np.linspace(0, 1, 101)))
+    controller = LatencyController(target_ms / 1e3, TIMES, lambda share: 1 - share)  # scores uniform in 0..1
     for i in range(frames):
         score = float(rng.random())
         route = 'easy' if score >= controller.threshold else 'hard'

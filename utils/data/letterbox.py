@@ -59,6 +59,12 @@ def evaluation_grid(stride: int) -> int:
     return max(int(stride), 32)
 
 
+def evaluation_square(img_size: int, stride: int) -> tuple[int, int]:
+    """The (h, w) test.py letterboxes a square image to at img_size: its rect shape at batch 1."""
+    side = int(rect_batch_shapes(np.array([1.0]), 1, img_size, evaluation_grid(stride), EVAL_RECT_PAD)[0][0])
+    return side, side
+
+
 def rect_batch_shapes(aspect_hw: np.ndarray, batch_size: int, img_size: int, stride: int,
                       pad: float = 0.0) -> np.ndarray:
     """Per-batch (h, w) input shapes for images already sorted by aspect ratio h/w.

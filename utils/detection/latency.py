@@ -13,29 +13,33 @@ import logging
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from utils.evaluation.router_budget import ALL_HARD_THRESHOLD, RouterBudgetError, threshold_for_share
+from utils.errors import UserError
 from utils.torch_utils import time_sync
 
 LOGGER = logging.getLogger(__name__)
 PARTS = ('part1', 'easy', 'hard')  # backbone 1 + router; head 1; backbone 2 + head 2
+ALL_HARD_THRESHOLD = 2.0  # above any sigmoid score (utils.evaluation.router_budget's, which imports this module)
 NMS_S = 0.001  # NMS per frame at detect.py's thresholds, a few hundred boxes: ~1 ms on a CPU, added to each path
 
 
 @dataclass(frozen=True)
 class PathTimes:
-    """Seconds per frame of each part at batch 1 (medians and 95th percentiles over the timed repetitions)."""
+    """Seconds per frame at batch 1 (medians and 95th percentiles over the timed repetitions) of each part (part1,
+    easy: head 1, hard: backbone 2 + head 2) and of each whole routed forward (easy_path: every image easy,
+    hard_path: every image hard; what a frame costs, routing and decoding included)."""
     median: dict[str, float]
     p95: dict[str, float]
 
     def path(self, route: str) -> float:
-        """Expected seconds per frame on one path: part 1, its head, NMS."""
-        return self.median['part1'] + self.median[route] + NMS_S
+        """Expected seconds per frame on one path: its whole forward, then NMS."""
+        return self.median[f'{route}_path'] + NMS_S
 
     def expected(self, easy_share: float) -> float:
         """Expected mean seconds per frame when `easy_share` of the frames take the easy path."""
@@ -47,27 +51,36 @@ class PathTimes:
         return float(np.clip((hard - target_s) / max(hard - easy, 1e-9), 0.0, 1.0))
 
 
+def _routed(model, x: torch.Tensor, threshold: float) -> None:
+    saved = model.dy_thres
+    model.dy_thres = threshold
+    try:
+        model(x)
+    finally:
+        model.dy_thres = saved
+
+
 def measure_paths(model, shape: tuple[int, int], reps: int = 10, warmup: int = 2) -> PathTimes:
-    """Time part 1 (backbone 1 + router), head 1 and backbone 2 + head 2 on the model's own engine, device and thread
-    count, at batch 1 and `shape` (h, w), after `warmup` passes: medians and 95th percentiles."""
+    """Time part 1 (backbone 1 + router), head 1, backbone 2 + head 2, and the whole routed forward with every image
+    easy and with every image hard, on the model's own engine, device and thread count, at batch 1 and `shape`
+    (h, w), after `warmup` passes: medians and 95th percentiles."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype if device.type == 'cuda' else torch.float32
     x = torch.zeros(1, 3, *shape, device=device, dtype=dtype)
-    samples: dict[str, list[float]] = {part: [] for part in PARTS}
+    steps = {'part1': lambda: model._backbone(x), 'easy_path': lambda: _routed(model, x, 0.0),
+             'hard_path': lambda: _routed(model, x, ALL_HARD_THRESHOLD)}
+    samples: dict[str, list[float]] = {k: [] for k in (*PARTS, 'easy_path', 'hard_path')}
     with torch.inference_mode():
+        b1, _ = model._backbone(x)
+        steps.update(easy=lambda: model._easy(b1), hard=lambda: model._hard(x, b1))
         for rep in range(warmup + reps):
-            t0 = time_sync(device)
-            b1, _ = model._backbone(x)
-            t1 = time_sync(device)
-            model._easy(b1)
-            t2 = time_sync(device)
-            model._hard(x, b1)
-            t3 = time_sync(device)
-            if rep >= warmup:
-                for part, seconds in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2)):
-                    samples[part].append(seconds)
-    return PathTimes({p: statistics.median(s) for p, s in samples.items()},
-                     {p: float(np.percentile(s, 95)) for p, s in samples.items()})
+            for name, step in steps.items():
+                t0 = time_sync(device)
+                step()
+                if rep >= warmup:
+                    samples[name].append(time_sync(device) - t0)
+    return PathTimes({k: statistics.median(v) for k, v in samples.items()},
+                     {k: float(np.percentile(v, 95)) for k, v in samples.items()})
 
 
 @dataclass
@@ -81,7 +94,7 @@ class LatencyController:
     percentiles). All easy when even that misses the target, all hard when the hard path fits; each said once."""
     target_s: float
     times: PathTimes
-    quantiles: list[float]
+    threshold_of: Callable[[float], float]  # the saved percentiles' threshold for an easy share
     window: int = 50
     smoothing: float = 0.1
     correction: float = 0.02  # share moved per frame per path gap of the window mean's error
@@ -102,7 +115,8 @@ class LatencyController:
 
     def _say_bounds(self) -> None:
         easy, hard = self.load * self.times.path('easy'), self.load * self.times.path('hard')
-        if self.target_s < easy and self.share >= 1 and 'easy' not in self.said:
+        settled = len(self.recent) >= self.window or not self.rows  # not on a transient of the first frames
+        if self.target_s < easy and self.share >= 1 and settled and 'easy' not in self.said:
             self.said.add('easy')
             LOGGER.warning(f'WARNING: --target-ms {1e3 * self.target_s:g}: below the easy path\'s {1e3 * easy:.1f} ms '
                            'here: every frame takes the easy path, and the target is not met')
@@ -118,7 +132,7 @@ class LatencyController:
             return ALL_HARD_THRESHOLD
         if len(self.scores) >= self.window:  # the stream's own scores: the share holds on what it is showing
             return float(np.quantile(np.asarray(self.scores), 1 - self.share))
-        return threshold_for_share({'quantiles': self.quantiles}, self.share)
+        return self.threshold_of(self.share)
 
     def update(self, frame_s: float, route: str, score: float | None) -> float:
         """Record one frame's time (inference + NMS), its route and router score; returns the next threshold."""
@@ -181,14 +195,21 @@ def _plot(controller: LatencyController, path: Path) -> None:
     plt.close(fig)
 
 
-def controller_for(model, shape: tuple[int, int], target_ms: float, budget: dict) -> LatencyController:
-    """Measure the paths where the model runs and start a controller for target_ms from the saved percentiles."""
+class LatencyBudgetError(UserError, ValueError):
+    """A latency target that cannot be meant (not a positive number of milliseconds)."""
+
+
+def controller_for(model, shape: tuple[int, int], target_ms: float, threshold_of: Callable[[float], float]
+                   ) -> LatencyController:
+    """Measure the paths where the model runs and start a controller for target_ms (threshold_of: the saved
+    percentiles' threshold for an easy share)."""
     if not target_ms > 0:
-        raise RouterBudgetError(f'--target-ms {target_ms}: give a positive time per frame in milliseconds')
+        raise LatencyBudgetError(f'--target-ms {target_ms}: give a positive time per frame in milliseconds')
     t0 = time.perf_counter()
     times = measure_paths(model, shape)
+    m, p = ({k: f'{1e3 * v:.1f}' for k, v in d.items()} for d in (times.median, times.p95))
     LOGGER.info(f'Paths measured here in {time.perf_counter() - t0:.1f} s at {shape[0]}x{shape[1]}, batch 1 '
-                f'(median / p95 ms): part 1 {1e3 * times.median["part1"]:.1f} / {1e3 * times.p95["part1"]:.1f}, '
-                f'head 1 {1e3 * times.median["easy"]:.1f} / {1e3 * times.p95["easy"]:.1f}, backbone 2 + head 2 '
-                f'{1e3 * times.median["hard"]:.1f} / {1e3 * times.p95["hard"]:.1f}')
-    return LatencyController(target_ms / 1e3, times, budget['quantiles'])
+                f'(median / p95 ms): easy path {m["easy_path"]} / {p["easy_path"]}, hard path {m["hard_path"]} / '
+                f'{p["hard_path"]}; part 1 {m["part1"]} / {p["part1"]}, head 1 {m["easy"]} / {p["easy"]}, '
+                f'backbone 2 + head 2 {m["hard"]} / {p["hard"]}')
+    return LatencyController(target_ms / 1e3, times, threshold_of)

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import DEFAULT_DY_THRES
+from utils.data.letterbox import evaluation_square
+from utils.detection.latency import ALL_HARD_THRESHOLD, controller_for
 from utils.errors import UserError
 from utils.general import file_digest
 
 LOGGER = logging.getLogger(__name__)
 MAX_QUANTILES = 10001  # 0.01 % steps: within one image of any share on splits of up to 10,000 images
-ALL_HARD_THRESHOLD = 2.0  # above any sigmoid score, 1.0 included
 
 
 class RouterBudgetError(UserError, ValueError):
@@ -118,9 +119,12 @@ def apply_routing_flags(model, opt) -> None:
     model without a router ignores them, with one warning when any was given. --target-ms here is the static share
     the paths' measured times give (detect.py's stream then keeps holding it: utils/detection/latency.py)."""
     if model.dynamic and getattr(opt, 'target_ms', None) is not None:
-        from utils.detection.latency import controller_for
-        size = getattr(model, 'fixed_size', None) or (opt.img_size, opt.img_size)
-        opt.controller = controller_for(model, tuple(size), opt.target_ms, budget_for(opt))
+        # frames are letterboxed as test.py does under a budget (utils.detection.predictor.load_detector): a square
+        # image's shape is the image size plus its half-stride border; exported graphs run their own size
+        size = getattr(model, 'fixed_size', None) or evaluation_square(opt.img_size, int(model.stride.max()))
+        budget = budget_for(opt)
+        opt.controller = controller_for(model, tuple(size), opt.target_ms,
+                                        lambda share: threshold_for_share(budget, share))
         model.dy_thres = opt.dy_thres = opt.controller.threshold
         times = opt.controller.times
         LOGGER.info(f'--target-ms {opt.target_ms:g}: {100 * opt.controller.share:.1f}% easy expected here '
