@@ -35,6 +35,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--hyp', default=str(ROOT / 'hyp' / 'hyp.finetune.dynamic.adam.yaml'),
                    help='--sweep: the step-2 hyp whose loss gains rank images for the oracle')
     p.add_argument('--random-orders', type=int, default=20, help='--sweep: random routings drawn per easy share')
+    p.add_argument('--time-paths', action='store_true',
+                   help='also time the easy path, the hard path and their parts at batch 1 on this engine, threads '
+                        'and size, and log medians and p95 (the deployment latency; the sweep\'s eval_ms_per_image '
+                        'is the evaluation pass\'s)')
     opt = p.parse_args(argv)
     check_split_flags(p, opt)
     if opt.random_orders < 2:

@@ -64,13 +64,14 @@ def test_targets_outside_the_paths_say_so_once(caplog) -> None:
 
 
 def test_target_ms_through_detect_and_test(routed: dict, tmp_path: Path, caplog) -> None:
-    """detect.py --target-ms times the paths, routes, and writes budget.csv / budget.png with a summary line;
-    test.py --target-ms says the share it expects here; both need the percentiles get_dynamic_thres.py saves."""
+    """get_dynamic_thres.py --time-paths logs each path's time here; detect.py --target-ms times the paths, routes,
+    and writes budget.csv / budget.png with a summary line; test.py --target-ms says the share it expects here; both
+    need the percentiles get_dynamic_thres.py saves."""
     flags = ['--cfg', str(routed['cfg']), '--weight', str(routed['weights']), '--img-size', '64', '--device', 'cpu']
     (tmp_path / 'data.yaml').write_text(f'train: {routed["images"]}\nval: {routed["images"]}\nnc: 3\nnames: [a, b, c]\n')
-    get_dynamic_thres.run(get_dynamic_thres.parse_opt([*flags, '--data', str(tmp_path / 'data.yaml'), '--project',
-                                                       str(tmp_path)]))
     with caplog.at_level('INFO'):
+        get_dynamic_thres.run(get_dynamic_thres.parse_opt([*flags, '--data', str(tmp_path / 'data.yaml'),
+                                                           '--project', str(tmp_path), '--time-paths']))
         run = detect.run_detect(detect.parse_opt([*flags, '--num-classes', '3', '--source', str(routed['images']),
                                                   '--project', str(tmp_path), '--nosave', '--target-ms', '1000']))
         test_script.run_test(test_script.parse_opt([*flags, '--data', str(tmp_path / 'data.yaml'), '--project',
@@ -79,5 +80,6 @@ def test_target_ms_through_detect_and_test(routed: dict, tmp_path: Path, caplog)
     assert rows[0] == 'frame,ms,window_mean_ms,easy_share,threshold' and len(rows) == 1 + len(test_predictor.SIZES)
     assert (run / 'budget.png').is_file()
     messages = [r.message for r in caplog.records]
+    assert any(m.startswith('Path times here at 96x96, batch 1,') and 'easy path' in m for m in messages)
     assert any(m.startswith('Latency budget: target 1000 ms: achieved mean') for m in messages)
     assert sum(m.startswith('--target-ms 1000: ') and '% easy expected here' in m for m in messages) == 2

@@ -68,6 +68,19 @@ def collect_scores(model, loader) -> np.ndarray:
     return torch.cat(scores).numpy() if scores else np.zeros(0)
 
 
+def log_path_times(model, img_size: int) -> None:
+    """--time-paths: each path's time per frame at batch 1 here (the deployment latency --target-ms plans with)."""
+    from utils.data.letterbox import evaluation_square
+    from utils.detection.latency import measure_paths
+    shape = tuple(getattr(model, 'fixed_size', None) or evaluation_square(img_size, int(model.stride.max())))
+    times = measure_paths(model, shape, reps=20)
+    m, p = ({k: f'{1e3 * v:.1f}' for k, v in d.items()} for d in (times.median, times.p95))
+    LOGGER.info(f'Path times here at {shape[0]}x{shape[1]}, batch 1, {torch.get_num_threads()} torch threads '
+                f'(median / p95 ms, without NMS): easy path {m["easy_path"]} / {p["easy_path"]}, hard path '
+                f'{m["hard_path"]} / {p["hard_path"]}; part 1 (backbone 1 + router) {m["part1"]} / {p["part1"]}, '
+                f'head 1 {m["easy"]} / {p["easy"]}, backbone 2 + head 2 {m["hard"]} / {p["hard"]}')
+
+
 def dynamic_thresholds(opt: argparse.Namespace,
                        on_thresholds: Callable[[list[str]], None] | None = None) -> ThresholdResult:
     """get_dynamic_thres.py's job for its options: scores on --task → thresholds (handed to on_thresholds before
@@ -80,6 +93,8 @@ def dynamic_thresholds(opt: argparse.Namespace,
     if not model.dynamic:
         raise ConfigError(f'{opt.cfg}: has no router (not a step-2 config); use e.g. cfg/dy-yolov7-step2.yaml')
     loader, dataset, img_size = split_loader(model, opt, data, data['nc'], device)
+    if getattr(opt, 'time_paths', False):
+        log_path_times(model, img_size)
     records = None
     if opt.sweep:
         exported = getattr(model, 'fixed_size', None) is not None  # no raw maps, so no training losses
