@@ -19,7 +19,7 @@ import torch
 from .export import PARTS, batch_chunks, input_names, joined_chunks
 from .export_manifest import ExportError, ExportManifest, check_digest, manifest_file, read_manifest
 from .openvino_export import OPENVINO_KEY, fp32_patterns
-from .openvino_runtime import CompiledGraph
+from .openvino_runtime import CompiledGraph, effective_precision
 
 __all__ = ['ExportError', 'ExportedDynamicModel']  # ExportError lives in models.export, which cannot import this
 
@@ -105,7 +105,7 @@ class ExportedDynamicModel:
         self.backend, self.dy_thres = backend, float(self.manifest.dy_thres if dy_thres is None else dy_thres)
         files = {part: checked_file(path, self.manifest, part, backend) for part in PARTS}
         if backend == 'openvino':
-            kept = fp32_patterns(self.manifest)
+            kept, precision = fp32_patterns(self.manifest), effective_precision(precision)
             self.parts = {part: CompiledGraph(file, 'fp32' if keep_routes and part == 'part1' else precision,
                                               threads, mode, kept[part], static_shapes)
                           for part, file in files.items()}

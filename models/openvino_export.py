@@ -17,9 +17,7 @@ Kept in fp32 (NNCF's ignored scope, whole node names):
 """
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -28,28 +26,13 @@ from typing import Any
 import numpy as np
 
 from .export import PARTS, ExportError, ExportManifest, input_names, reported_as_export_error
-from .openvino_runtime import CompiledGraph, read_ir
+from .openvino_runtime import CompiledGraph, read_ir, require
 
 LOGGER = logging.getLogger(__name__)
 OPENVINO_KEY = '_openvino'  # manifest file keys: part1_openvino, easy_openvino, hard_openvino
 DEFAULT_CALIB_IMAGES = 300
 RECIPES = ('project', 'nncf')
 HEAD_CONVS_FP32 = True  # each head's 1x1 output convolutions stay fp32 (benchmarks/bench_int8.py: see docs)
-
-
-def require(name: str, what: str) -> Any:
-    """Import an optional package, or one line saying what needs it and how to install it.
-
-    NNCF's usage telemetry is switched off for this process (NNCF_CI, its own switch, unless already set): it sends
-    from a thread pool that forks, which hung a process here, and a toolkit does not report its users' runs. For the
-    same reason the IR is read with Core.read_model rather than convert_model (whose telemetry forks the same way)."""
-    if name == 'nncf':
-        os.environ.setdefault('NNCF_CI', '1')
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise ExportError(f'{what} needs the {name} package: pip install {name} '
-                          '(both are in requirements.txt)') from None
 
 
 def export_openvino(manifest: ExportManifest, base: Path) -> list[Path]:

@@ -14,7 +14,9 @@ with chosen nodes kept in fp32, a thread count, and latency or throughput mode.
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,16 +30,26 @@ LOGGER = logging.getLogger(__name__)
 PRECISIONS = {'fp32': 'f32', 'bf16': 'bf16'}  # OpenVINO's INFERENCE_PRECISION_HINT values
 MODES = ('latency', 'throughput')
 KEEP_PRECISION = 'disable_fp16_compression_0'  # ov::DisableFP16Compression: "inferred in the original precision"
-_SAID: set[str] = set()  # one-off notes already logged in this process (each is true of the machine, not a run)
+
+
+def require(name: str, what: str) -> Any:
+    """Import an optional package, or one line saying what needs it and how to install it.
+
+    NNCF's usage telemetry is switched off for this process (NNCF_CI, its own switch, unless already set): it sends
+    from a thread pool that forks, which hung a process here, and a toolkit does not report its users' runs. For the
+    same reason the IR is read with Core.read_model rather than convert_model (whose telemetry forks the same way)."""
+    if name == 'nncf':
+        os.environ.setdefault('NNCF_CI', '1')
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ExportError(f'{what} needs the {name} package: pip install {name} '
+                          '(both are in requirements.txt)') from None
 
 
 def openvino(what: str = 'The openvino engine') -> Any:
     """The openvino package, or one line saying how to install it."""
-    try:
-        import openvino as ov
-    except ImportError:
-        raise ExportError(f'{what} needs the openvino package: pip install openvino (in requirements.txt)') from None
-    return ov
+    return require('openvino', what)
 
 
 def cpu_has_bf16() -> bool:
@@ -80,26 +92,21 @@ def keep_in_fp32(model: Any, patterns: Sequence[str]) -> list[str]:
     return [op.get_friendly_name() for op in kept]
 
 
-def say_once(message: str) -> None:
-    """Log a warning about the machine once per process."""
-    if message not in _SAID:
-        _SAID.add(message)
-        LOGGER.warning(message)
-
-
 def effective_precision(precision: str) -> str:
-    """The precision a graph is compiled at: bf16 only where the CPU has it (said once otherwise)."""
+    """The precision a runner's graphs are compiled at: bf16 only where the CPU has it (a warning otherwise; called
+    once per runner, by models.exported.ExportedDynamicModel)."""
     if precision not in PRECISIONS:
         raise ExportError(f'OpenVINO precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
     if precision == 'bf16' and not cpu_has_bf16():
-        say_once('WARNING: --bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so OpenVINO runs the graphs '
-                 'in fp32 (its bf16 would be emulated and slower)')
+        LOGGER.warning('WARNING: --bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so OpenVINO runs the '
+                       'graphs in fp32 (its bf16 would be emulated and slower)')
         return 'fp32'
     return precision
 
 
 class CompiledGraph:
-    """A compiled IR as graph(*arrays) -> outputs for any batch, in chunks of its static batch."""
+    """A compiled IR as graph(*arrays) -> outputs for any batch, in chunks of its static batch; `precision` is
+    compiled as given (effective_precision decides it for a runner)."""
 
     def __init__(self, path: Path, precision: str = 'fp32', threads: int = 0, mode: str = 'latency',
                  keep_fp32: Sequence[str] = (), static_shapes: bool = True) -> None:
@@ -109,7 +116,9 @@ class CompiledGraph:
         model = read_ir(path)
         # static_shapes False (benchmarks/bench_speed.py --ov-dynamic) compiles a free batch axis as it is, to time it
         self.batch = static_batch(model, 1 if static_shapes else None)
-        self.precision = effective_precision(precision)
+        if precision not in PRECISIONS:
+            raise ExportError(f'OpenVINO precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+        self.precision = precision
         self.kept = keep_in_fp32(model, keep_fp32) if self.precision != 'fp32' else []
         config = {'INFERENCE_PRECISION_HINT': PRECISIONS[self.precision],
                   'PERFORMANCE_HINT': mode.upper()}

@@ -36,8 +36,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config OpenVINO's CPU plugin returns near-zero int8 features, a fusion fault described in docs/deployment.md)
     with a router that spreads its scores, exported as ONNX + OpenVINO at 64 px and quantized to int8 on 6
     synthetic training images (the demo's kind of images)."""
-    folder = tmp_path_factory.mktemp('openvino')
-    data, _ = quick_step1_files(folder, 8, seed=3)
+    return export_demo_detector(tmp_path_factory.mktemp('openvino'), 8, '--calib-images', '6')
+
+
+def export_demo_detector(folder: Path, images: int, *flags: str) -> dict[str, Path]:
+    """The shipped demo detector in the tiny step-2 config with a spread router, saved in folder and exported at
+    IMG px to OpenVINO with --int8 calibrated on `images` synthetic images (export.py `flags` added): its cfg,
+    weights, fp32 and int8 manifests and data YAML."""
+    data, _ = quick_step1_files(folder, images, seed=3)
     cfg = ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml'
     model = Model(cfg, nc=3)
     load_detector(model, str(ROOT / 'data' / 'demo' / 'dy-yolov7-tiny-demo.pt'))
@@ -46,7 +52,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_checkpoint({'model': model.state_dict()}, folder / 'tiny.pt')
     manifest = export.run(export.parse_opt(['--cfg', str(cfg), '--weight', str(folder / 'tiny.pt'), '--num-classes',
                                             '3', '--img-size', str(IMG), '--include', 'openvino', '--int8',
-                                            '--data', str(data), '--calib-images', '6']))
+                                            '--data', str(data), *flags]))
     return {'cfg': cfg, 'weights': folder / 'tiny.pt', 'manifest': manifest, 'data': data,
             'int8': folder / 'tiny_int8_export.yaml'}
 

@@ -9,16 +9,13 @@ import numpy as np
 import pytest
 import yaml
 
-import export
-from models.checkpoint import save_checkpoint
 from models.exported import ExportedDynamicModel
-from models.yolo import Model
-from tests.helpers import ROOT, dark_to_bright, quick_step1_files, spread_router
-from utils.train.step2 import load_detector
+from tests import openvino_checks
+from tests.helpers import dark_to_bright
 
 pytest.importorskip('openvino', reason='openvino not installed (requirements.txt)')
 pytest.importorskip('nncf', reason='nncf not installed (requirements.txt)')
-IMG = 64
+IMG = openvino_checks.IMG
 
 
 @pytest.fixture(scope='module')
@@ -26,19 +23,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The shipped demo detector in the tiny step-2 config with a spread router (as tests/openvino_checks.py's
     fixture), exported once with --static-batch --batch-size 2 and --int8 on 3 synthetic images: 'manifest' (fp32)
     and 'int8'. One export serves every check here (the suite's time)."""
-    folder = tmp_path_factory.mktemp('runtime')
-    data, _ = quick_step1_files(folder, 4, seed=3)
-    cfg = ROOT / 'cfg' / 'dy-yolov7-tiny-step2.yaml'
-    model = Model(cfg, nc=3)
-    load_detector(model, str(ROOT / 'data' / 'demo' / 'dy-yolov7-tiny-demo.pt'))
-    model.eval()
-    spread_router(model)
-    save_checkpoint({'model': model.state_dict()}, folder / 'tiny.pt')
-    manifest = export.run(export.parse_opt([
-        '--cfg', str(cfg), '--weight', str(folder / 'tiny.pt'), '--num-classes', '3', '--img-size', str(IMG),
-        '--static-batch', '--batch-size', '2', '--include', 'openvino', '--int8', '--data', str(data),
-        '--calib-images', '3']))
-    return {'manifest': manifest, 'int8': folder / 'tiny_int8_export.yaml', 'data': data}
+    return openvino_checks.export_demo_detector(tmp_path_factory.mktemp('runtime'), 4, '--static-batch',
+                                                '--batch-size', '2', '--calib-images', '3')
 
 
 def test_static_batch_int8_export_calibrates_in_its_batch_and_runs_any_batch(exported: dict) -> None:
@@ -83,7 +69,6 @@ def test_bf16_with_a_manifest_keeps_router_and_decode_in_fp32(exported: dict, mo
     assert routes.description() == (
         f'openvino int8 (unquantized ops bf16; router, decode and part 1 fp32) graphs at {IMG}x{IMG}, latency mode')
     monkeypatch.setattr(runtime, 'cpu_has_bf16', lambda: False)
-    runtime._SAID.clear()
     with caplog.at_level('WARNING'):
         plain = ExportedDynamicModel(exported['manifest'], 'openvino', precision='bf16')
     assert all(p.precision == 'fp32' and not p.kept for p in plain.parts.values())

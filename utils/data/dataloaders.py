@@ -40,20 +40,14 @@ def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride
     # world_size-th image in order, so each rank's batch lies inside one global batch; the last images that do
     # not fill every rank are left out, as drop_last does.
     rect_ddp = rect and rank != -1 and not image_weights
+    own_shapes = own_shapes and rect and rank == -1
     with torch_distributed_zero_first(rank):  # rank 0 writes the label cache, the others then read it
         dataset = LoadImagesAndLabels(path, imgsz, batch_size * (world_size if rect_ddp else 1), augment=augment,
                                       hyp=hyp, rect=rect,
                                       cache_images=cache, single_cls=bool(getattr(opt, 'single_cls', False)),
                                       stride=int(stride), pad=pad, image_weights=image_weights, prefix=prefix,
-                                      nc=nc, own_shapes=own_shapes and rect and rank == -1)
+                                      nc=nc, own_shapes=own_shapes)
     batch_size = min(batch_size, len(dataset))
-    collate = LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn
-    if own_shapes and dataset.rect and rank == -1:
-        nw = worker_count(batch_size, world_size, workers)
-        loader = DataLoader(dataset, batch_sampler=dataset.same_shape_batches(batch_size), num_workers=nw,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(seed))
-        return loader, dataset
     nw = worker_count(batch_size, world_size, workers)
     if image_weights:
         sampler = ImageWeightSampler(len(dataset), rank, world_size, seed, shared=dataset.share_image_weights())
@@ -62,8 +56,12 @@ def create_dataloader(path: str | list[str], imgsz: int, batch_size: int, stride
                                      drop_last=rect_ddp)
     else:
         sampler = None
+    # own shapes (one process, no sampler): batches of up to batch_size images of one shape
+    batching = {'batch_sampler': dataset.same_shape_batches(batch_size)} if own_shapes and dataset.rect else \
+        {'batch_size': batch_size, 'sampler': sampler}
     generator = torch.Generator().manual_seed(seed + max(rank, 0))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=nw, sampler=sampler,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0, generator=generator,
-                        collate_fn=collate)
+    loader = DataLoader(dataset, num_workers=nw, pin_memory=torch.cuda.is_available(), persistent_workers=nw > 0,
+                        generator=generator,
+                        collate_fn=LoadImagesAndLabels.collate_fn4 if quad else LoadImagesAndLabels.collate_fn,
+                        **batching)
     return loader, dataset

@@ -133,11 +133,10 @@ class LoadImagesAndLabels(Dataset):
     def same_shape_batches(self, batch_size: int) -> list[list[int]]:
         """Batches of up to batch_size consecutive images of one own (batch-1) rect shape, in the sorted order: no
         image is padded to another's shape, so its input, and a dynamic model's route, are those of batch 1."""
+        shapes = [tuple(self.batch_shapes[b]) for b in self.batch]
         batches: list[list[int]] = []
-        for i in range(len(self)):
-            shape = tuple(self.batch_shapes[self.batch[i]])
-            if batches and len(batches[-1]) < batch_size and tuple(self.batch_shapes[self.batch[batches[-1][0]]]) \
-                    == shape:
+        for i, shape in enumerate(shapes):
+            if batches and len(batches[-1]) < batch_size and shapes[batches[-1][0]] == shape:
                 batches[-1].append(i)
             else:
                 batches.append([i])
